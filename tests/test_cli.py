@@ -1,0 +1,68 @@
+"""The scripts as a user runs them: help, bad input, up-axis start, exit codes."""
+
+import json
+
+import pytest
+from conftest import run_script
+
+SCRIPTS = ["diff_render.py", "diff_render_texture.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_book_defaults(script):
+    result = run_script(script, "--help")
+    assert result.returncode == 0
+    for text in ("--iterations", "default 200", "--lr", "0.05", "3.0 6.9 2.5", "--rasterizer", "--save-every"):
+        assert text in result.stdout
+
+
+BAD_FLAGS = [
+    ["--iterations", "0"],
+    ["--lr", "0"],
+    ["--lr", "-1"],
+    ["--image-size", "4"],
+    ["--save-every", "-1"],
+    ["--init-position", "0", "0", "0"],
+    ["--iterations", "ten"],
+    ["--device", "tpu"],
+    ["--loss-threshold", "nan"],
+]
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS, ids=lambda f: " ".join(f))
+def test_bad_flags_are_refused_cleanly(tmp_path, flags):
+    (tmp_path / "summary.json").write_text("{}")
+    result = run_script("diff_render.py", "--output-dir", tmp_path, *flags)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "usage:" in result.stderr and "error:" in result.stderr
+    assert (tmp_path / "summary.json").read_text() == "{}", "earlier results stay untouched"
+
+
+def test_unwritable_output_folder_is_one_line_error(tmp_path, meshes_ready):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_script("diff_render_texture.py", "--output-dir", blocker / "out", "--iterations", "1",
+                        "--image-size", "16")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "cannot write to output folder" in result.stderr
+
+
+def test_up_axis_start_warns_and_runs_finite(tmp_path, meshes_ready):
+    result = run_script("diff_render.py", "--init-position", "0", "5", "0", "--iterations", "3",
+                        "--image-size", "24", "--loss-threshold", "0", "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "up axis" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["iterations"] == 3 and summary["stopped"] == "max_iterations"
+    assert all(loss == loss for loss in summary["loss_history"])
+    assert "3 iterations" in result.stdout.strip().splitlines()[-1]
+
+
+def test_runs_from_another_working_directory(tmp_path, meshes_ready):
+    result = run_script("diff_render.py", "--iterations", "2", "--image-size", "16", "--save-every", "0",
+                        "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "summary.json" in names and "fitting.gif" not in names and "fitting_0.png" not in names
