@@ -30,12 +30,19 @@ asks for frustum culling, it defers to PyTorch3D's own rasterizer.
 from __future__ import annotations
 
 import torch
+from pytorch3d.renderer.blending import softmax_rgb_blend
 from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
 from pytorch3d.renderer.mesh.rasterizer import Fragments, MeshRasterizer
+from pytorch3d.renderer.mesh.shader import SoftPhongShader
+from pytorch3d.renderer.mesh.shading import phong_shading
 
 K_EPSILON = 1e-8  # kEpsilon in geometry_utils.h (a double there)
 CANDIDATES_PER_CHUNK = 1 << 21  # bounds the memory of one forward chunk
 ENTRIES_PER_CHUNK = 1 << 19  # bounds the memory of one backward chunk
+# True: differentiate the floored perspective denominator as PyTorch3D's
+# backward does (bit-for-bit comparisons); False: the derivative of the
+# function the forward pass actually computes (see _face_terms).
+STOCK_PERSPECTIVE_GRADIENT = False
 
 
 def pixel_centers_ndc(size: int, other: int) -> torch.Tensor:
@@ -72,7 +79,9 @@ def _point_line_dist2(px, py, ax, ay, bx, by, *, detach_t: bool):
     return torch.where(l2 <= K_EPSILON, ex * ex + ey * ey, seg)
 
 
-def _face_terms(fv, px, py, *, perspective_correct, clip_barycentric_coords, detach_t=False):
+def _face_terms(
+    fv, px, py, *, perspective_correct, clip_barycentric_coords, detach_t=False, stock_perspective_gradient=False
+):
     """Per (pixel, face) entry: barycentrics, depth, squared distance, inside.
 
     fv: (M, 3, 3) face vertices in NDC, px, py: (M,) pixel centres.
@@ -99,7 +108,12 @@ def _face_terms(fv, px, py, *, perspective_correct, clip_barycentric_coords, det
         # does our gradient. PyTorch3D's backward instead differentiates as if
         # there were no floor, dividing by denom**2 = 1e-16: float32 noise of
         # order 1e4 and more that swamps the cow's colour gradient (README).
-        denom = (t0 + t1 + t2).clamp(min=K_EPSILON)
+        denom = t0 + t1 + t2
+        if stock_perspective_gradient:
+            # Reproduce the stock gradient exactly: straight through the floor.
+            denom = (denom - denom.detach()) + denom.detach().clamp(min=K_EPSILON)
+        else:
+            denom = denom.clamp(min=K_EPSILON)
         w0, w1, w2 = t0 / denom, t1 / denom, t2 / denom
     if clip_barycentric_coords:
         c0, c1, c2 = w0.clamp(min=0.0), w1.clamp(min=0.0), w2.clamp(min=0.0)
@@ -290,6 +304,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
                     perspective_correct=ctx.perspective_correct,
                     clip_barycentric_coords=ctx.clip_barycentric_coords,
                     detach_t=True,
+                    stock_perspective_gradient=STOCK_PERSPECTIVE_GRADIENT,
                 )
                 total = torch.zeros((), dtype=fv.dtype)
                 if grad_zbuf is not None:
@@ -383,3 +398,41 @@ class FastMeshRasterizer(MeshRasterizer):
             cull_to_frustum=raster_settings.cull_to_frustum,
         )
         return Fragments(pix_to_face=pix_to_face, zbuf=zbuf, bary_coords=bary_coords, dists=dists)
+
+
+class SparseSoftPhongShader(SoftPhongShader):
+    """SoftPhongShader that lights only the (pixel, k) entries holding a face.
+
+    The stock shader interpolates normals, samples the texture and evaluates
+    Phong lighting for all N*H*W*K entries, although at the book's 50 faces
+    per pixel most of them are empty and their colour is multiplied by a zero
+    weight in softmax_rgb_blend. Here the non-empty entries are gathered into
+    a (1, 1, M, 1) "image", shaded with PyTorch3D's own functions, and
+    scattered back, so the blended image and its gradients are the same.
+    """
+
+    def forward(self, fragments: Fragments, meshes, **kwargs) -> torch.Tensor:
+        if len(meshes) != 1 or fragments.pix_to_face.is_cuda:
+            return super().forward(fragments, meshes, **kwargs)
+        cameras = super()._get_cameras(**kwargs)
+        lights = kwargs.get("lights", self.lights)
+        materials = kwargs.get("materials", self.materials)
+        blend_params = kwargs.get("blend_params", self.blend_params)
+        N, H, W, K = fragments.pix_to_face.shape
+        entries = torch.nonzero(fragments.pix_to_face.reshape(-1) >= 0).squeeze(1)
+        M = entries.numel()
+        compact = Fragments(
+            pix_to_face=fragments.pix_to_face.reshape(-1)[entries].view(1, 1, M, 1),
+            zbuf=fragments.zbuf.reshape(-1)[entries].view(1, 1, M, 1),
+            bary_coords=fragments.bary_coords.reshape(-1, 3)[entries].view(1, 1, M, 1, 3),
+            dists=fragments.dists.reshape(-1)[entries].view(1, 1, M, 1),
+        )
+        texels = meshes.sample_textures(compact)
+        colors_compact = phong_shading(
+            meshes=meshes, fragments=compact, texels=texels, lights=lights, cameras=cameras, materials=materials
+        )
+        colors = colors_compact.new_zeros((N * H * W * K, 3)).index_put((entries,), colors_compact.reshape(M, 3))
+        colors = colors.view(N, H, W, K, 3)
+        znear = kwargs.get("znear", getattr(cameras, "znear", 1.0))
+        zfar = kwargs.get("zfar", getattr(cameras, "zfar", 100.0))
+        return softmax_rgb_blend(colors, fragments, blend_params, znear=znear, zfar=zfar)

@@ -38,7 +38,7 @@ from pytorch3d.renderer import (
     look_at_view_transform,
 )
 
-from fast_raster import FastMeshRasterizer
+from fast_raster import FastMeshRasterizer, SparseSoftPhongShader
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -230,9 +230,10 @@ def make_renderers(
             blur_radius=book_blur_radius(sigma),
             faces_per_pixel=textured_faces_per_pixel,
         )
+        shader_cls = SparseSoftPhongShader if rasterizer == "fast" else SoftPhongShader
         textured = MeshRenderer(
             rasterizer=make_rasterizer(rasterizer, cameras, soft_textured),
-            shader=SoftPhongShader(device=device, cameras=cameras, lights=lights),
+            shader=shader_cls(device=device, cameras=cameras, lights=lights),
         )
     return Renderers(cameras, lights, silhouette, phong, textured)
 
