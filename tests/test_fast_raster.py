@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from fast_raster import FastMeshRasterizer
 from pytorch3d.io import load_obj, load_objs_as_meshes
 from pytorch3d.renderer import (
     BlendParams,
@@ -16,6 +15,7 @@ from pytorch3d.renderer import (
 from pytorch3d.structures import Meshes
 
 import posefit
+from fast_raster import FastMeshRasterizer
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,9 @@ def test_falls_back_to_stock_when_faces_need_near_plane_clipping(teapot):
 
 def test_sparse_phong_shader_matches_stock_shader(cow):
     """Same image and same gradient as SoftPhongShader on the same fragments."""
-    from fast_raster import SparseSoftPhongShader
     from pytorch3d.renderer import PointLights, SoftPhongShader
+
+    from fast_raster import SparseSoftPhongShader
 
     settings = RasterizationSettings(image_size=48, blur_radius=math.log(1 / 1e-4 - 1) * 1e-4, faces_per_pixel=50)
     cameras = FoVPerspectiveCameras()

@@ -2,9 +2,10 @@
 
 import json
 
+import pytest
+
 import diff_render
 import diff_render_texture
-import pytest
 
 
 def load_summary(folder):

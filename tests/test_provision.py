@@ -2,8 +2,9 @@
 
 import hashlib
 
-import posefit
 import pytest
+
+import posefit
 
 NAME = "teapot.obj"
 
