@@ -1,0 +1,238 @@
+"""Pose tracking (chap4/track_pose.py): accuracy at small sizes, the --frames path, clean refusals."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script
+from PIL import Image
+from pytorch3d.io import load_objs_as_meshes
+from pytorch3d.transforms import axis_angle_to_matrix
+
+import posefit
+import track_pose
+
+# Stated accuracy at 64 px over the first 8 frames of the default path (the
+# benchmark's targets, at 128 px over 60 frames, are 2 / 5 degrees and 2%).
+MAX_MEAN_ROTATION_DEG = 4.0
+MAX_ROTATION_DEG = 7.0
+MAX_TRANSLATION_SHARE = 0.03  # of the distance
+
+
+def strict_json(path):
+    """Parse JSON that must not hold NaN or Infinity."""
+
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def check_accuracy(frames):
+    rotation = [f["rotation_error_deg"] for f in frames]
+    share = [f["translation_error"] / f["distance"] for f in frames]
+    assert sum(rotation) / len(rotation) < MAX_MEAN_ROTATION_DEG, rotation
+    assert max(rotation) < MAX_ROTATION_DEG, rotation
+    assert sum(share) / len(share) < MAX_TRANSLATION_SHARE, share
+
+
+def write_sequence(folder, size=64, count=8, seed=0, names=None):
+    """Render `count` frames of the synthesised path as PNGs; write init pose and truth JSON beside them.
+
+    Even frames are RGB on white, odd ones RGBA on black (the tracker must
+    composite them on white).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    R, T = track_pose.synthetic_poses(count, seed)
+    mesh = load_objs_as_meshes([posefit.DATA_DIR / "cow_mesh" / "cow.obj"])
+    renderers = posefit.make_renderers("cpu", size)
+    with torch.no_grad():
+        images, masks = posefit.hard_render(renderers, mesh.extend(count), R, T)
+    names = names or [f"frame_{i}.png" for i in range(count)]
+    for i, name in enumerate(names):
+        rgb = (images[i, ..., :3].numpy() * 255 + 0.5).astype(np.uint8)
+        if i % 2:
+            alpha = masks[i].numpy().astype(np.uint8) * 255
+            rgba = np.dstack([rgb * (alpha[..., None] > 0), alpha])
+            Image.fromarray(rgba, "RGBA").save(folder / name)
+        else:
+            Image.fromarray(rgb).save(folder / name)
+    poses = [track_pose.pose_json(R[i], T[i]) for i in range(count)]
+    (folder / "init.json").write_text(json.dumps(poses[0]))
+    (folder / "truth.json").write_text(json.dumps(poses))
+    return folder
+
+
+def test_synthesised_sequence_is_tracked_closely(tmp_path, meshes_ready):
+    record = track_pose.track(output_dir=tmp_path, num_frames=8, image_size=64, progress=False,
+                              background_frames=False)
+    frames = record["frames"]
+    assert [f["index"] for f in frames] == list(range(8))
+    check_accuracy(frames)
+    assert all(f["iou"] > 0.9 and not f["recovered"] for f in frames)
+    saved = strict_json(tmp_path / "tracking.json")
+    assert saved["frames"] == json.loads(json.dumps(frames))
+    assert saved["settings"]["num_frames"] == 8 and saved["settings"]["image_size"] == [64, 64]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {f"overlay_{i}.png" for i in range(8)} | {"tracking.gif", "tracking.json", "observed"} <= names
+    # Every frame entry is a valid --init-pose file.
+    for frame in frames:
+        path = tmp_path / "pose.json"
+        path.write_text(json.dumps(frame))
+        track_pose.load_pose(path)
+    # The synthesised frames are kept as a --frames folder with its poses.
+    assert len(list((tmp_path / "observed").glob("frame_*.png"))) == 8
+    assert len(track_pose.load_truth(tmp_path / "observed" / "truth.json")) == 8
+
+
+def test_synthesised_path_keeps_to_the_stated_speeds():
+    R, T = track_pose.synthetic_poses(120, seed=3)
+    turns = [posefit.rotation_error_deg(R[i], R[i + 1]) for i in range(119)]
+    moves = (T[1:] - T[:-1]).norm(dim=1)
+    assert 3.0 < max(turns) <= 4.0 and 0.03 < float(moves.max()) <= 0.05
+    assert float(T[:, 2].min()) > 2.0
+    R_short, _ = track_pose.synthetic_poses(10, seed=3)
+    assert torch.allclose(R_short, R[:10]), "a shorter run is the start of the same path"
+
+
+def test_natural_order():
+    names = ["shot10.png", "shot2.png", "Shot1.png", "shot2b.png", "a.png"]
+    ordered = sorted((Path(n) for n in names), key=track_pose.natural_key)
+    assert [p.name for p in ordered] == ["a.png", "Shot1.png", "shot2.png", "shot2b.png", "shot10.png"]
+
+
+def test_frames_folder_is_tracked_from_any_directory(tmp_path, meshes_ready):
+    # Names that sort wrongly as text (shot10 before shot2): only natural order tracks them.
+    names = [f"shot{2 + 4 * i}.png" for i in range(8)]
+    folder = write_sequence(tmp_path / "frames", names=names)
+    out = tmp_path / "out"
+    result = run_script("track_pose.py", "--frames", folder, "--init-pose", folder / "init.json",
+                        "--truth", folder / "truth.json", "--output-dir", out, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert "tracked 8 frames" in last and "rotation error mean" in last and "fps" in last
+    record = strict_json(out / "tracking.json")
+    assert [Path(f["file"]).name for f in record["frames"]] == names
+    check_accuracy(record["frames"])
+    assert (out / "tracking.gif").exists() and (out / "overlay_7.png").exists()
+    assert not (out / "observed").exists(), "only synthesised frames are saved"
+
+
+def test_lost_frames_are_searched_again(tmp_path, meshes_ready):
+    # An IoU above 1 is never reached: every frame takes the multi-start search.
+    record = track_pose.track(output_dir=tmp_path, num_frames=2, image_size=48, lost_iou=1.01, search_iterations=3,
+                              start_iterations=4, save_overlays=False, progress=False)
+    frames = record["frames"]
+    assert [f["recovered"] for f in frames] == [True, True]
+    assert all(f["iterations"] in (4 + 3, 4 + 3 + 4) for f in frames)  # the search's last refinement is optional
+    assert all(math.isfinite(f["rotation_error_deg"]) and f["iou"] > 0.8 for f in frames)
+
+
+def test_a_jump_is_found_by_the_search(tmp_path, meshes_ready):
+    folder = tmp_path / "frames"
+    write_sequence(folder, count=3)
+    # Frame 3 turns the cow by 30 degrees at once: too far to follow, found by the search.
+    truth = json.loads((folder / "truth.json").read_text())
+    R = torch.tensor(truth[2]["R"]) @ axis_angle_to_matrix(torch.tensor([0.0, math.radians(30), 0.0]))
+    T = torch.tensor(truth[2]["T"])
+    renderers = posefit.make_renderers("cpu", 64)
+    mesh = load_objs_as_meshes([posefit.DATA_DIR / "cow_mesh" / "cow.obj"])
+    with torch.no_grad():
+        image, _ = posefit.hard_render(renderers, mesh, R[None], T[None])
+    track_pose.save_png(image[0, ..., :3], folder / "frame_3.png")
+    record = track_pose.track(output_dir=tmp_path / "out", frames_dir=folder, init_pose=track_pose.load_pose(
+        folder / "init.json"), save_overlays=False, progress=False)
+    assert [f["recovered"] for f in record["frames"]] == [False, False, False, True]
+    last = record["frames"][-1]
+    assert last["iou"] > 0.95
+    assert posefit.rotation_error_deg(torch.tensor(last["R"]), R) < 5.0
+
+
+def bad_init(folder, R, T):
+    path = folder / "init.json"
+    path.write_text(json.dumps({"R": R, "T": T}))
+    return path
+
+
+EYE = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def make_empty(tmp_path):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "notes.txt").write_text("no pictures here")
+    return tmp_path / "frames", bad_init(tmp_path, EYE, [0, 0, 3]), "no PNG frames"
+
+
+def make_mismatched(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "white").save(folder / "frame_1.png")
+    Image.new("RGB", (40, 32), "white").save(folder / "frame_2.png")
+    return folder, bad_init(tmp_path, EYE, [0, 0, 3]), "differ in size"
+
+
+def make_unreadable(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "white").save(folder / "frame_1.png")
+    (folder / "frame_2.png").write_bytes(b"this is not a PNG")
+    return folder, bad_init(tmp_path, EYE, [0, 0, 3]), "cannot read frame"
+
+
+def make_bad_pose(R, T, message):
+    def make(tmp_path):
+        folder = tmp_path / "frames"
+        folder.mkdir()
+        Image.new("RGB", (32, 32), "white").save(folder / "frame_1.png")
+        return folder, bad_init(tmp_path, R, T), message
+
+    return make
+
+
+BAD_INPUTS = {
+    "empty folder": make_empty,
+    "frames of different sizes": make_mismatched,
+    "unreadable frame": make_unreadable,
+    "scaled R": make_bad_pose([[2, 0, 0], [0, 1, 0], [0, 0, 1]], [0, 0, 3], "not a rotation"),
+    "reflection": make_bad_pose([[1, 0, 0], [0, 1, 0], [0, 0, -1]], [0, 0, 3], "not a rotation"),
+    "R not 3x3": make_bad_pose([[1, 0], [0, 1]], [0, 0, 3], "3x3"),
+    "object behind the camera": make_bad_pose(EYE, [0, 0, -3], "behind the camera"),
+}
+
+
+@pytest.mark.parametrize("make", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_is_refused_cleanly(tmp_path, make):
+    folder, init, message = make(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tracking.json").write_text("{}")
+    result = run_script("track_pose.py", "--frames", folder, "--init-pose", init, "--output-dir", out)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+    assert message in result.stderr
+    assert (out / "tracking.json").read_text() == "{}", "refused before touching the output"
+
+
+def test_frames_without_init_pose_is_a_usage_error(tmp_path):
+    result = run_script("track_pose.py", "--frames", tmp_path, "--output-dir", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--init-pose" in result.stderr
+
+
+def test_frames_tracked_before_a_failure_keep_their_outputs(tmp_path, meshes_ready):
+    folder = write_sequence(tmp_path / "frames", size=48, count=4)
+    whole = (folder / "frame_2.png").read_bytes()
+    (folder / "frame_2.png").write_bytes(whole[: len(whole) // 2])  # a valid header, then nothing
+    out = tmp_path / "out"
+    result = run_script("track_pose.py", "--frames", folder, "--init-pose", folder / "init.json",
+                        "--output-dir", out, timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot read frame")
+    record = strict_json(out / "tracking.json")
+    assert [f["index"] for f in record["frames"]] == [0, 1]
+    assert (out / "overlay_0.png").exists() and (out / "overlay_1.png").exists() and (out / "tracking.gif").exists()
