@@ -19,9 +19,12 @@ C++ kernel (geometry_utils.h):
   dists) as the stock kernel, ordered nearest first.
 * backward: the kept (pixel, k) entries whose upstream gradient is non-zero
   are recomputed with differentiable torch operations, in chunks (so memory
-  stays bounded), and autograd gives exactly the gradients of the stock
-  backward (which is the analytic derivative of the same formulas; like it we
-  hold the closest-point parameter t of an edge fixed).
+  stays bounded), and autograd gives the gradients of the stock backward
+  (the analytic derivative of the same formulas; like it we hold the
+  closest-point parameter t of an edge fixed). One deliberate exception:
+  where the perspective-correction denominator is floored, stock
+  differentiates as if it were not (float32 noise); we give the derivative
+  of what the forward computes, unless STOCK_PERSPECTIVE_GRADIENT is set.
 
 On CUDA, or when a face must be clipped at the near plane, or when the caller
 asks for frustum culling, it defers to PyTorch3D's own rasterizer.
