@@ -147,11 +147,11 @@ def print_table(experiment, table, rss):
     print(f"| peak RSS (MB) | {rss['stock']:.0f} | {rss['fast']:.0f} | {rss['fast'] / rss['stock']:.2f}x of stock |")
 
 
-def trajectories(size):
+def trajectories(size, kinds=("stock", "fast")):
     """Stock and fast fits of the teapot: the default run, and a fixed 40 iterations."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("stock", "fast"):
+        for kind in kinds:
             for label, threshold, iterations in (("default", 500.0 * size**2 / 256**2, 200), ("fixed 40", 0.0, 40)):
                 start = time.perf_counter()
                 summary = diff_render.fit(output_dir=Path(tmp) / f"{kind}{label}", image_size=size,
@@ -165,28 +165,36 @@ def trajectories(size):
         print(f"| {kind} | {label} | {s['iterations']} | {s['final_loss']:.1f} | ({cam}) | "
               f"{s['silhouette_iou']:.3f} | {seconds:.1f} |")
     fixed = {kind: torch.tensor(s["camera_position"]) for kind, label, s, _ in rows if label == "fixed 40"}
-    print(f"fixed 40 iterations: |camera_fast - camera_stock| = {(fixed['fast'] - fixed['stock']).norm():.2e}")
+    if len(fixed) == 2:
+        print(f"fixed 40 iterations: |camera_fast - camera_stock| = {(fixed['fast'] - fixed['stock']).norm():.2e}")
+    return [{"path": kind, "run": label, "iterations": s["iterations"], "final_loss": s["final_loss"],
+             "camera_position": s["camera_position"], "silhouette_iou": s["silhouette_iou"], "seconds": seconds}
+            for kind, label, s, seconds in rows]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", choices=["teapot", "cow", "both"], default="both")
+    parser.add_argument("--experiment", choices=["teapot", "cow", "both", "none"], default="both",
+                        help="stage tables to measure (none: only --trajectory)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trajectory", action="store_true", help="also run stock and fast teapot fits")
     parser.add_argument("--trajectory-size", type=int, default=256)
+    parser.add_argument("--trajectory-paths", nargs="+", choices=["stock", "fast"], default=["stock", "fast"],
+                        help="which paths to fit with --trajectory (stock alone takes ~30 min)")
     parser.add_argument("--json", type=Path, help="write the measured figures here")
     args = parser.parse_args()
     posefit.provision_all(posefit.TEAPOT_FILES + posefit.COW_FILES)
     torch.set_num_threads(torch.get_num_threads())
     results = {}
-    for experiment in (["teapot", "cow"] if args.experiment == "both" else [args.experiment]):
+    experiments = {"both": ["teapot", "cow"], "none": []}.get(args.experiment, [args.experiment])
+    for experiment in experiments:
         table = measure_stages(experiment, args.size, args.repeats)
         rss = {kind: peak_rss_mb(experiment, kind, args.size) for kind in ("stock", "fast")}
         print_table(experiment, table, rss)
         results[experiment] = {"stages": table, "peak_rss_mb": rss}
     if args.trajectory:
-        trajectories(args.trajectory_size)
+        results["trajectory"] = trajectories(args.trajectory_size, args.trajectory_paths)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     print(f"\nthreads: {torch.get_num_threads()}, peak RSS of this process: "

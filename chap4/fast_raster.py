@@ -32,6 +32,9 @@ asks for frustum culling, it defers to PyTorch3D's own rasterizer.
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import torch
 from pytorch3d.renderer.blending import softmax_rgb_blend
 from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
@@ -40,12 +43,43 @@ from pytorch3d.renderer.mesh.shader import SoftPhongShader
 from pytorch3d.renderer.mesh.shading import phong_shading
 
 K_EPSILON = 1e-8  # kEpsilon in geometry_utils.h (a double there)
-CANDIDATES_PER_CHUNK = 1 << 21  # bounds the memory of one forward chunk
-ENTRIES_PER_CHUNK = 1 << 19  # bounds the memory of one backward chunk
+# Candidates per forward chunk: small enough that one chunk's arrays stay in
+# the CPU cache (1 << 16 ran ~1.5x faster than 1 << 21 here), large enough
+# that the Python overhead per chunk does not matter.
+CANDIDATES_PER_CHUNK = 1 << 16
+ENTRIES_PER_CHUNK = 1 << 17  # bounds the memory of one backward chunk
 # True: differentiate the floored perspective denominator as PyTorch3D's
 # backward does (bit-for-bit comparisons); False: the derivative of the
 # function the forward pass actually computes (see _face_terms).
 STOCK_PERSPECTIVE_GRADIENT = False
+
+
+_heap_reuse_checked = False
+
+
+def _reuse_freed_large_blocks() -> None:
+    """Let glibc's malloc keep freed large blocks for reuse (once per process).
+
+    Each iteration allocates and frees the same dense (N, H, W, K) tensors,
+    26 to 78 MB each at the book's settings. By default glibc maps every block
+    above 32 MB from the OS and unmaps it on free, so the next iteration pays
+    the page faults again (a third of the forward pass here). Raising the
+    mmap and trim thresholds keeps them in the heap instead; the peak memory
+    stays that of the largest iteration (benchmarks/bench_cpu.py measures it).
+    """
+    global _heap_reuse_checked
+    if _heap_reuse_checked:
+        return
+    _heap_reuse_checked = True
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
 def pixel_centers_ndc(size: int, other: int) -> torch.Tensor:
@@ -186,6 +220,7 @@ def _rasterize_forward(
     count = torch.where(valid, nx * ny, torch.zeros_like(nx))
 
     kept = []  # per chunk: (pixel key, face, pz, signed dist, bary_clip)
+    table = _face_table(fv)
     faces = torch.nonzero(count).squeeze(1)
     if faces.numel():
         cum = torch.cumsum(count[faces], 0)
@@ -198,7 +233,7 @@ def _rasterize_forward(
             stop = max(stop, start + 1)
             kept.append(
                 _candidates(
-                    fv, faces[start:stop], count, ix0, iy0, nx, mesh_of_face, x_ndc, y_ndc,
+                    table, faces[start:stop], count, ix0, iy0, nx, mesh_of_face, x_ndc, y_ndc,
                     xmin, xmax, ymin, ymax, H, W, blur_radius,
                     perspective_correct, clip_barycentric_coords,
                 )
@@ -209,52 +244,174 @@ def _rasterize_forward(
     zbuf = torch.full((N, H, W, K), -1.0)
     dists = torch.full((N, H, W, K), -1.0)
     bary = torch.full((N, H, W, K, 3), -1.0)
+    slot = torch.zeros(0, dtype=torch.int64)
+    face = torch.zeros(0, dtype=torch.int64)
     if kept:
         key, face, pz, sdist, bclip = (torch.cat(t) for t in zip(*kept, strict=True))
-        # Nearest first; equal depths by face index, as the stock sort of
-        # (z, face, ...) tuples does. Candidates are generated in face order,
-        # so two stable sorts (by depth, then by pixel) give that order.
-        order = torch.sort(pz, stable=True).indices
-        order = order[torch.sort(key[order], stable=True).indices]
+        # Per pixel, nearest first; equal depths by face index, as the stock
+        # sort of (z, face, ...) tuples does. pz >= 0, and the bits of a
+        # non-negative float32 order like its value (+ 0.0 turns -0.0 into
+        # 0.0), so one stable sort of (pixel << 32 | bits of pz) does it:
+        # candidates are generated in face order, which breaks the ties.
+        pz_bits = (pz + 0.0).view(torch.int32).to(torch.int64)
+        order = torch.sort((key << 32) | pz_bits, stable=True).indices
         key, face, pz, sdist, bclip = key[order], face[order], pz[order], sdist[order], bclip[order]
         _, counts = torch.unique_consecutive(key, return_counts=True)
         first = torch.cumsum(counts, 0) - counts
         rank = torch.arange(key.numel()) - torch.repeat_interleave(first, counts)
-        top = rank < K
+        top = torch.nonzero(rank < K).squeeze(1)
         slot = key[top] * K + rank[top]
-        pix_to_face.view(-1)[slot] = face[top]
+        face = face[top]
+        pix_to_face.view(-1)[slot] = face
         zbuf.view(-1)[slot] = pz[top]
         dists.view(-1)[slot] = sdist[top]
         bary.view(-1, 3)[slot] = bclip[top]
-    return pix_to_face, zbuf, bary, dists
+    # slot: the flat (pixel, k) index of every filled entry, face: its face.
+    return pix_to_face, zbuf, bary, dists, slot, face
+
+
+def _face_table(fv: torch.Tensor) -> dict:
+    """Per-face float32 terms of the kernel's formulas, each a contiguous (F,) array.
+
+    Differences such as y2 - y1 are the same float32 numbers whether taken
+    per face or per (pixel, face) pair, so taking them once per face changes
+    no result bit, and the per-candidate work below gathers them instead.
+    """
+    x0, y0, z0 = fv[:, 0, 0], fv[:, 0, 1], fv[:, 0, 2]
+    x1, y1, z1 = fv[:, 1, 0], fv[:, 1, 1], fv[:, 1, 2]
+    x2, y2, z2 = fv[:, 2, 0], fv[:, 2, 1], fv[:, 2, 2]
+    area = _edge(x2, y2, x0, y0, x1, y1)
+    table = {
+        "x0": x0, "y0": y0, "z0": z0, "x1": x1, "y1": y1, "z1": z1, "x2": x2, "y2": y2, "z2": z2,
+        "area": (area.double() + K_EPSILON).float(),  # + kEpsilon in double, rounded once, as in C++
+        "dx01": x1 - x0, "dy01": y1 - y0, "dx02": x2 - x0, "dy02": y2 - y0,
+        "dx12": x2 - x1, "dy12": y2 - y1, "dx20": x0 - x2, "dy20": y0 - y2,
+    }
+    for edge in ("01", "02", "12"):
+        l2 = table["dx" + edge] * table["dx" + edge] + table["dy" + edge] * table["dy" + edge]
+        table["l2" + edge] = torch.where(l2 > K_EPSILON, l2, torch.ones_like(l2))
+        table["short" + edge] = l2 <= K_EPSILON
+    return {name: value.contiguous() for name, value in table.items()}
+
+
+def _segment_dist2(px, py, ax, ay, dx, dy, l2_guarded):
+    """PointLineDistanceForward for a segment that is not degenerate."""
+    t = ((dx * (px - ax) + dy * (py - ay)) / l2_guarded).clamp(0.0, 1.0)
+    qx, qy = px - (ax + t * dx), py - (ay + t * dy)
+    return qx * qx + qy * qy
 
 
 def _candidates(
-    fv, faces, count, ix0, iy0, nx, mesh_of_face, x_ndc, y_ndc,
+    table, faces, count, ix0, iy0, nx, mesh_of_face, x_ndc, y_ndc,
     xmin, xmax, ymin, ymax, H, W, blur_radius, perspective_correct, clip_barycentric_coords,
 ):
-    """Test every (face, pixel in its bounding box) pair of these faces."""
+    """Test every (face, pixel in its bounding box) pair of these faces.
+
+    The same float32 operations as _face_terms (and the C++ kernel), in two
+    passes: the tests that need no depth (inside the triangle, or within the
+    blur radius of an edge) on every candidate, then the perspective-corrected
+    barycentrics and depth only on the pairs that pass them.
+    """
     c = count[faces]
     face = torch.repeat_interleave(faces, c)
     local = torch.arange(face.numel()) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
-    xi_ndc = ix0[face] + local % nx[face]  # index into x_ndc (reversed column)
-    yi_ndc = iy0[face] + local // nx[face]
+    width = nx[face]
+    xi_ndc = ix0[face] + local % width  # index into x_ndc (reversed column)
+    yi_ndc = iy0[face] + local // width
     px, py = x_ndc[xi_ndc], y_ndc[yi_ndc]
-    # CheckPointOutsideBoundingBox, with the same float32 box.
-    ok = (px <= xmax[face]) & (px >= xmin[face]) & (py <= ymax[face]) & (py >= ymin[face])
-    face, px, py, xi_ndc, yi_ndc = face[ok], px[ok], py[ok], xi_ndc[ok], yi_ndc[ok]
-    _, bclip, pz, dist, inside = _face_terms(
-        fv[face], px, py,
-        perspective_correct=perspective_correct,
-        clip_barycentric_coords=clip_barycentric_coords,
+
+    def per_face(*names):
+        return [table[name].index_select(0, face) for name in names]
+
+    # Pass 1: CheckPointOutsideBoundingBox (the same float32 box), plain
+    # barycentrics (their signs are those of the perspective-corrected ones,
+    # as all depths are > 0) and the distance to the triangle.
+    x0, y0, x1, y1, x2, y2, area = per_face("x0", "y0", "x1", "y1", "x2", "y2", "area")
+    xlo, xhi, ylo, yhi = (b.index_select(0, face) for b in (xmin, xmax, ymin, ymax))
+    in_box = (px <= xhi) & (px >= xlo) & (py <= yhi) & (py >= ylo)
+    ax0, ay0, ax1, ay1, ax2, ay2 = px - x0, py - y0, px - x1, py - y1, px - x2, py - y2
+    dx01, dy01, dx02, dy02, dx12, dy12, dx20, dy20 = per_face(
+        "dx01", "dy01", "dx02", "dy02", "dx12", "dy12", "dx20", "dy20"
     )
-    ok = (pz >= 0) & (inside | (dist < blur_radius))
-    face = face[ok]
-    row = H - 1 - yi_ndc[ok]
-    col = W - 1 - xi_ndc[ok]
-    key = (mesh_of_face[face] * H + row) * W + col
-    sdist = torch.where(inside[ok], -dist[ok], dist[ok])
-    return key, face, pz[ok], sdist, bclip[ok]
+    w0 = (ax1 * dy12 - ay1 * dx12) / area
+    w1 = (ax2 * dy20 - ay2 * dx20) / area
+    w2 = (ax0 * dy01 - ay0 * dx01) / area
+    l201, l202, l212 = per_face("l201", "l202", "l212")
+    e01 = _segment_dist2(px, py, x0, y0, dx01, dy01, l201)
+    e02 = _segment_dist2(px, py, x0, y0, dx02, dy02, l202)
+    e12 = _segment_dist2(px, py, x1, y1, dx12, dy12, l212)
+    # A degenerate edge measures the distance to its second vertex.
+    for e, short, bx, by in ((e01, "short01", ax1, ay1), (e02, "short02", ax2, ay2), (e12, "short12", ax2, ay2)):
+        degenerate = torch.nonzero(table[short].index_select(0, face)).squeeze(1)
+        if degenerate.numel():
+            e[degenerate] = bx[degenerate] * bx[degenerate] + by[degenerate] * by[degenerate]
+    dist = torch.where((e01 <= e02) & (e01 <= e12), e01, torch.where(e02 <= e12, e02, e12))
+    near = in_box & (((w0 > 0) & (w1 > 0) & (w2 > 0)) | (dist < blur_radius))
+    keep = torch.nonzero(near).squeeze(1)
+    face, xi_ndc, yi_ndc, dist, w0, w1, w2 = (
+        t.index_select(0, keep) for t in (face, xi_ndc, yi_ndc, dist, w0, w1, w2)
+    )
+
+    # Pass 2: perspective correction, clipping and depth for what is left.
+    z0, z1, z2 = per_face("z0", "z1", "z2")
+    if perspective_correct:
+        t0, t1, t2 = w0 * z1 * z2, z0 * w1 * z2, z0 * z1 * w2
+        denom = (t0 + t1 + t2).clamp(min=K_EPSILON)
+        w0, w1, w2 = t0 / denom, t1 / denom, t2 / denom
+    if clip_barycentric_coords:
+        c0, c1, c2 = w0.clamp(min=0.0), w1.clamp(min=0.0), w2.clamp(min=0.0)
+        s = (c0 + c1 + c2).clamp(min=1e-5)
+        c0, c1, c2 = c0 / s, c1 / s, c2 / s
+    else:
+        c0, c1, c2 = w0, w1, w2
+    pz = c0 * z0 + c1 * z1 + c2 * z2
+    inside = (w0 > 0) & (w1 > 0) & (w2 > 0)
+    ok = torch.nonzero((pz >= 0) & (inside | (dist < blur_radius))).squeeze(1)
+    face, yi_ndc, xi_ndc, inside, dist, pz = (t.index_select(0, ok) for t in (face, yi_ndc, xi_ndc, inside, dist, pz))
+    key = (mesh_of_face.index_select(0, face) * H + (H - 1 - yi_ndc)) * W + (W - 1 - xi_ndc)
+    sdist = torch.where(inside, -dist, dist)
+    bclip = torch.stack((c0, c1, c2), dim=-1).index_select(0, ok)
+    return key, face, pz, sdist, bclip
+
+
+class _LastFragments:
+    """The last forward's outputs, to serve a call that asks for fewer faces per pixel.
+
+    The cow's two soft renderers (silhouette, 100 faces per pixel, and
+    textured, 50) rasterize the same faces from the same camera with the
+    same blur radius in every iteration. The nearest 50 of a pixel are the
+    first 50 of its nearest 100, in the same order, so the second call is a
+    slice of the first instead of a second rasterization.
+    """
+
+    key = None  # (settings, detached copy of face_verts)
+    outputs = None  # pix_to_face, zbuf, bary, dists, slot, slot_face
+
+    @classmethod
+    def lookup(cls, face_verts, settings, faces_per_pixel):
+        if cls.key is None:
+            return None
+        (cached_settings, cached_k), cached_face_verts = cls.key
+        if cached_settings != settings or faces_per_pixel > cached_k:
+            return None
+        if cached_face_verts.shape != face_verts.shape or not torch.equal(cached_face_verts, face_verts):
+            return None
+        pix_to_face, zbuf, bary, dists, slot, slot_face = cls.outputs
+        K = faces_per_pixel
+        first_k = [t[..., :K, :] if t.dim() == 5 else t[..., :K] for t in (pix_to_face, zbuf, bary, dists)]
+        keep = torch.nonzero(slot % cached_k < K).squeeze(1)
+        slot_k = slot[keep]
+        slot_k = slot_k // cached_k * K + slot_k % cached_k
+        return [t.clone(memory_format=torch.contiguous_format) for t in first_k] + [slot_k, slot_face[keep]]
+
+    @classmethod
+    def store(cls, face_verts, settings, faces_per_pixel, outputs):
+        cls.key = ((settings, faces_per_pixel), face_verts.detach().clone())
+        cls.outputs = outputs
+
+    @classmethod
+    def clear(cls):
+        cls.key = cls.outputs = None
 
 
 class _FastRasterizeFaceVerts(torch.autograd.Function):
@@ -264,40 +421,51 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
     def forward(ctx, face_verts, mesh_to_face_first_idx, num_faces_per_mesh, image_size,
                 blur_radius, faces_per_pixel, perspective_correct, clip_barycentric_coords,
                 cull_backfaces):
-        pix_to_face, zbuf, bary, dists = _rasterize_forward(
-            face_verts, mesh_to_face_first_idx, num_faces_per_mesh, image_size, blur_radius,
-            faces_per_pixel, perspective_correct, clip_barycentric_coords, cull_backfaces,
-        )
-        ctx.save_for_backward(face_verts, pix_to_face)
+        settings = (tuple(num_faces_per_mesh.tolist()), image_size, blur_radius, perspective_correct,
+                    clip_barycentric_coords, cull_backfaces)
+        outputs = _LastFragments.lookup(face_verts, settings, faces_per_pixel)
+        if outputs is None:
+            _LastFragments.clear()  # free the old outputs before making new ones
+            outputs = _rasterize_forward(
+                face_verts, mesh_to_face_first_idx, num_faces_per_mesh, image_size, blur_radius,
+                faces_per_pixel, perspective_correct, clip_barycentric_coords, cull_backfaces,
+            )
+            _LastFragments.store(face_verts, settings, faces_per_pixel, outputs)
+        pix_to_face, zbuf, bary, dists, slot, slot_face = outputs
+        # The backward needs only the filled entries: where they are and their face.
+        ctx.save_for_backward(face_verts, slot, slot_face)
         ctx.mark_non_differentiable(pix_to_face)
         # Unused outputs (a silhouette shader reads only dists) then arrive as
         # None instead of dense zero tensors that cost time to fill and scan.
         ctx.set_materialize_grads(False)
+        ctx.shape = pix_to_face.shape
         ctx.perspective_correct = perspective_correct
         ctx.clip_barycentric_coords = clip_barycentric_coords
         return pix_to_face, zbuf, bary, dists
 
     @staticmethod
     def backward(ctx, grad_pix_to_face, grad_zbuf, grad_bary, grad_dists):
-        face_verts, pix_to_face = ctx.saved_tensors
-        N, H, W, K = pix_to_face.shape
+        face_verts, slot, slot_face = ctx.saved_tensors
+        N, H, W, K = ctx.shape
         grad_face_verts = torch.zeros_like(face_verts)
-        # Only entries that hold a face and receive some gradient matter.
-        grads = [g.reshape(-1) != 0 for g in (grad_zbuf, grad_dists) if g is not None]
-        if grad_bary is not None:
-            grads.append((grad_bary.reshape(-1, 3) != 0).any(dim=1))
-        if not grads:
+        # Upstream gradients of the filled entries; only those that are non-zero matter.
+        g_zbuf = None if grad_zbuf is None else grad_zbuf.reshape(-1).index_select(0, slot)
+        g_dists = None if grad_dists is None else grad_dists.reshape(-1).index_select(0, slot)
+        g_bary = None if grad_bary is None else grad_bary.reshape(-1, 3).index_select(0, slot)
+        nonzero = [g != 0 for g in (g_zbuf, g_dists) if g is not None]
+        if g_bary is not None:
+            nonzero.append((g_bary != 0).any(dim=1))
+        if not nonzero:
             return (grad_face_verts,) + (None,) * 8
-        live = grads[0]
-        for g in grads[1:]:
+        live = nonzero[0]
+        for g in nonzero[1:]:
             live |= g
-        live &= pix_to_face.view(-1) >= 0
         entries = torch.nonzero(live).squeeze(1)
         x_ndc = pixel_centers_ndc(W, H)
         y_ndc = pixel_centers_ndc(H, W)
         for chunk in entries.split(ENTRIES_PER_CHUNK):
-            face = pix_to_face.view(-1)[chunk]
-            pixel = chunk // K
+            face = slot_face[chunk]
+            pixel = slot[chunk] // K
             px = x_ndc[W - 1 - pixel % W]
             py = y_ndc[H - 1 - (pixel // W) % H]
             fv = face_verts.detach()[face].requires_grad_(True)
@@ -310,13 +478,13 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
                     stock_perspective_gradient=STOCK_PERSPECTIVE_GRADIENT,
                 )
                 total = torch.zeros((), dtype=fv.dtype)
-                if grad_zbuf is not None:
-                    total = total + (grad_zbuf.reshape(-1)[chunk] * pz).sum()
-                if grad_dists is not None:
+                if g_zbuf is not None:
+                    total = total + (g_zbuf[chunk] * pz).sum()
+                if g_dists is not None:
                     signed = torch.where(inside, -dist, dist)
-                    total = total + (grad_dists.reshape(-1)[chunk] * signed).sum()
-                if grad_bary is not None:
-                    total = total + (grad_bary.reshape(-1, 3)[chunk] * bclip).sum()
+                    total = total + (g_dists[chunk] * signed).sum()
+                if g_bary is not None:
+                    total = total + (g_bary[chunk] * bclip).sum()
                 (g,) = torch.autograd.grad(total, fv)
             grad_face_verts.index_add_(0, face, g)
         return grad_face_verts, None, None, None, None, None, None, None, None
@@ -350,6 +518,7 @@ def fast_rasterize_meshes(
         )
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
+    _reuse_freed_large_blocks()
     return _FastRasterizeFaceVerts.apply(
         face_verts,
         meshes.mesh_to_faces_packed_first_idx(),
@@ -409,32 +578,45 @@ class SparseSoftPhongShader(SoftPhongShader):
     The stock shader interpolates normals, samples the texture and evaluates
     Phong lighting for all N*H*W*K entries, although at the book's 50 faces
     per pixel most of them are empty and their colour is multiplied by a zero
-    weight in softmax_rgb_blend. Here the non-empty entries are gathered into
-    a (1, 1, M, 1) "image", shaded with PyTorch3D's own functions, and
-    scattered back, so the blended image and its gradients are the same.
+    weight in softmax_rgb_blend. Here each image's non-empty entries are
+    gathered into a row of an (N, 1, M, 1) "image" (M: the most any image
+    has; shorter rows are padded with empty entries), shaded with PyTorch3D's
+    own functions, and scattered back, so the blended image and its gradients
+    are the same.
     """
 
     def forward(self, fragments: Fragments, meshes, **kwargs) -> torch.Tensor:
-        if len(meshes) != 1 or fragments.pix_to_face.is_cuda:
+        if fragments.pix_to_face.is_cuda:
             return super().forward(fragments, meshes, **kwargs)
         cameras = super()._get_cameras(**kwargs)
         lights = kwargs.get("lights", self.lights)
         materials = kwargs.get("materials", self.materials)
         blend_params = kwargs.get("blend_params", self.blend_params)
         N, H, W, K = fragments.pix_to_face.shape
-        entries = torch.nonzero(fragments.pix_to_face.reshape(-1) >= 0).squeeze(1)
-        M = entries.numel()
-        compact = Fragments(
-            pix_to_face=fragments.pix_to_face.reshape(-1)[entries].view(1, 1, M, 1),
-            zbuf=fragments.zbuf.reshape(-1)[entries].view(1, 1, M, 1),
-            bary_coords=fragments.bary_coords.reshape(-1, 3)[entries].view(1, 1, M, 1, 3),
-            dists=fragments.dists.reshape(-1)[entries].view(1, 1, M, 1),
+        filled = fragments.pix_to_face.reshape(N, -1) >= 0
+        image, entry = torch.nonzero(filled, as_tuple=True)  # image-major, as nonzero orders them
+        per_image = filled.sum(dim=1)
+        M = max(int(per_image.max()), 1) if N else 1
+        column = torch.arange(image.numel()) - torch.repeat_interleave(torch.cumsum(per_image, 0) - per_image, per_image)
+        flat = image * (H * W * K) + entry  # index into the flattened (N*H*W*K) fragments
+        row = image * M + column  # index into the flattened (N*M) compact image
+
+        def compact(values, fill, channels=()):
+            out = values.new_full((N * M, *channels), fill)
+            out[row] = values.reshape(-1, *channels)[flat]
+            return out.view(N, 1, M, 1, *channels)
+
+        packed = Fragments(
+            pix_to_face=compact(fragments.pix_to_face, -1),
+            zbuf=compact(fragments.zbuf, -1.0),
+            bary_coords=compact(fragments.bary_coords, -1.0, (3,)),
+            dists=compact(fragments.dists, -1.0),
         )
-        texels = meshes.sample_textures(compact)
-        colors_compact = phong_shading(
-            meshes=meshes, fragments=compact, texels=texels, lights=lights, cameras=cameras, materials=materials
+        texels = meshes.sample_textures(packed)
+        colors_packed = phong_shading(
+            meshes=meshes, fragments=packed, texels=texels, lights=lights, cameras=cameras, materials=materials
         )
-        colors = colors_compact.new_zeros((N * H * W * K, 3)).index_put((entries,), colors_compact.reshape(M, 3))
+        colors = colors_packed.new_zeros((N * H * W * K, 3)).index_put((flat,), colors_packed.reshape(N * M, 3)[row])
         colors = colors.view(N, H, W, K, 3)
         znear = kwargs.get("znear", getattr(cameras, "znear", 1.0))
         zfar = kwargs.get("zfar", getattr(cameras, "zfar", 100.0))

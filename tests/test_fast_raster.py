@@ -93,8 +93,9 @@ def test_falls_back_to_stock_when_faces_need_near_plane_clipping(teapot):
     assert torch.allclose(g_fast, g_stock, equal_nan=True)
 
 
-def test_sparse_phong_shader_matches_stock_shader(cow):
-    """Same image and same gradient as SoftPhongShader on the same fragments."""
+@pytest.mark.parametrize("positions", [[[2.0, 2.5, 2.0]], [[2.0, 2.5, 2.0], [0.5, -1.0, 2.7], [-2.2, 1.0, -1.5]]])
+def test_sparse_phong_shader_matches_stock_shader(cow, positions):
+    """Same image and same gradient as SoftPhongShader on the same fragments, also for a batch of cameras."""
     from pytorch3d.renderer import PointLights, SoftPhongShader
 
     from fast_raster import SparseSoftPhongShader
@@ -104,10 +105,11 @@ def test_sparse_phong_shader_matches_stock_shader(cow):
     lights = PointLights(location=((2.0, 2.0, -2.0),))
     results = []
     for shader_cls in (SoftPhongShader, SparseSoftPhongShader):
-        position = torch.tensor([2.0, 2.5, 2.0], requires_grad=True)
+        position = torch.tensor(positions, requires_grad=True)
         R, T = posefit.camera_R_T(position)
-        fragments = FastMeshRasterizer(cameras=cameras, raster_settings=settings)(cow, R=R, T=T)
-        image = shader_cls(cameras=cameras, lights=lights)(fragments, cow, R=R, T=T)
+        meshes = cow.extend(len(positions))
+        fragments = FastMeshRasterizer(cameras=cameras, raster_settings=settings)(meshes, R=R, T=T)
+        image = shader_cls(cameras=cameras, lights=lights)(fragments, meshes, R=R, T=T)
         image[..., :3].square().sum().backward()
         results.append((image.detach(), position.grad))
     (stock_image, stock_grad), (sparse_image, sparse_grad) = results
@@ -142,3 +144,30 @@ def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):
     assert stock.norm() > 100 * ours.norm()
     assert torch.isfinite(ours).all() and ours.norm() < 1e3
     assert ours_stock_mode.norm() > 100 * ours.norm()
+
+
+def test_fewer_faces_per_pixel_reuses_the_last_fragments_exactly(cow):
+    """The cow's textured pass (50 faces) after its silhouette pass (100) gives the same fragments and gradient."""
+    import fast_raster
+
+    blur = math.log(1 / 1e-4 - 1) * 1e-4
+    cameras = FoVPerspectiveCameras()
+    results = []
+    for silhouette_first in (False, True):
+        fast_raster._LastFragments.clear()
+        position = torch.tensor([[1.0, 2.0, 2.5]], requires_grad=True)
+        R, T = posefit.camera_R_T(position)
+        if silhouette_first:
+            settings = RasterizationSettings(image_size=40, blur_radius=blur, faces_per_pixel=100)
+            FastMeshRasterizer(cameras=cameras, raster_settings=settings)(cow, R=R, T=T)
+            assert fast_raster._LastFragments.outputs is not None
+        settings = RasterizationSettings(image_size=40, blur_radius=blur, faces_per_pixel=50)
+        fragments = FastMeshRasterizer(cameras=cameras, raster_settings=settings)(cow, R=R, T=T)
+        (fragments.zbuf.sum() + fragments.bary_coords[..., 1].sum() + fragments.dists.sum()).backward()
+        results.append((fragments, position.grad))
+    (alone, grad_alone), (reused, grad_reused) = results
+    for name in ("pix_to_face", "zbuf", "bary_coords", "dists"):
+        assert torch.equal(getattr(alone, name), getattr(reused, name)), name
+        assert getattr(reused, name).is_contiguous()
+    assert (alone.pix_to_face >= 0).any()
+    assert torch.allclose(grad_alone, grad_reused, rtol=1e-6, atol=0)
