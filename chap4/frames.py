@@ -177,4 +177,11 @@ class FrameWriter:
                 self.errors.append(message)
             self._process.join()
             self._process = None
+        elif getattr(self, "_figure", None) is not None:
+            # pyplot keeps every figure until it is closed: a process running many fits
+            # (tests, benchmarks) would pile them up.
+            import matplotlib.pyplot as plt
+
+            plt.close(self._figure.fig)
+            self._figure = None
         return self.errors
