@@ -182,6 +182,24 @@ def book_blur_radius(sigma: float = 1e-4) -> float:
     return float(np.log(1.0 / 1e-4 - 1.0) * sigma)
 
 
+# torch's thread count at start-up, for the stock path.
+DEFAULT_CPU_THREADS = torch.get_num_threads()
+
+
+def set_cpu_threads(rasterizer: str) -> None:
+    """One torch thread for the fast CPU path, torch's default for stock.
+
+    The fast path is thousands of small vectorised operations per iteration.
+    A second thread made it no faster on two cores (measured by
+    benchmarks/bench_cpu.py), and when another busy process shares the cores
+    it made it 25x slower: every operation's OpenMP threads wait for the one
+    the OS has descheduled. One thread also leaves a core to the picture
+    writer. Stock PyTorch3D's CPU kernels are single-threaded; torch's other
+    operations keep the default there.
+    """
+    torch.set_num_threads(1 if rasterizer == "fast" else DEFAULT_CPU_THREADS)
+
+
 def make_rasterizer(kind: str, cameras, raster_settings):
     """'fast' = this project's CPU path (stock on CUDA), 'stock' = PyTorch3D's."""
     cls = FastMeshRasterizer if kind == "fast" else MeshRasterizer
@@ -216,6 +234,8 @@ def make_renderers(
     """
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)
+    if torch.device(device).type == "cpu":
+        set_cpu_threads(rasterizer)
     cameras = FoVPerspectiveCameras(device=device, fov=fov)
     lights = PointLights(device=device, location=((2.0, 2.0, -2.0),))
     blend_params = BlendParams(sigma=sigma, gamma=gamma)
