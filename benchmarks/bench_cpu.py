@@ -62,6 +62,7 @@ class Stages:
 def setup(experiment, kind, size):
     mesh = diff_render.load_teapot("cpu") if experiment == "teapot" else diff_render_texture.load_cow("cpu")
     textured = 50 if experiment == "cow" else None
+    posefit.set_cpu_threads(kind)  # as the scripts do: one thread for fast, torch's default for stock
     renderers = posefit.make_renderers("cpu", size, rasterizer=kind, textured_faces_per_pixel=textured)
     R_t, T_t, _ = posefit.target_camera(3.0, 50.0, 0.0, "cpu")
     with torch.no_grad():

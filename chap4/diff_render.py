@@ -127,6 +127,8 @@ def fit(
     output_dir = posefit.prepare_output_dir(output_dir, FRAME_PREFIXES)
 
     # The renderers: soft silhouette to optimise, hard Phong for pictures.
+    if device.type == "cpu":
+        posefit.set_cpu_threads(rasterizer)
     renderers = posefit.make_renderers(device, image_size, rasterizer=rasterizer, fov=fov)
 
     if target is None:

@@ -153,6 +153,8 @@ def fit(
     output_dir = posefit.prepare_output_dir(output_dir, FRAME_PREFIXES)
 
     # Soft silhouette (100 faces per pixel), soft Phong (50), hard Phong.
+    if device.type == "cpu":
+        posefit.set_cpu_threads(rasterizer)
     renderers = posefit.make_renderers(device, image_size, rasterizer=rasterizer, textured_faces_per_pixel=50,
                                        fov=fov)
 
