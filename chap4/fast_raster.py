@@ -123,6 +123,17 @@ def _point_line_dist2(px, py, ax, ay, bx, by, *, detach_t: bool):
     return torch.where(l2 <= K_EPSILON, ex * ex + ey * ey, seg)
 
 
+def _clip_and_depth(w0, w1, w2, z0, z1, z2, clip_barycentric_coords):
+    """BarycentricClipForward (if asked), then the interpolated depth pz."""
+    if clip_barycentric_coords:
+        c0, c1, c2 = w0.clamp(min=0.0), w1.clamp(min=0.0), w2.clamp(min=0.0)
+        s = (c0 + c1 + c2).clamp(min=1e-5)
+        c0, c1, c2 = c0 / s, c1 / s, c2 / s
+    else:
+        c0, c1, c2 = w0, w1, w2
+    return c0, c1, c2, c0 * z0 + c1 * z1 + c2 * z2
+
+
 def _face_terms(
     fv, px, py, *, perspective_correct, clip_barycentric_coords, detach_t=False, stock_perspective_gradient=False
 ):
@@ -159,13 +170,7 @@ def _face_terms(
         else:
             denom = denom.clamp(min=K_EPSILON)
         w0, w1, w2 = t0 / denom, t1 / denom, t2 / denom
-    if clip_barycentric_coords:
-        c0, c1, c2 = w0.clamp(min=0.0), w1.clamp(min=0.0), w2.clamp(min=0.0)
-        s = (c0 + c1 + c2).clamp(min=1e-5)
-        c0, c1, c2 = c0 / s, c1 / s, c2 / s
-    else:
-        c0, c1, c2 = w0, w1, w2
-    pz = c0 * z0 + c1 * z1 + c2 * z2
+    c0, c1, c2, pz = _clip_and_depth(w0, w1, w2, z0, z1, z2, clip_barycentric_coords)
     e01 = _point_line_dist2(px, py, x0, y0, x1, y1, detach_t=detach_t)
     e02 = _point_line_dist2(px, py, x0, y0, x2, y2, detach_t=detach_t)
     e12 = _point_line_dist2(px, py, x1, y1, x2, y2, detach_t=detach_t)
@@ -365,13 +370,7 @@ def _candidates(
         t0, t1, t2 = w0 * z1 * z2, z0 * w1 * z2, z0 * z1 * w2
         denom = (t0 + t1 + t2).clamp(min=K_EPSILON)
         w0, w1, w2 = t0 / denom, t1 / denom, t2 / denom
-    if clip_barycentric_coords:
-        c0, c1, c2 = w0.clamp(min=0.0), w1.clamp(min=0.0), w2.clamp(min=0.0)
-        s = (c0 + c1 + c2).clamp(min=1e-5)
-        c0, c1, c2 = c0 / s, c1 / s, c2 / s
-    else:
-        c0, c1, c2 = w0, w1, w2
-    pz = c0 * z0 + c1 * z1 + c2 * z2
+    c0, c1, c2, pz = _clip_and_depth(w0, w1, w2, z0, z1, z2, clip_barycentric_coords)
     inside = (w0 > 0) & (w1 > 0) & (w2 > 0)
     ok = torch.nonzero((pz >= 0) & (inside | (dist < blur_radius))).squeeze(1)
     face, yi_ndc, xi_ndc, inside, dist, pz = (t.index_select(0, ok) for t in (face, yi_ndc, xi_ndc, inside, dist, pz))
