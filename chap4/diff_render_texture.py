@@ -122,6 +122,7 @@ def fit(
     fov: float = 60.0,
     prune_schedule=posefit.PRUNE_SCHEDULE,
     explore_scale: float = posefit.EXPLORE_SCALE,
+    explore_lr_factor: float = posefit.EXPLORE_LR_FACTOR,
     refine_share: float = posefit.REFINE_SHARE,
     refine_sigma: float = posefit.REFINE_SIGMA,
     lr_final_factor: float = posefit.LR_FINAL_FACTOR,
@@ -129,10 +130,12 @@ def fit(
 ) -> dict:
     """Run the book's cow fit; return what summary.json holds.
 
-    restarts > 1 fits that many starting cameras together, pruned as
+    restarts > 1 fits that many starting cameras together: they explore at
+    explore_scale of the image size and explore_lr_factor * lr, pruned as
     prune_schedule says ((share of the iterations done, keep), ...); the last
-    refine_share of the iterations use soft renders of sigma refine_sigma and
-    a learning rate falling to lr * lr_final_factor (posefit.Hypotheses).
+    refine_share of the iterations are at full size, with sigma falling to
+    refine_sigma and the learning rate to lr * lr_final_factor
+    (posefit.Hypotheses).
     Unless explore_with_texture, the starts explore on the silhouette alone
     and the colour term joins in the refinement: the soft Phong render costs
     about four times the silhouette, and the silhouette finds the basin.
@@ -183,7 +186,8 @@ def fit(
     # One start (the book's) or several, spread over the sphere (--restarts).
     hypotheses = posefit.Hypotheses(init_position, restarts, iterations=iterations, lr=lr, renderers=renderers,
                                     prune_schedule=prune_schedule, explore_scale=explore_scale,
-                                    refine_share=refine_share, refine_sigma=refine_sigma,
+                                    explore_lr_factor=explore_lr_factor, refine_share=refine_share,
+                                    refine_sigma=refine_sigma,
                                     lr_final_factor=lr_final_factor)
     model = Model(meshes=mesh, renderer_silhouette=renderers.silhouette, renderer_textured=renderers.textured,
                   image_ref=image_ref, weight_silhouette=weight_silhouette, weight_texture=weight_texture,
@@ -203,7 +207,7 @@ def fit(
         model.use(explore.silhouette, explore.textured, posefit.resize_image(model.image_ref_silhouette, explore_size),
                   posefit.resize_image(model.image_ref_textured, explore_size))
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=hypotheses.lr_at(0))  # lr itself with one start
     record = posefit.FitRecord()
     bar = tqdm(range(iterations), disable=not progress, desc="cow", unit="it")
     try:

@@ -95,10 +95,14 @@ def test_a_hypothesis_that_turns_nan_is_dropped_and_the_others_go_on():
 
 def test_learning_rate_falls_in_the_refinement():
     hypotheses, _, optimizer = run_toy(prune_schedule=(), iterations=20, refine_share=0.5)
+    explore = 0.1 * posefit.EXPLORE_LR_FACTOR
     assert hypotheses.refine_from == 10
-    assert hypotheses.lr_at(9) == 0.1 and hypotheses.lr_at(10) == pytest.approx(0.1)
+    assert hypotheses.lr_at(0) == hypotheses.lr_at(9) == pytest.approx(explore)
+    assert hypotheses.lr_at(10) == pytest.approx(explore)
+    assert explore > hypotheses.lr_at(15) > hypotheses.lr_at(16) > 0.1 * posefit.LR_FINAL_FACTOR
     assert hypotheses.lr_at(19) == pytest.approx(0.1 * posefit.LR_FINAL_FACTOR)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * posefit.LR_FINAL_FACTOR)
+    assert posefit.Hypotheses(BOOK_START, 1, lr=0.1).lr_at(150) == 0.1, "one start: the book's constant rate"
 
 
 def fake_result(positions, ious, losses):
@@ -119,6 +123,17 @@ def test_ambiguity_names_a_far_hypothesis_that_fits_as_well():
     assert worse["ambiguous"] is False and "alternative" not in worse
     near = fake_result([[0, 1, 3], [0.2, 1, 3]], [0.980, 0.980], [10.0, 11.0])
     assert near["ambiguous"] is False, "a hypothesis near the best is the same answer"
+
+
+def test_the_result_line_names_an_ambiguous_answer(tmp_path, capsys):
+    summary = {"iterations": 10, "final_loss": 5.0, "stopped": "max_iterations", "silhouette_iou": 0.98,
+               "seconds": 1.0, "best_hypothesis": 0, "hypotheses": [{}, {}], "ambiguous": True,
+               "alternative": {"hypothesis": 1, "camera_position": [0.0, 1.0, -3.0], "silhouette_iou": 0.975,
+                               "angle_deg": 150.0}}
+    assert posefit.report(summary, tmp_path) == 0
+    first, last = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("ambiguous: start 1 ends at (0.000 1.000 -3.000), 150 degrees away")
+    assert "best of 2 starts: 0" in last
 
 
 # A view the book's start does not find (it ends 115 degrees off, in another
