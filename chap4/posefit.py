@@ -502,7 +502,8 @@ REFINE_SHARE = 0.3
 REFINE_SIGMA = 3e-6
 LR_FINAL_FACTOR = 0.1
 AMBIGUOUS_DEG = 20.0  # a hypothesis this far from the best ...
-AMBIGUOUS_IOU = 0.01  # ... with an IoU this close to the best's makes the answer ambiguous
+AMBIGUOUS_IOU = 0.01  # ... with an IoU this close to the best's makes the answer ambiguous,
+AMBIGUOUS_MIN_IOU = 0.5  # if it fits at all: two poses that both miss the target are no ambiguity
 
 
 def fibonacci_directions(n: int, margin_deg: float = UP_AXIS_MARGIN_DEG) -> np.ndarray:
@@ -715,7 +716,7 @@ class Hypotheses:
         rivals = [
             (ious[k], k, angle)
             for k in range(len(entries))
-            if k != best and ious[k] >= ious[best] - AMBIGUOUS_IOU
+            if k != best and ious[k] >= max(ious[best] - AMBIGUOUS_IOU, AMBIGUOUS_MIN_IOU)
             and (angle := view_angle_deg(self.positions[k], self.positions[best])) > AMBIGUOUS_DEG
         ]
         if rivals:
@@ -1150,6 +1151,9 @@ def report(summary: dict, output_dir: Path) -> int:
         parts.append(f"best of {len(summary['hypotheses'])} starts: {summary['best_hypothesis']}")
     parts.append(f"{summary['seconds']:.1f} s")
     line = ", ".join(parts)
+    if summary["silhouette_iou"] < AMBIGUOUS_MIN_IOU:
+        print(f"warning: the fitted silhouette covers the target poorly (IoU {summary['silhouette_iou']:.2f}); "
+              "try --restarts 8, more --iterations, or check the target's mask (target_silhouette.png)")
     if summary.get("ambiguous"):
         other = summary["alternative"]
         position = " ".join(f"{v:.3f}" for v in other["camera_position"])

@@ -123,6 +123,8 @@ def test_ambiguity_names_a_far_hypothesis_that_fits_as_well():
     assert worse["ambiguous"] is False and "alternative" not in worse
     near = fake_result([[0, 1, 3], [0.2, 1, 3]], [0.980, 0.980], [10.0, 11.0])
     assert near["ambiguous"] is False, "a hypothesis near the best is the same answer"
+    misses = fake_result([[0, 1, 3], [0, 1, -3]], [0.003, 0.001], [10.0, 11.0])
+    assert misses["ambiguous"] is False, "two poses that both miss the target are no ambiguity"
 
 
 def test_the_result_line_names_an_ambiguous_answer(tmp_path, capsys):
