@@ -195,8 +195,10 @@ def set_cpu_threads(rasterizer: str) -> None:
     it made it 25x slower: every operation's OpenMP threads wait for the one
     the OS has descheduled. One thread also leaves a core to the picture
     writer. Stock PyTorch3D's CPU kernels are single-threaded; torch's other
-    operations keep the default there. (The tracker, at 128 px with 8 faces
-    per pixel, keeps torch's default: two threads ran it 25% faster.)
+    operations keep the default there. The tracker uses this too: on a quiet
+    machine two threads ran it 13% faster (20.6 s against 23.6 s for the 60
+    frames), but with one other busy process they made it stall for minutes,
+    while one thread took 24.4 s.
     """
     torch.set_num_threads(1 if rasterizer == "fast" else DEFAULT_CPU_THREADS)
 

@@ -448,6 +448,7 @@ def track(
     renderers = posefit.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
                                        textured_faces_per_pixel=faces_per_pixel,
                                        sigma=sigma * (128 / min(size)) ** 2, fov=fov)
+    posefit.set_cpu_threads(rasterizer)
 
     # 3. The frames, read (or rendered) one at a time as tracking reaches them.
     if frames_dir is not None:
