@@ -202,8 +202,6 @@ def _rasterize_forward(
 
     x_ndc = pixel_centers_ndc(W, H)  # indexed by W - 1 - column
     y_ndc = pixel_centers_ndc(H, W)  # indexed by H - 1 - row
-    pitch_x = float(x_ndc[1] - x_ndc[0]) if W > 1 else 2.0
-    pitch_y = float(y_ndc[1] - y_ndc[0]) if H > 1 else 2.0
 
     # Faces the kernel would skip whatever the pixel: zero area, a vertex
     # behind the camera, or (optionally) facing away.
@@ -213,19 +211,20 @@ def _rasterize_forward(
     valid &= fv[:, :, 2].min(dim=1).values.double() >= K_EPSILON
     if cull_backfaces:
         valid &= area >= 0
-    # Blur-expanded bounding box, then the pixel index range it may cover
-    # (one pixel of slack either side; the exact test follows per candidate).
+    # Blur-expanded bounding box, then the exact range of pixel centres in it:
+    # searchsorted makes the same float32 comparisons as the kernel's
+    # CheckPointOutsideBoundingBox (centre >= min, centre <= max), so no pixel
+    # needs testing against the box again, and a face smaller than a pixel
+    # gives one or two candidates instead of the 9-16 of a padded range.
     r = torch.sqrt(torch.tensor(blur_radius, dtype=torch.float32))
     xmin = fv[:, :, 0].min(dim=1).values - r
     xmax = fv[:, :, 0].max(dim=1).values + r
     ymin = fv[:, :, 1].min(dim=1).values - r
     ymax = fv[:, :, 1].max(dim=1).values + r
-    ix0 = torch.floor((xmin - x_ndc[0]) / pitch_x).clamp(-1, W).long() - 1
-    ix1 = torch.ceil((xmax - x_ndc[0]) / pitch_x).clamp(-1, W).long() + 1
-    iy0 = torch.floor((ymin - y_ndc[0]) / pitch_y).clamp(-1, H).long() - 1
-    iy1 = torch.ceil((ymax - y_ndc[0]) / pitch_y).clamp(-1, H).long() + 1
-    ix0, ix1 = ix0.clamp(0, W - 1), ix1.clamp(0, W - 1)
-    iy0, iy1 = iy0.clamp(0, H - 1), iy1.clamp(0, H - 1)
+    ix0 = torch.searchsorted(x_ndc, xmin)  # first centre >= xmin
+    ix1 = torch.searchsorted(x_ndc, xmax, right=True) - 1  # last centre <= xmax
+    iy0 = torch.searchsorted(y_ndc, ymin)
+    iy1 = torch.searchsorted(y_ndc, ymax, right=True) - 1
     nx = (ix1 - ix0 + 1).clamp(min=0)
     ny = (iy1 - iy0 + 1).clamp(min=0)
     valid &= (xmax >= x_ndc[0]) & (xmin <= x_ndc[-1]) & (ymax >= y_ndc[0]) & (ymin <= y_ndc[-1])
@@ -246,7 +245,7 @@ def _rasterize_forward(
             kept.append(
                 _candidates(
                     table, faces[start:stop], count, ix0, iy0, nx, mesh_of_face, x_ndc, y_ndc,
-                    xmin, xmax, ymin, ymax, H, W, blur_radius,
+                    H, W, blur_radius,
                     perspective_correct, clip_barycentric_coords,
                 )
             )
@@ -315,7 +314,7 @@ def _segment_dist2(px, py, ax, ay, dx, dy, l2_guarded):
 
 def _candidates(
     table, faces, count, ix0, iy0, nx, mesh_of_face, x_ndc, y_ndc,
-    xmin, xmax, ymin, ymax, H, W, blur_radius, perspective_correct, clip_barycentric_coords,
+    H, W, blur_radius, perspective_correct, clip_barycentric_coords,
 ):
     """Test every (face, pixel in its bounding box) pair of these faces.
 
@@ -335,12 +334,10 @@ def _candidates(
     def per_face(*names):
         return [table[name].index_select(0, face) for name in names]
 
-    # Pass 1: CheckPointOutsideBoundingBox (the same float32 box), plain
+    # Pass 1 (every candidate is inside the face's box by construction): plain
     # barycentrics (their signs are those of the perspective-corrected ones,
     # as all depths are > 0) and the distance to the triangle.
     x0, y0, x1, y1, x2, y2, area = per_face("x0", "y0", "x1", "y1", "x2", "y2", "area")
-    xlo, xhi, ylo, yhi = (b.index_select(0, face) for b in (xmin, xmax, ymin, ymax))
-    in_box = (px <= xhi) & (px >= xlo) & (py <= yhi) & (py >= ylo)
     ax0, ay0, ax1, ay1, ax2, ay2 = px - x0, py - y0, px - x1, py - y1, px - x2, py - y2
     dx01, dy01, dx02, dy02, dx12, dy12, dx20, dy20 = per_face(
         "dx01", "dy01", "dx02", "dy02", "dx12", "dy12", "dx20", "dy20"
@@ -358,7 +355,7 @@ def _candidates(
         if degenerate.numel():
             e[degenerate] = bx[degenerate] * bx[degenerate] + by[degenerate] * by[degenerate]
     dist = torch.where((e01 <= e02) & (e01 <= e12), e01, torch.where(e02 <= e12, e02, e12))
-    near = in_box & (((w0 > 0) & (w1 > 0) & (w2 > 0)) | (dist < blur_radius))
+    near = ((w0 > 0) & (w1 > 0) & (w2 > 0)) | (dist < blur_radius)
     keep = torch.nonzero(near).squeeze(1)
     face, xi_ndc, yi_ndc, dist, w0, w1, w2 = (
         t.index_select(0, keep) for t in (face, xi_ndc, yi_ndc, dist, w0, w1, w2)
