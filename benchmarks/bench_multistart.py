@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "chap4"))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import diff_render  # noqa: E402
 import diff_render_texture  # noqa: E402
@@ -147,7 +146,6 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the view draw (default 0)")
     parser.add_argument("--save-every", type=int, default=0, help="frames, as the scripts' flag (default 0: none)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="write every fit's figures here (rewritten after each fit)")
     args = parser.parse_args()
     if args.views < 1 or any(n < 1 for n in args.restarts_list):
@@ -157,10 +155,9 @@ def main() -> int:
         if any(not 0 <= k < args.views for k in args.view_indices):
             parser.error(f"--view-indices: each must be 0 to {args.views - 1}")
         views = [views[k] for k in args.view_indices]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     posefit.provision_all(posefit.TEAPOT_FILES + posefit.COW_FILES)
-    print(f"torch threads: {torch.get_num_threads()}, image size {args.image_size}, "
+    # fit() sets the threads itself: one on the fast CPU path (posefit.set_cpu_threads).
+    print(f"torch threads: 1 (set by fit()), image size {args.image_size}, "
           f"{args.iterations} iterations, seed {args.seed}", flush=True)
 
     rows = []
