@@ -76,6 +76,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--meshes", nargs="+", choices=list(PHOTOS), default=list(PHOTOS))
     parser.add_argument("--keep", type=Path, help="keep photos and results in this folder (default: a temporary one)")
+    parser.add_argument("--iterations", type=int, default=200, help="the scripts' --iterations (default 200)")
     args = parser.parse_args()
 
     rows = []
@@ -94,7 +95,7 @@ def main() -> int:
             # Step 4.
             output = folder / f"result_{name}_photo"
             command = [sys.executable, str(REPO / "chap4" / script), "--target-image", str(photo),
-                       "--fov", str(FOV), "--restarts", "8", "--loss-threshold", "0",
+                       "--fov", str(FOV), "--restarts", "8", "--loss-threshold", "0", "--iterations", str(args.iterations),
                        "--output-dir", str(output)]
             print("command:", " ".join(command), flush=True)
             started = time.perf_counter()
