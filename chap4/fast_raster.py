@@ -225,9 +225,9 @@ def _rasterize_forward(
     ix1 = torch.searchsorted(x_ndc, xmax, right=True) - 1  # last centre <= xmax
     iy0 = torch.searchsorted(y_ndc, ymin)
     iy1 = torch.searchsorted(y_ndc, ymax, right=True) - 1
+    # A box that misses the image holds no centre: nx or ny is 0, so no candidates.
     nx = (ix1 - ix0 + 1).clamp(min=0)
     ny = (iy1 - iy0 + 1).clamp(min=0)
-    valid &= (xmax >= x_ndc[0]) & (xmin <= x_ndc[-1]) & (ymax >= y_ndc[0]) & (ymin <= y_ndc[-1])
     count = torch.where(valid, nx * ny, torch.zeros_like(nx))
 
     kept = []  # per chunk: (pixel key, face, pz, signed dist, bary_clip)
