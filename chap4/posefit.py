@@ -695,7 +695,6 @@ class Hypotheses:
         scored = [k for k in self.active if self.final_loss[k] is not None]
         return min(scored, key=lambda k: self.final_loss[k]) if scored else self.active[0]
 
-
     def summary(self, ious) -> dict:
         """summary.json's `hypotheses`, and `ambiguous` with the alternative when there is one."""
         entries = []
@@ -1093,14 +1092,23 @@ def finish_run(
 ) -> dict:
     """Measure the fitted camera, write final.png, loss.png, fitting.gif, summary.json.
 
-    With several hypotheses the fitted camera is the best one's, and every
-    hypothesis is measured too (one batched render).
+    With several hypotheses every one is measured in one batched render,
+    and the fitted camera (and its pictures) is the best one's.
     """
+    every_iou = None
     if hypotheses is not None and not hypotheses.single:
-        camera_position = torch.tensor(hypotheses.positions[hypotheses.best()], device=mesh.device)
-    with torch.no_grad():
-        R, T = camera_R_T(camera_position)
-        fitted_rgb, fitted_mask = hard_render(renderers, mesh, R, T)
+        every = torch.tensor(hypotheses.positions, device=mesh.device)
+        best = hypotheses.best()
+        with torch.no_grad():
+            R_every, T_every = camera_R_T(every)
+            rgb_every, mask_every = hard_render(renderers, mesh.extend(len(every)), R_every, T_every)
+        every_iou = [silhouette_iou(m, target_mask[0]) for m in mask_every]
+        camera_position, R = every[best], R_every[best : best + 1]
+        fitted_rgb, fitted_mask = rgb_every[best : best + 1], mask_every[best : best + 1]
+    else:
+        with torch.no_grad():
+            R, T = camera_R_T(camera_position)
+            fitted_rgb, fitted_mask = hard_render(renderers, mesh, R, T)
     extra = {
         "camera_position": [float(v) for v in camera_position.detach().reshape(-1).cpu()],
         "silhouette_iou": silhouette_iou(fitted_mask[0], target_mask[0]),
@@ -1111,13 +1119,7 @@ def finish_run(
         if target_image.background is not None:
             extra["target_background"] = target_image.background
     if hypotheses is not None:
-        ious = [extra["silhouette_iou"]]
-        if not hypotheses.single:
-            with torch.no_grad():
-                every = torch.tensor(hypotheses.positions, device=mesh.device)
-                _, masks = hard_render(renderers, mesh.extend(len(every)), *camera_R_T(every))
-            ious = [silhouette_iou(m, target_mask[0]) for m in masks]
-        extra.update(hypotheses.summary(ious))
+        extra.update(hypotheses.summary(every_iou or [extra["silhouette_iou"]]))
     if target_position is not None:
         extra["target_camera_position"] = [float(v) for v in target_position.reshape(-1).cpu()]
         extra["position_error"] = float(torch.linalg.norm(camera_position.detach().reshape(-1) - target_position))
