@@ -21,14 +21,24 @@ def meshes_ready():
     return posefit.DATA_DIR
 
 
-def run_script(name, *args, cwd=None, timeout=600):
-    """Run chap4/<name> as a user would; return the CompletedProcess."""
+def run_script(name, *args, cwd=None, timeout=600, folder=CHAP4):
+    """Run <folder>/<name> (default chap4/) as a user would; return the CompletedProcess."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(
-        [sys.executable, str(CHAP4 / name), *map(str, args)],
+        [sys.executable, str(folder / name), *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
         env=env,
         timeout=timeout,
     )
+
+
+def assert_flags_refused(output_dir, *flags):
+    """diff_render.py with these flags stops as a usage error (exit 2, no traceback), writing nothing."""
+    (output_dir / "summary.json").write_text("{}")
+    result = run_script("diff_render.py", "--output-dir", output_dir, *flags)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "usage:" in result.stderr and "error:" in result.stderr
+    assert (output_dir / "summary.json").read_text() == "{}", "earlier results stay untouched"

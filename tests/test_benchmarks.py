@@ -5,16 +5,15 @@ the full runs and their targets are in the README.
 """
 
 import json
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import REPO, run_script
 from PIL import Image
 
+BENCHMARKS = REPO / "benchmarks"
 
-def run_benchmark(name, *args, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+
+def run_benchmark(name, *args):
+    return run_script(name, *args, folder=BENCHMARKS, timeout=300)
 
 
 def test_multistart_benchmark_runs_every_mesh_view_and_start_count(tmp_path, meshes_ready):

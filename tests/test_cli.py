@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import run_script
+from conftest import assert_flags_refused, run_script
 
 SCRIPTS = ["diff_render.py", "diff_render_texture.py"]
 
@@ -31,12 +31,7 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("flags", BAD_FLAGS, ids=lambda f: " ".join(f))
 def test_bad_flags_are_refused_cleanly(tmp_path, flags):
-    (tmp_path / "summary.json").write_text("{}")
-    result = run_script("diff_render.py", "--output-dir", tmp_path, *flags)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "usage:" in result.stderr and "error:" in result.stderr
-    assert (tmp_path / "summary.json").read_text() == "{}", "earlier results stay untouched"
+    assert_flags_refused(tmp_path, *flags)
 
 
 def test_unwritable_output_folder_is_one_line_error(tmp_path, meshes_ready):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import run_script
+from conftest import assert_flags_refused
 
 import diff_render
 import posefit
@@ -178,9 +178,4 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("flags", BAD_FLAGS, ids=lambda f: " ".join(f))
 def test_bad_multistart_flags_are_refused_cleanly(tmp_path, flags):
-    (tmp_path / "summary.json").write_text("{}")
-    result = run_script("diff_render.py", "--output-dir", tmp_path, *flags)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "usage:" in result.stderr and "error:" in result.stderr
-    assert (tmp_path / "summary.json").read_text() == "{}", "earlier results stay untouched"
+    assert_flags_refused(tmp_path, *flags)
