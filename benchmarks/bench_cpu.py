@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cpu.py                      # both experiments, 256 px, stage table + peak RSS
     python benchmarks/bench_cpu.py --trajectory         # + stock and fast fits side by side (slow: stock!)
+    python benchmarks/bench_cpu.py --malloc-ab 3        # does glibc's malloc tuning pay? (A/B, child processes)
 
 Each stage is timed after a warm-up iteration, as the mean of --repeats
 iterations, at the book's settings. "frame" is what the loop pays to save
@@ -32,8 +33,8 @@ import torch  # noqa: E402
 
 import diff_render  # noqa: E402
 import diff_render_texture  # noqa: E402
-import posefit  # noqa: E402
-from frames import FrameWriter  # noqa: E402
+from posefit import data, pose, render, targets  # noqa: E402
+from posefit.frames import FrameWriter  # noqa: E402
 
 BOOK_START = [3.0, 6.9, 2.5]
 
@@ -62,18 +63,18 @@ class Stages:
 def setup(experiment, kind, size):
     mesh = diff_render.load_teapot("cpu") if experiment == "teapot" else diff_render_texture.load_cow("cpu")
     textured = 50 if experiment == "cow" else None
-    posefit.set_cpu_threads(kind)  # as the scripts do: one thread for fast, torch's default for stock
-    renderers = posefit.make_renderers("cpu", size, rasterizer=kind, textured_faces_per_pixel=textured)
-    R_t, T_t, _ = posefit.target_camera(3.0, 50.0, 0.0, "cpu")
+    render.set_cpu_threads(kind)  # as the scripts do: one thread for fast, torch's default for stock
+    renderers = render.make_renderers("cpu", size, rasterizer=kind, textured_faces_per_pixel=textured)
+    R_t, T_t, _ = pose.view_camera(3.0, 50.0, 0.0, "cpu")
     with torch.no_grad():
-        target, _ = posefit.hard_render(renderers, mesh, R_t, T_t)
+        target, _ = render.hard_render(renderers, mesh, R_t, T_t)
     return mesh, renderers, target[0]
 
 
 def one_iteration(experiment, kind, mesh, renderers, target, stages, out_dir, writer, i):
     position = torch.tensor(BOOK_START, requires_grad=True)
-    R, T = posefit.camera_R_T(position)
-    mask = posefit.book_mask(target)
+    R, T = pose.look_at(position)
+    mask = targets.book_mask(target)
     sil = renderers.silhouette
     fragments = stages.time("raster forward (silhouette)", lambda: sil.rasterizer(mesh, R=R, T=T))
     image = stages.time("silhouette shading", lambda: sil.shader(fragments, mesh, R=R, T=T))
@@ -89,7 +90,7 @@ def one_iteration(experiment, kind, mesh, renderers, target, stages, out_dir, wr
 
     def hard():
         with torch.no_grad():
-            return posefit.hard_render(renderers, mesh, R.detach(), T.detach())
+            return render.hard_render(renderers, mesh, R.detach(), T.detach())
 
     hard_rgb, hard_mask = stages.time("hard Phong frame", hard)
     pictures += [hard_mask[0].float(), hard_rgb[0, ..., :3]]
@@ -104,10 +105,10 @@ def one_iteration(experiment, kind, mesh, renderers, target, stages, out_dir, wr
             stages.time("saving frames", lambda a=array, p=path: writer.frame(a, "iter: 0, loss: 0.00", p))
 
 
-def measure_stages(experiment, size, repeats):
+def measure_stages(experiment, size, repeats, kinds=("stock", "fast")):
     table = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("stock", "fast"):
+        for kind in kinds:
             mesh, renderers, target = setup(experiment, kind, size)
             writer = FrameWriter() if kind == "fast" else None
             one_iteration(experiment, kind, mesh, renderers, target, Stages(), Path(tmp), writer, -1)  # warm-up
@@ -173,6 +174,49 @@ def trajectories(size, kinds=("stock", "fast")):
             for kind, label, s, seconds in rows]
 
 
+def keep_large_blocks() -> None:
+    """glibc: keep freed blocks up to 1 GiB in the heap instead of returning them to the OS (the A/B's variant).
+
+    Each iteration allocates and frees the same dense (N, H, W, K) tensors, 26
+    to 78 MB each at the book's settings; by default glibc maps every block
+    above 32 MB from the OS and unmaps it on free, so the next iteration pays
+    the page faults again.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+
+
+def malloc_ab(repeats: int, size: int, iterations: int) -> dict:
+    """The fast path's seconds per iteration with glibc's defaults and with keep_large_blocks, each variant
+    in its own child process, alternated (ABBA...), `repeats` times per variant and experiment."""
+    seconds = {(e, v): [] for e in ("teapot", "cow") for v in ("default", "tuned")}
+    for r in range(repeats):
+        for experiment in ("teapot", "cow"):
+            order = ("default", "tuned") if r % 2 == 0 else ("tuned", "default")
+            for variant in order:
+                with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                    command = [sys.executable, __file__, "--experiment", experiment, "--paths", "fast",
+                               "--size", str(size), "--repeats", str(iterations), "--no-rss", "--json", out.name]
+                    command += ["--tune-malloc"] if variant == "tuned" else []
+                    subprocess.run(command, check=True, capture_output=True)
+                    stages = json.loads(Path(out.name).read_text())[experiment]["stages"]["fast"]
+                seconds[experiment, variant].append(sum(stages.values()))
+                print(f"repeat {r}, {experiment}, {variant}: {seconds[experiment, variant][-1]:.3f} s per iteration",
+                      flush=True)
+    print("\n| experiment | glibc default (s/it) | tuned (s/it) | tuned / default |\n|---|---:|---:|---:|")
+    result = {}
+    for experiment in ("teapot", "cow"):
+        default = sum(seconds[experiment, "default"]) / repeats
+        tuned = sum(seconds[experiment, "tuned"]) / repeats
+        result[experiment] = {"default": seconds[experiment, "default"], "tuned": seconds[experiment, "tuned"]}
+        print(f"| {experiment} | {default:.3f} | {tuned:.3f} | {tuned / default:.3f} |")
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", choices=["teapot", "cow", "both", "none"], default="both",
@@ -184,15 +228,29 @@ def main():
     parser.add_argument("--trajectory-paths", nargs="+", choices=["stock", "fast"], default=["stock", "fast"],
                         help="which paths to fit with --trajectory (stock alone takes ~30 min)")
     parser.add_argument("--json", type=Path, help="write the measured figures here")
+    parser.add_argument("--paths", nargs="+", choices=["stock", "fast"], default=["stock", "fast"],
+                        help="which rasterizers the stage table measures (default both)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    parser.add_argument("--tune-malloc", action="store_true", help="call keep_large_blocks() first")
+    parser.add_argument("--malloc-ab", type=int, default=0, metavar="REPEATS",
+                        help="only the malloc A/B: REPEATS child processes per variant and experiment, alternated")
     args = parser.parse_args()
-    posefit.provision_all(posefit.TEAPOT_FILES + posefit.COW_FILES)
+    data.provision_all(data.TEAPOT_FILES + data.COW_FILES)
+    if args.malloc_ab:
+        result = malloc_ab(args.malloc_ab, args.size, args.repeats)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
+    if args.tune_malloc:
+        keep_large_blocks()
     torch.set_num_threads(torch.get_num_threads())
     results = {}
     experiments = {"both": ["teapot", "cow"], "none": []}.get(args.experiment, [args.experiment])
     for experiment in experiments:
-        table = measure_stages(experiment, args.size, args.repeats)
-        rss = {kind: peak_rss_mb(experiment, kind, args.size) for kind in ("stock", "fast")}
-        print_table(experiment, table, rss)
+        table = measure_stages(experiment, args.size, args.repeats, args.paths)
+        rss = {} if args.no_rss else {kind: peak_rss_mb(experiment, kind, args.size) for kind in args.paths}
+        if rss and len(args.paths) == 2:
+            print_table(experiment, table, rss)
         results[experiment] = {"stages": table, "peak_rss_mb": rss}
     if args.trajectory:
         results["trajectory"] = trajectories(args.trajectory_size, args.trajectory_paths)

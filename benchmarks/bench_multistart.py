@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 import diff_render  # noqa: E402
 import diff_render_texture  # noqa: E402
-import posefit  # noqa: E402
+from posefit import data, outputs  # noqa: E402
 
 FITS = {"teapot": diff_render.fit, "cow": diff_render_texture.fit}
 IOU_SUCCESS = 0.97
@@ -155,8 +155,8 @@ def main() -> int:
         if any(not 0 <= k < args.views for k in args.view_indices):
             parser.error(f"--view-indices: each must be 0 to {args.views - 1}")
         views = [views[k] for k in args.view_indices]
-    posefit.provision_all(posefit.TEAPOT_FILES + posefit.COW_FILES)
-    # fit() sets the threads itself: one on the fast CPU path (posefit.set_cpu_threads).
+    data.provision_all(data.TEAPOT_FILES + data.COW_FILES)
+    # fit() sets the threads itself: one on the fast CPU path (posefit.render.set_cpu_threads).
     print(f"torch threads: 1 (set by fit()), image size {args.image_size}, "
           f"{args.iterations} iterations, seed {args.seed}", flush=True)
 
@@ -172,7 +172,7 @@ def main() -> int:
                           f"pos. err. {row['relative_position_error']:.3f} x d, rot. err. {row['rotation_error_deg']:.1f} deg, "
                           f"{'success' if row['success'] else 'FAIL'}, {row['seconds']:.1f} s", flush=True)
                     if args.json:
-                        posefit.write_json_atomic(args.json, {"settings": vars(args) | {"json": str(args.json)},
+                        outputs.write_json_atomic(args.json, {"settings": vars(args) | {"json": str(args.json)},
                                                               "fits": rows})
     print_tables(rows, args.restarts_list)
     targets_met = True

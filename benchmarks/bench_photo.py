@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 from pytorch3d.io import load_objs_as_meshes  # noqa: E402
 from pytorch3d.renderer import TexturesVertex  # noqa: E402
 
-import posefit  # noqa: E402
+from posefit import data, pose, render  # noqa: E402
 
 # mesh -> (script, camera that takes the photo: distance, elevation, azimuth)
 PHOTOS = {
@@ -52,15 +52,15 @@ PHOTO_SIZE = (480, 640)  # (H, W)
 
 def make_photo(mesh_name: str, camera, path: Path) -> list[float]:
     """Render the stand-in photo to path (JPEG); return the true camera position."""
-    files = posefit.provision_all(posefit.TEAPOT_FILES if mesh_name == "teapot" else posefit.COW_FILES)
+    files = data.provision_all(data.TEAPOT_FILES if mesh_name == "teapot" else data.COW_FILES)
     mesh = load_objs_as_meshes([files[0]])
     if mesh.textures is None:  # the teapot: plain white, shaded by the light
         mesh.textures = TexturesVertex(verts_features=torch.ones_like(mesh.verts_padded()))
     H, W = PHOTO_SIZE
-    renderers = posefit.make_renderers(torch.device("cpu"), (H, W), fov=FOV)
-    R, T, position = posefit.target_camera(*camera, torch.device("cpu"))
+    renderers = render.make_renderers(torch.device("cpu"), (H, W), fov=FOV)
+    R, T, position = pose.view_camera(*camera, torch.device("cpu"))
     with torch.no_grad():
-        image, mask = posefit.hard_render(renderers, mesh, R, T)
+        image, mask = render.hard_render(renderers, mesh, R, T)
     rgb, mask = image[0, ..., :3].numpy(), mask[0].numpy()[..., None]
     # A blue-grey backdrop, lit from the upper left, and sensor noise.
     yy, xx = np.mgrid[0:H, 0:W]

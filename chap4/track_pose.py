@@ -33,18 +33,15 @@ at about 3 frames per second on two CPU cores.
 
 A pose is the (R, T) that PyTorch3D's MeshRenderer takes, the mesh in its own
 coordinates: x_view = x_mesh @ R + T (row vectors, as look_at_view_transform
-returns them). Lights and camera are the book's (posefit.make_renderers).
+returns them). Lights and camera are the book's (render.make_renderers).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,77 +51,29 @@ from pytorch3d.renderer import TexturesVertex, look_at_view_transform
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 from tqdm import tqdm
 
-import posefit
-from frames import FrameWriter
+from posefit import cli, data, outputs, pose, render, targets
+from posefit.errors import EXIT_INTERRUPTED, UserError
+from posefit.frames import FrameWriter
+from posefit.targets import Frame
 
-DEFAULT_OUTPUT = posefit.REPO / "result_cow" / "tracking"
+DEFAULT_OUTPUT = data.REPO / "result_cow" / "tracking"
 FRAME_PREFIXES = ["overlay_"]
 OBSERVED_DIR = "observed"  # where the synthesised frames are saved, as a --frames folder
-ROTATION_TOLERANCE = 1e-4  # the largest |R^T R - I| entry a pose file's R may have
 
 
 # ---------------------------------------------------------------------------
-# Poses: checking, reading, writing
+# Poses: the true ones, and the next one predicted
 # ---------------------------------------------------------------------------
-
-
-def check_pose(R, T, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, T) as float tensors, or a UserError saying what is wrong with them."""
-    try:
-        R = np.asarray(R, dtype=np.float64)
-        T = np.asarray(T, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise posefit.UserError(f"{where}: R and T must be numbers") from None
-    if R.shape != (3, 3):
-        raise posefit.UserError(f"{where}: R must be 3x3, got shape {R.shape}")
-    if T.shape != (3,):
-        raise posefit.UserError(f"{where}: T must have 3 numbers, got shape {T.shape}")
-    if not (np.isfinite(R).all() and np.isfinite(T).all()):
-        raise posefit.UserError(f"{where}: R and T must be finite")
-    off = np.abs(R.T @ R - np.eye(3)).max()
-    if off > ROTATION_TOLERANCE or np.linalg.det(R) <= 0:
-        raise posefit.UserError(
-            f"{where}: R is not a rotation (|R^T R - I| = {off:.2g}, det = {np.linalg.det(R):.3g})"
-        )
-    if T[2] <= 0:
-        raise posefit.UserError(f"{where}: T = {T.tolist()} puts the object behind the camera (T[2] must be > 0)")
-    return torch.tensor(R, dtype=torch.float32), torch.tensor(T, dtype=torch.float32)
-
-
-def read_json(path: Path, what: str):
-    try:
-        return json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise posefit.UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise posefit.UserError(f"{what} {path} is not valid JSON: {exc}") from None
-
-
-def load_pose(path: Path):
-    """An --init-pose file: {"R": 3x3, "T": 3} (other keys are ignored)."""
-    data = read_json(path, "--init-pose")
-    if not isinstance(data, dict) or "R" not in data or "T" not in data:
-        raise posefit.UserError(f"--init-pose {path}: expected a JSON object with keys R and T")
-    return check_pose(data["R"], data["T"], f"--init-pose {path}")
 
 
 def load_truth(path: Path):
     """A --truth file: a JSON list of poses, one per frame."""
-    data = read_json(path, "--truth")
+    data = pose.read_json(path, "--truth")
     if isinstance(data, dict) and isinstance(data.get("frames"), list):
         data = data["frames"]  # a tracking.json is accepted too
     if not isinstance(data, list) or not all(isinstance(p, dict) and "R" in p and "T" in p for p in data):
-        raise posefit.UserError(f"--truth {path}: expected a JSON list of objects with keys R and T")
-    return [check_pose(p["R"], p["T"], f"--truth {path}, pose {i}") for i, p in enumerate(data)]
-
-
-def pose_json(R: torch.Tensor, T: torch.Tensor) -> dict:
-    return {"R": [[float(v) for v in row] for row in R.reshape(3, 3).tolist()], "T": [float(v) for v in T.reshape(3)]}
-
-
-def rotate(R: torch.Tensor, axis_angle: torch.Tensor) -> torch.Tensor:
-    """R followed by a rotation in camera axes about the object's origin."""
-    return R @ axis_angle_to_matrix(axis_angle)
+        raise UserError(f"--truth {path}: expected a JSON list of objects with keys R and T")
+    return [pose.check_pose(p["R"], p["T"], f"--truth {path}, pose {i}") for i, p in enumerate(data)]
 
 
 def predict(poses, factor: float):
@@ -134,21 +83,12 @@ def predict(poses, factor: float):
         return R1, T1
     R0, T0 = poses[-2]
     step = matrix_to_axis_angle((R0.T @ R1)[None])[0]
-    return rotate(R1, factor * step), T1 + factor * (T1 - T0)
+    return pose.rotate(R1, factor * step), T1 + factor * (T1 - T0)
 
 
 # ---------------------------------------------------------------------------
 # Frames: a synthesised sequence, or PNG files
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class Frame:
-    index: int
-    file: str | None
-    rgb: torch.Tensor  # (H, W, 3) in [0, 1], on white
-    mask: torch.Tensor  # (H, W) bool: the object
-    truth: tuple | None = None  # (R, T) when known
 
 
 def synthetic_poses(num_frames: int, seed: int = 0, distance: float = 3.0, elevation: float = 15.0,
@@ -195,73 +135,19 @@ def synthetic_frames(renderers, mesh, R, T, save_dir: Path | None):
     """Render the sequence like the book's targets (hard Phong on white); save PNGs if asked."""
     for i in range(len(R)):
         with torch.no_grad():
-            image, _ = posefit.hard_render(renderers, mesh, R[i : i + 1].to(mesh.device), T[i : i + 1].to(mesh.device))
+            image, _ = render.hard_render(renderers, mesh, R[i : i + 1].to(mesh.device), T[i : i + 1].to(mesh.device))
         rgb = image[0, ..., :3].cpu()
         path = None
         if save_dir is not None:
             path = save_dir / f"frame_{i}.png"
             save_png(rgb, path)
-        yield Frame(i, None if path is None else str(path), rgb, posefit.book_mask(rgb).bool(), (R[i], T[i]))
+        yield Frame(i, None if path is None else str(path), rgb, targets.book_mask(rgb).bool(), (R[i], T[i]))
 
 
 def save_png(rgb: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
     Image.fromarray((rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(path)
-
-
-def natural_key(path: Path):
-    """frame2 before frame10: digit runs compare as numbers."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", path.name)]
-
-
-def list_frames(folder: Path) -> tuple[list[Path], tuple[int, int]]:
-    """The PNG files of `folder` in natural order, all checked to have one size."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise posefit.UserError(f"--frames {folder}: not a folder")
-    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=natural_key)
-    if not paths:
-        raise posefit.UserError(f"--frames {folder}: no PNG frames in this folder")
-    size = None
-    for path in paths:  # the headers only: cheap, and bad files are found before any work
-        try:
-            with Image.open(path) as image:
-                this = (image.height, image.width)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise posefit.UserError(f"cannot read frame {path}: {exc}") from None
-        if size is None:
-            size = this
-        elif this != size:
-            raise posefit.UserError(
-                f"frames differ in size: {paths[0].name} is {size[1]}x{size[0]}, {path.name} is {this[1]}x{this[0]}"
-            )
-    return paths, size
-
-
-def read_frame(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGB on white (mask: non-white pixels) or RGBA (mask: alpha >= 0.5, composited on white)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            has_alpha = "A" in image.getbands() or "transparency" in image.info
-            pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise posefit.UserError(f"cannot read frame {path}: {exc}") from None
-    rgb = torch.from_numpy(pixels[..., :3].copy())
-    if has_alpha:
-        alpha = torch.from_numpy(pixels[..., 3].copy())[..., None]
-        return rgb * alpha + (1 - alpha), alpha[..., 0] >= 0.5
-    return rgb, posefit.book_mask(rgb).bool()
-
-
-def folder_frames(paths, truth):
-    for i, path in enumerate(paths):
-        rgb, mask = read_frame(path)
-        yield Frame(i, str(path), rgb, mask, truth[i] if truth else None)
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +171,7 @@ def losses(renderers, meshes, R, T, target_rgb, target_mask, weight_colour: floa
 
 def refine(renderers, meshes, R_start, T_start, target_rgb, target_mask, *, iterations: int, lr: float,
            lr_end: float, weight_colour: float):
-    """Adam on corrections (axis-angle, translation) to N starting poses at once.
+    """Adam on N 6-DoF poses at once, each a correction of its start (posefit.pose.SixDoF).
 
     The learning rate falls geometrically from lr to lr * lr_end, so that the
     last steps settle instead of rattling around the minimum. A step that
@@ -293,35 +179,26 @@ def refine(renderers, meshes, R_start, T_start, target_rgb, target_mask, *, iter
     shrinks by at most half. Returns the final (R, T) of each start and its
     loss at the last evaluation.
     """
-    n, device = R_start.shape[0], R_start.device
-    rotation = torch.zeros(n, 3, device=device, requires_grad=True)
-    translation = torch.zeros(n, 3, device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([rotation, translation], lr=lr)
-    loss = torch.full((n,), math.inf, device=device)
+    poses = pose.SixDoF(R_start, T_start)
+    optimizer = torch.optim.Adam(poses.parameters(), lr=lr)
+    loss = torch.full((len(poses),), math.inf, device=R_start.device)
     for step in range(iterations):
         optimizer.param_groups[0]["lr"] = lr * lr_end ** (step / max(iterations - 1, 1))
-        loss = losses(renderers, meshes, rotate(R_start, rotation), T_start + translation, target_rgb, target_mask,
-                      weight_colour)
+        loss = losses(renderers, meshes, *poses(), target_rgb, target_mask, weight_colour)
         if not torch.isfinite(loss).all():
             break
         optimizer.zero_grad()
         loss.sum().backward()
-        before = rotation.detach().clone(), translation.detach().clone()
+        before = [p.detach().clone() for p in poses.parameters()]
         optimizer.step()
         with torch.no_grad():
-            if not posefit.all_finite(rotation, translation):
-                rotation.copy_(before[0])
-                translation.copy_(before[1])
+            if not all(poses.finite_rows()):
+                for parameter, value in zip(poses.parameters(), before, strict=True):
+                    parameter.copy_(value)
                 break
-            translation[:, 2].clamp_(min=-0.5 * T_start[:, 2])
-    with torch.no_grad():
-        return orthonormal(rotate(R_start, rotation)), T_start + translation, loss.detach()
-
-
-def orthonormal(R: torch.Tensor) -> torch.Tensor:
-    """The nearest rotation, so that rounding does not pile up over thousands of frames."""
-    U, _, Vh = torch.linalg.svd(R)
-    return U @ Vh
+            poses.translation[:, 2].clamp_(min=-0.5 * poses.T0[:, 2])
+    R, T = poses.poses()
+    return R, T, loss.detach()
 
 
 def search(renderers, mesh, candidates, target_rgb, target_mask, generator, *, degrees: float, shift: float,
@@ -340,7 +217,7 @@ def search(renderers, mesh, candidates, target_rgb, target_mask, generator, *, d
     R0, T0 = candidates[0]
     turns = torch.cat([torch.eye(3) * f for f in (0.5, -0.5, 1.0, -1.0)]) * math.radians(degrees)
     move = (2 * torch.rand(len(turns), 3, generator=generator) - 1) * shift * float(T0[2])
-    R_all = torch.cat([torch.stack([R for R, _ in candidates]), rotate(R0.expand(len(turns), 3, 3), turns.to(R0))])
+    R_all = torch.cat([torch.stack([R for R, _ in candidates]), pose.rotate(R0.expand(len(turns), 3, 3), turns.to(R0))])
     T_all = torch.cat([torch.stack([T for _, T in candidates]), T0 + move.to(T0)])
     R_all, T_all, _ = refine(renderers, mesh.extend(len(R_all)), R_all, T_all, target_rgb, target_mask,
                              iterations=iterations, lr=lr, lr_end=lr_end, weight_colour=0.0)
@@ -427,45 +304,45 @@ def track(
     # 1. The input: everything that can be checked is checked before any output is touched.
     if frames_dir is not None:
         if init_pose is None:
-            raise posefit.UserError("--frames needs --init-pose (the pose at frame 0)")
-        paths, size = list_frames(frames_dir)
+            raise UserError("--frames needs --init-pose (the pose at frame 0)")
+        paths, size = targets.list_frames(frames_dir)
         paths = paths[:num_frames] if num_frames else paths
         if truth is not None and len(truth) < len(paths):
-            raise posefit.UserError(f"--truth has {len(truth)} poses for {len(paths)} frames")
+            raise UserError(f"--truth has {len(truth)} poses for {len(paths)} frames")
     else:
         size = (image_size, image_size)
-    mesh_path = Path(mesh_path) if mesh_path is not None else posefit.provision_all(posefit.COW_FILES)[0]
+    mesh_path = Path(mesh_path) if mesh_path is not None else data.provision_all(data.COW_FILES)[0]
     try:
         mesh = load_objs_as_meshes([mesh_path], device=device)
     except Exception as exc:
-        raise posefit.UserError(f"cannot read mesh {mesh_path}: {exc}") from None
+        raise UserError(f"cannot read mesh {mesh_path}: {exc}") from None
     if mesh.textures is None:  # an untextured mesh is shaded in plain grey
         mesh.textures = TexturesVertex(verts_features=torch.full_like(mesh.verts_padded(), 0.7))
     knobs["mesh_path"] = mesh_path
-    output_dir = posefit.prepare_output_dir(output_dir, FRAME_PREFIXES)
+    output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
 
     # 2. Renderers: the soft ones for the loss, hard Phong for targets, IoU and pictures.
-    renderers = posefit.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
+    renderers = render.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
                                        textured_faces_per_pixel=faces_per_pixel,
                                        sigma=sigma * (128 / min(size)) ** 2, fov=fov)
-    posefit.set_cpu_threads(rasterizer)
+    render.set_cpu_threads(rasterizer)
 
     # 3. The frames, read (or rendered) one at a time as tracking reaches them.
     if frames_dir is not None:
-        source, total = folder_frames(paths, truth), len(paths)
+        source, total = targets.folder_frames(paths, truth), len(paths)
     else:
         total = num_frames or 60
         R_truth, T_truth = synthetic_poses(total, seed)
         init_pose = (R_truth[0], T_truth[0])
-        observed = posefit.prepare_output_dir(output_dir / OBSERVED_DIR, ["frame_"])
-        posefit.write_json_atomic(observed / "init_pose.json", pose_json(*init_pose))
-        poses = [pose_json(R, T) for R, T in zip(R_truth, T_truth, strict=True)]
-        posefit.write_json_atomic(observed / "truth.json", poses)
+        observed = outputs.prepare_output_dir(output_dir / OBSERVED_DIR, ["frame_"])
+        outputs.write_json_atomic(observed / "init_pose.json", pose.pose_json(*init_pose))
+        poses = [pose.pose_json(R, T) for R, T in zip(R_truth, T_truth, strict=True)]
+        outputs.write_json_atomic(observed / "truth.json", poses)
         source = synthetic_frames(renderers, mesh, R_truth, T_truth, observed)
-    knobs.update(image_size=list(size), num_frames=total, device=str(device), init_pose=pose_json(*init_pose),
+    knobs.update(image_size=list(size), num_frames=total, device=str(device), init_pose=pose.pose_json(*init_pose),
                  truth="synthesised" if frames_dir is None else truth is not None)
     record = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in knobs.items()}, "frames": []}
-    posefit.write_json_atomic(output_dir / "tracking.json", record)
+    outputs.write_json_atomic(output_dir / "tracking.json", record)
 
     # 4. Frame by frame: predict, refine, check, search again if lost, record.
     pictures = FrameWriter(background=background_frames) if save_overlays else None
@@ -486,8 +363,8 @@ def track(
             R, T, _ = refine(renderers, mesh, R_start[None], T_start[None], rgb, mask,
                              iterations=steps, lr=lr, lr_end=lr_end, weight_colour=weight_colour)
             with torch.no_grad():
-                _, estimate_mask = posefit.hard_render(renderers, mesh, R, T)
-            iou = posefit.silhouette_iou(estimate_mask[0], mask[0])
+                _, estimate_mask = render.hard_render(renderers, mesh, R, T)
+            iou = pose.silhouette_iou(estimate_mask[0], mask[0])
 
             recovered = iou < lost_iou
             if recovered:
@@ -497,22 +374,22 @@ def track(
                                     final_iterations=start_iterations, lr=2 * lr, lr_end=lr_end,
                                     weight_colour=weight_colour)
                 with torch.no_grad():
-                    _, estimate_mask = posefit.hard_render(renderers, mesh, R, T)
-                iou = posefit.silhouette_iou(estimate_mask[0], mask[0])
+                    _, estimate_mask = render.hard_render(renderers, mesh, R, T)
+                iou = pose.silhouette_iou(estimate_mask[0], mask[0])
                 steps += more
                 history = []  # the motion before a jump says nothing about the motion after it
             history = (history + [(R[0], T[0])])[-2:]
 
-            entry = {"index": frame.index, "file": frame.file, **pose_json(R[0], T[0]), "iou": iou,
+            entry = {"index": frame.index, "file": frame.file, **pose.pose_json(R[0], T[0]), "iou": iou,
                      "iterations": steps, "seconds": time.perf_counter() - frame_started, "recovered": recovered}
             title = f"frame {frame.index}: IoU {iou:.3f}"
             if frame.truth is not None:
-                entry["rotation_error_deg"] = posefit.rotation_error_deg(R[0].cpu(), frame.truth[0])
+                entry["rotation_error_deg"] = pose.rotation_error_deg(R[0].cpu(), frame.truth[0])
                 entry["translation_error"] = float(torch.linalg.norm(T[0].cpu() - frame.truth[1]))
                 entry["distance"] = float(torch.linalg.norm(frame.truth[1]))
                 title += f", {entry['rotation_error_deg']:.1f} deg off"
             record["frames"].append(entry)
-            posefit.write_json_atomic(output_dir / "tracking.json", record)
+            outputs.write_json_atomic(output_dir / "tracking.json", record)
             if pictures is not None:
                 pictures.frame(overlay(frame.rgb, estimate_mask[0]), title + (" (searched)" if recovered else ""),
                                output_dir / f"overlay_{frame.index}.png", to_gif=True)
@@ -563,41 +440,34 @@ def main() -> int:
     add("--truth", type=Path, default=None, metavar="FILE",
         help="the true poses, a JSON list of {R, T}, one per frame, to report errors (with --frames)")
     add("--mesh", type=Path, default=None, help="the object's .obj (default: the cow, data/cow_mesh/cow.obj)")
-    add("--num-frames", type=posefit._positive_int, default=None,
+    add("--num-frames", type=cli.positive_int, default=None,
         help="frames to synthesise (default 60); with --frames, track only the first N")
-    add("--image-size", type=posefit._image_size, default=128,
+    add("--image-size", type=cli.image_side, default=128,
         help="size of the synthesised frames in pixels (default 128); --frames are tracked at their own size")
-    add("--iterations", type=posefit._positive_int, default=6,
+    add("--iterations", type=cli.positive_int, default=6,
         help="Adam steps per frame (default 6; three times as many while there is no motion to extrapolate)")
-    add("--lr", type=posefit._positive_float, default=0.008,
+    add("--lr", type=cli.positive_float, default=0.008,
         help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.008)")
-    add("--faces-per-pixel", type=posefit._positive_int, default=8,
+    add("--faces-per-pixel", type=cli.positive_int, default=8,
         help="faces blended per pixel by the soft renderers (default 8)")
-    add("--weight-colour", type=posefit.non_negative_float, default=1.0,
+    add("--weight-colour", type=cli.non_negative_float, default=1.0,
         help="weight of the summed squared RGB error against the silhouette's (default 1.0)")
-    add("--fov", type=posefit._positive_float, default=60.0, help="camera field of view in degrees (default 60)")
-    add("--lost-iou", type=posefit.non_negative_float, default=0.9,
+    add("--lost-iou", type=cli.non_negative_float, default=0.9,
         help="a frame whose hard-silhouette IoU with the observed mask is below this after its steps is searched "
              "again from a dozen turned starts and marked recovered (default 0.9: tracked frames score 0.95-0.99 "
              "at 64-128 px, a pose 30 degrees off about 0.85)")
-    add("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"where results go (default {DEFAULT_OUTPUT})")
-    add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
-    add("--seed", type=int, default=0, help="random seed: the synthesised path, the search's shifts (default 0)")
     add("--no-overlays", action="store_true", help="write no overlay pictures and no GIF")
+    cli.add_common(parser, DEFAULT_OUTPUT)  # --output-dir, --device, --seed (the path, the search's shifts), --fov
     args = parser.parse_args()
     if args.frames is None and (args.init_pose is not None or args.truth is not None):
         parser.error("--init-pose and --truth go with --frames")
     if args.frames is not None and args.init_pose is None:
         parser.error("--frames needs --init-pose (the pose at frame 0)")
-    if not 0 < args.fov < 180:
-        parser.error(f"--fov must be between 0 and 180 degrees, got {args.fov:g}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here (use --device cpu)")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    cli.resolve_device(parser, args)
     record = track(
         output_dir=args.output_dir,
         frames_dir=args.frames,
-        init_pose=load_pose(args.init_pose) if args.init_pose else None,
+        init_pose=pose.load_pose(args.init_pose) if args.init_pose else None,
         truth=load_truth(args.truth) if args.truth else None,
         mesh_path=args.mesh,
         num_frames=args.num_frames,
@@ -608,17 +478,17 @@ def main() -> int:
         weight_colour=args.weight_colour,
         fov=args.fov,
         lost_iou=args.lost_iou,
-        device=device,
+        device=args.device,
         seed=args.seed,
         save_overlays=not args.no_overlays,
     )
     line = summary_line(record, args.output_dir)
     if record["stopped"] == "interrupted":
         print(f"interrupted: {line}")
-        return posefit.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     print(line)
     return 0
 
 
 if __name__ == "__main__":
-    posefit.run_main(main)
+    cli.run_main(main)

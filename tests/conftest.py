@@ -15,10 +15,10 @@ sys.path.insert(0, str(CHAP4))
 @pytest.fixture(scope="session")
 def meshes_ready():
     """Provision both meshes once (from $CHAP4_DATA_MIRROR or what data/ has)."""
-    import posefit
+    from posefit import data
 
-    posefit.provision_all(posefit.TEAPOT_FILES + posefit.COW_FILES)
-    return posefit.DATA_DIR
+    data.provision_all(data.TEAPOT_FILES + data.COW_FILES)
+    return data.DATA_DIR
 
 
 def run_script(name, *args, cwd=None, timeout=600, folder=CHAP4):

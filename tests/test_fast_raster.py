@@ -14,8 +14,9 @@ from pytorch3d.renderer import (
 )
 from pytorch3d.structures import Meshes
 
-import posefit
-from fast_raster import FastMeshRasterizer
+from posefit import fast_raster, pose
+from posefit.fast_rasterizer import FastMeshRasterizer
+from posefit.sparse_shading import SparseSoftPhongShader
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def cow(meshes_ready):
 def render(rasterizer_cls, mesh, positions, image_size, faces_per_pixel, blur):
     """Fragments and d(loss)/d(camera positions) through a soft silhouette."""
     positions = positions.clone().requires_grad_(True)
-    R, T = posefit.camera_R_T(positions)
+    R, T = pose.look_at(positions)
     settings = RasterizationSettings(image_size=image_size, blur_radius=blur, faces_per_pixel=faces_per_pixel)
     rasterizer = rasterizer_cls(cameras=FoVPerspectiveCameras(), raster_settings=settings)
     meshes = mesh.extend(positions.shape[0])
@@ -98,15 +99,13 @@ def test_sparse_phong_shader_matches_stock_shader(cow, positions):
     """Same image and same gradient as SoftPhongShader on the same fragments, also for a batch of cameras."""
     from pytorch3d.renderer import PointLights, SoftPhongShader
 
-    from fast_raster import SparseSoftPhongShader
-
     settings = RasterizationSettings(image_size=48, blur_radius=math.log(1 / 1e-4 - 1) * 1e-4, faces_per_pixel=50)
     cameras = FoVPerspectiveCameras()
     lights = PointLights(location=((2.0, 2.0, -2.0),))
     results = []
     for shader_cls in (SoftPhongShader, SparseSoftPhongShader):
         position = torch.tensor(positions, requires_grad=True)
-        R, T = posefit.camera_R_T(position)
+        R, T = pose.look_at(position)
         meshes = cow.extend(len(positions))
         fragments = FastMeshRasterizer(cameras=cameras, raster_settings=settings)(meshes, R=R, T=T)
         image = shader_cls(cameras=cameras, lights=lights)(fragments, meshes, R=R, T=T)
@@ -120,8 +119,6 @@ def test_sparse_phong_shader_matches_stock_shader(cow, positions):
 def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):
     """Stock's backward differentiates the floored denominator (noise of order 1/1e-16);
     ours gives the derivative of what the forward computes, and can reproduce stock's."""
-    import fast_raster
-
     positions = torch.tensor([[3.0, 6.9, 2.5]])
     blur = math.log(1 / 1e-4 - 1) * 1e-4
 
@@ -129,7 +126,7 @@ def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):
         fast_raster.STOCK_PERSPECTIVE_GRADIENT = stock_gradient
         try:
             p = positions.clone().requires_grad_(True)
-            R, T = posefit.camera_R_T(p)
+            R, T = pose.look_at(p)
             settings = RasterizationSettings(image_size=64, blur_radius=blur, faces_per_pixel=100)
             fragments = cls(cameras=FoVPerspectiveCameras(), raster_settings=settings)(teapot, R=R, T=T)
             (fragments.bary_coords[..., 0] * (fragments.pix_to_face >= 0)).sum().backward()
@@ -148,15 +145,13 @@ def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):
 
 def test_fewer_faces_per_pixel_reuses_the_last_fragments_exactly(cow):
     """The cow's textured pass (50 faces) after its silhouette pass (100) gives the same fragments and gradient."""
-    import fast_raster
-
     blur = math.log(1 / 1e-4 - 1) * 1e-4
     cameras = FoVPerspectiveCameras()
     results = []
     for silhouette_first in (False, True):
         fast_raster._LastFragments.clear()
         position = torch.tensor([[1.0, 2.0, 2.5]], requires_grad=True)
-        R, T = posefit.camera_R_T(position)
+        R, T = pose.look_at(position)
         if silhouette_first:
             settings = RasterizationSettings(image_size=40, blur_radius=blur, faces_per_pixel=100)
             FastMeshRasterizer(cameras=cameras, raster_settings=settings)(cow, R=R, T=T)

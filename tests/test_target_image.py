@@ -13,7 +13,8 @@ from pytorch3d.structures import Meshes
 
 import diff_render
 import diff_render_texture
-import posefit
+from posefit import data, pose, render, targets
+from posefit.errors import UserError
 
 SIZE = (48, 64)  # (H, W): non-square on purpose
 VIEW = (3.0, 30.0, 40.0)  # distance, elevation, azimuth
@@ -21,22 +22,22 @@ BACKGROUND = (30, 90, 200)
 
 
 def teapot():
-    verts, faces, _ = load_obj(posefit.DATA_DIR / "teapot.obj", load_textures=False)
+    verts, faces, _ = load_obj(data.DATA_DIR / "teapot.obj", load_textures=False)
     return Meshes([verts], [faces.verts_idx], textures=TexturesVertex(torch.ones_like(verts)[None]))
 
 
 def cow():
     from pytorch3d.io import load_objs_as_meshes
 
-    return load_objs_as_meshes([posefit.DATA_DIR / "cow_mesh" / "cow.obj"])
+    return load_objs_as_meshes([data.DATA_DIR / "cow_mesh" / "cow.obj"])
 
 
 def write_targets(folder, mesh, size=SIZE):
     """The same view as a mask (L), as RGBA (alpha = mask, black elsewhere) and as RGB on BACKGROUND."""
-    renderers = posefit.make_renderers("cpu", size)
-    R, T, position = posefit.target_camera(*VIEW, "cpu")
+    renderers = render.make_renderers("cpu", size)
+    R, T, position = pose.view_camera(*VIEW, "cpu")
     with torch.no_grad():
-        image, mask = posefit.hard_render(renderers, mesh, R, T)
+        image, mask = render.hard_render(renderers, mesh, R, T)
     rgb = (image[0, ..., :3].numpy() * 255 + 0.5).astype(np.uint8)
     mask = mask[0].numpy()
     alpha = mask.astype(np.uint8) * 255
@@ -52,15 +53,15 @@ def write_targets(folder, mesh, size=SIZE):
 def test_three_kinds_of_file_give_the_same_mask(tmp_path, meshes_ready):
     paths, mask, _ = write_targets(tmp_path, teapot())
     for kind, path in paths.items():
-        target = posefit.load_target_image(path)
+        target = targets.load_target_image(path)
         assert target.kind == kind
         assert target.size == SIZE
         assert torch.equal(target.mask.bool(), torch.from_numpy(mask)), kind
-    assert posefit.load_target_image(paths["background"]).background == list(BACKGROUND)
+    assert targets.load_target_image(paths["background"]).background == list(BACKGROUND)
     # The colours the loss sees: the object on white, whatever the file's background.
-    rgba, rgb = posefit.load_target_image(paths["alpha"]), posefit.load_target_image(paths["background"])
+    rgba, rgb = targets.load_target_image(paths["alpha"]), targets.load_target_image(paths["background"])
     assert torch.equal(rgba.rgb, rgb.rgb)
-    assert posefit.load_target_image(paths["mask"]).rgb is None
+    assert targets.load_target_image(paths["mask"]).rgb is None
 
 
 def test_teapot_fits_the_same_pose_from_each_kind_of_file(tmp_path, meshes_ready):
@@ -157,8 +158,8 @@ BAD = ["missing", "folder", "empty", "garbage", "truncated", "plain", "all_mask"
 @pytest.mark.parametrize("name", BAD)
 def test_bad_images_are_refused_by_the_loader(tmp_path, name):
     path, words = bad_files(tmp_path / "files")[name]
-    with pytest.raises(posefit.UserError, match=words):
-        posefit.load_target_image(path)
+    with pytest.raises(UserError, match=words):
+        targets.load_target_image(path)
 
 
 CLI_CASES = [("diff_render.py", name) for name in ("missing", "empty", "garbage", "plain", "all_mask")]

@@ -12,8 +12,8 @@ from PIL import Image
 from pytorch3d.io import load_objs_as_meshes
 from pytorch3d.transforms import axis_angle_to_matrix
 
-import posefit
 import track_pose
+from posefit import data, pose, render, targets
 
 # Stated accuracy at 64 px over the first 8 frames of the default path (the
 # benchmark's targets, at 128 px over 60 frames, are 2 / 5 degrees and 2%).
@@ -47,10 +47,10 @@ def write_sequence(folder, size=64, count=8, seed=0, names=None):
     """
     folder.mkdir(parents=True, exist_ok=True)
     R, T = track_pose.synthetic_poses(count, seed)
-    mesh = load_objs_as_meshes([posefit.DATA_DIR / "cow_mesh" / "cow.obj"])
-    renderers = posefit.make_renderers("cpu", size)
+    mesh = load_objs_as_meshes([data.DATA_DIR / "cow_mesh" / "cow.obj"])
+    renderers = render.make_renderers("cpu", size)
     with torch.no_grad():
-        images, masks = posefit.hard_render(renderers, mesh.extend(count), R, T)
+        images, masks = render.hard_render(renderers, mesh.extend(count), R, T)
     names = names or [f"frame_{i}.png" for i in range(count)]
     for i, name in enumerate(names):
         rgb = (images[i, ..., :3].numpy() * 255 + 0.5).astype(np.uint8)
@@ -60,7 +60,7 @@ def write_sequence(folder, size=64, count=8, seed=0, names=None):
             Image.fromarray(rgba, "RGBA").save(folder / name)
         else:
             Image.fromarray(rgb).save(folder / name)
-    poses = [track_pose.pose_json(R[i], T[i]) for i in range(count)]
+    poses = [pose.pose_json(R[i], T[i]) for i in range(count)]
     (folder / "init.json").write_text(json.dumps(poses[0]))
     (folder / "truth.json").write_text(json.dumps(poses))
     return folder
@@ -82,7 +82,7 @@ def test_synthesised_sequence_is_tracked_closely(tmp_path, meshes_ready):
     for frame in frames:
         path = tmp_path / "pose.json"
         path.write_text(json.dumps(frame))
-        track_pose.load_pose(path)
+        pose.load_pose(path)
     # The synthesised frames are kept as a --frames folder with its poses.
     assert len(list((tmp_path / "observed").glob("frame_*.png"))) == 8
     assert len(track_pose.load_truth(tmp_path / "observed" / "truth.json")) == 8
@@ -90,7 +90,7 @@ def test_synthesised_sequence_is_tracked_closely(tmp_path, meshes_ready):
 
 def test_synthesised_path_keeps_to_the_stated_speeds():
     R, T = track_pose.synthetic_poses(120, seed=3)
-    turns = [posefit.rotation_error_deg(R[i], R[i + 1]) for i in range(119)]
+    turns = [pose.rotation_error_deg(R[i], R[i + 1]) for i in range(119)]
     moves = (T[1:] - T[:-1]).norm(dim=1)
     assert 3.0 < max(turns) <= 4.0 and 0.03 < float(moves.max()) <= 0.05
     assert float(T[:, 2].min()) > 2.0
@@ -100,7 +100,7 @@ def test_synthesised_path_keeps_to_the_stated_speeds():
 
 def test_natural_order():
     names = ["shot10.png", "shot2.png", "Shot1.png", "shot2b.png", "a.png"]
-    ordered = sorted((Path(n) for n in names), key=track_pose.natural_key)
+    ordered = sorted((Path(n) for n in names), key=targets.natural_key)
     assert [p.name for p in ordered] == ["a.png", "Shot1.png", "shot2.png", "shot2b.png", "shot10.png"]
 
 
@@ -138,17 +138,17 @@ def test_a_jump_is_found_by_the_search(tmp_path, meshes_ready):
     truth = json.loads((folder / "truth.json").read_text())
     R = torch.tensor(truth[2]["R"]) @ axis_angle_to_matrix(torch.tensor([0.0, math.radians(30), 0.0]))
     T = torch.tensor(truth[2]["T"])
-    renderers = posefit.make_renderers("cpu", 64)
-    mesh = load_objs_as_meshes([posefit.DATA_DIR / "cow_mesh" / "cow.obj"])
+    renderers = render.make_renderers("cpu", 64)
+    mesh = load_objs_as_meshes([data.DATA_DIR / "cow_mesh" / "cow.obj"])
     with torch.no_grad():
-        image, _ = posefit.hard_render(renderers, mesh, R[None], T[None])
+        image, _ = render.hard_render(renderers, mesh, R[None], T[None])
     track_pose.save_png(image[0, ..., :3], folder / "frame_3.png")
-    record = track_pose.track(output_dir=tmp_path / "out", frames_dir=folder, init_pose=track_pose.load_pose(
+    record = track_pose.track(output_dir=tmp_path / "out", frames_dir=folder, init_pose=pose.load_pose(
         folder / "init.json"), save_overlays=False, progress=False)
     assert [f["recovered"] for f in record["frames"]] == [False, False, False, True]
     last = record["frames"][-1]
     assert last["iou"] > 0.95
-    assert posefit.rotation_error_deg(torch.tensor(last["R"]), R) < 5.0
+    assert pose.rotation_error_deg(torch.tensor(last["R"]), R) < 5.0
 
 
 def bad_init(folder, R, T):

@@ -43,11 +43,7 @@ import ctypes
 import sys
 
 import torch
-from pytorch3d.renderer.blending import softmax_rgb_blend
 from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
-from pytorch3d.renderer.mesh.rasterizer import Fragments, MeshRasterizer
-from pytorch3d.renderer.mesh.shader import SoftPhongShader
-from pytorch3d.renderer.mesh.shading import phong_shading
 
 K_EPSILON = 1e-8  # kEpsilon in geometry_utils.h (a double there)
 # Candidates per forward chunk: small enough that one chunk's arrays stay in
@@ -533,94 +529,3 @@ def fast_rasterize_meshes(
         bool(clip_barycentric_coords),
         bool(cull_backfaces),
     )
-
-
-class FastMeshRasterizer(MeshRasterizer):
-    """MeshRasterizer whose CPU rasterization uses fast_rasterize_meshes.
-
-    Everything else (camera transform, the defaults for perspective
-    correction, barycentric clipping and near-plane clipping) is the stock
-    MeshRasterizer's, so it plugs into MeshRenderer and any shader unchanged.
-    """
-
-    def forward(self, meshes_world, **kwargs) -> Fragments:
-        meshes_proj = self.transform(meshes_world, **kwargs)
-        raster_settings = kwargs.get("raster_settings", self.raster_settings)
-        cameras = kwargs.get("cameras", self.cameras)
-        clip_barycentric_coords = raster_settings.clip_barycentric_coords
-        if clip_barycentric_coords is None:
-            clip_barycentric_coords = raster_settings.blur_radius > 0.0
-        perspective_correct = raster_settings.perspective_correct
-        if perspective_correct is None:
-            perspective_correct = cameras.is_perspective()
-        z_clip = raster_settings.z_clip_value
-        if z_clip is None:
-            znear = cameras.get_znear()
-            if isinstance(znear, torch.Tensor):
-                znear = znear.min().item()
-            z_clip = None if not perspective_correct or znear is None else znear / 2
-        pix_to_face, zbuf, bary_coords, dists = fast_rasterize_meshes(
-            meshes_proj,
-            image_size=raster_settings.image_size,
-            blur_radius=raster_settings.blur_radius,
-            faces_per_pixel=raster_settings.faces_per_pixel,
-            bin_size=raster_settings.bin_size,
-            max_faces_per_bin=raster_settings.max_faces_per_bin,
-            clip_barycentric_coords=clip_barycentric_coords,
-            perspective_correct=perspective_correct,
-            cull_backfaces=raster_settings.cull_backfaces,
-            z_clip_value=z_clip,
-            cull_to_frustum=raster_settings.cull_to_frustum,
-        )
-        return Fragments(pix_to_face=pix_to_face, zbuf=zbuf, bary_coords=bary_coords, dists=dists)
-
-
-class SparseSoftPhongShader(SoftPhongShader):
-    """SoftPhongShader that lights only the (pixel, k) entries holding a face.
-
-    The stock shader interpolates normals, samples the texture and evaluates
-    Phong lighting for all N*H*W*K entries, although at the book's 50 faces
-    per pixel most of them are empty and their colour is multiplied by a zero
-    weight in softmax_rgb_blend. Here each image's non-empty entries are
-    gathered into a row of an (N, 1, M, 1) "image" (M: the most any image
-    has; shorter rows are padded with empty entries), shaded with PyTorch3D's
-    own functions, and scattered back, so the blended image and its gradients
-    are the same.
-    """
-
-    def forward(self, fragments: Fragments, meshes, **kwargs) -> torch.Tensor:
-        if fragments.pix_to_face.is_cuda:
-            return super().forward(fragments, meshes, **kwargs)
-        cameras = super()._get_cameras(**kwargs)
-        lights = kwargs.get("lights", self.lights)
-        materials = kwargs.get("materials", self.materials)
-        blend_params = kwargs.get("blend_params", self.blend_params)
-        N, H, W, K = fragments.pix_to_face.shape
-        filled = fragments.pix_to_face.reshape(N, -1) >= 0
-        image, entry = torch.nonzero(filled, as_tuple=True)  # image-major, as nonzero orders them
-        per_image = filled.sum(dim=1)
-        M = max(int(per_image.max()), 1) if N else 1
-        column = torch.arange(image.numel()) - torch.repeat_interleave(torch.cumsum(per_image, 0) - per_image, per_image)
-        flat = image * (H * W * K) + entry  # index into the flattened (N*H*W*K) fragments
-        row = image * M + column  # index into the flattened (N*M) compact image
-
-        def compact(values, fill, channels=()):
-            out = values.new_full((N * M, *channels), fill)
-            out[row] = values.reshape(-1, *channels)[flat]
-            return out.view(N, 1, M, 1, *channels)
-
-        packed = Fragments(
-            pix_to_face=compact(fragments.pix_to_face, -1),
-            zbuf=compact(fragments.zbuf, -1.0),
-            bary_coords=compact(fragments.bary_coords, -1.0, (3,)),
-            dists=compact(fragments.dists, -1.0),
-        )
-        texels = meshes.sample_textures(packed)
-        colors_packed = phong_shading(
-            meshes=meshes, fragments=packed, texels=texels, lights=lights, cameras=cameras, materials=materials
-        )
-        colors = colors_packed.new_zeros((N * H * W * K, 3)).index_put((flat,), colors_packed.reshape(N * M, 3)[row])
-        colors = colors.view(N, H, W, K, 3)
-        znear = kwargs.get("znear", getattr(cameras, "znear", 1.0))
-        zfar = kwargs.get("zfar", getattr(cameras, "zfar", 100.0))
-        return softmax_rgb_blend(colors, fragments, blend_params, znear=znear, zfar=zfar)

@@ -1,0 +1,22 @@
+"""The pose library under the chapter's scripts: one concern a module, imports running one way.
+
+From the bottom up:
+
+- errors: UserError and the exit codes.
+- data: the meshes (pooch registry, $CHAP4_DATA_MIRROR, SHA-256).
+- fast_raster: the fast CPU rasterization op, fast_rasterize_meshes (forward and backward).
+- fast_rasterizer: FastMeshRasterizer, the MeshRasterizer drop-in that uses it.
+- sparse_shading: SparseSoftPhongShader, soft Phong that lights only the filled entries.
+- render: the chapter's renderers (book settings), fast or stock rasterizer.
+- pose: the book's look-at camera and the 6-DoF pose as batches of parameters; R, T; pose files; errors.
+- targets: what is fitted: the book's target, an image file, a tracked frame; the book's mask rule.
+- search: several hypotheses at once: starts, schedule, pruning, the best, ambiguity.
+- run: run control of a fit: progress bar, stop rule, NaN, Ctrl-C.
+- frames: the pictures, written by a background process.
+- outputs: output folder, summary.json, final.png, loss.png, the result line.
+- cli: the shared flags and their validation.
+
+Nothing is imported here: the scripts import the modules they use
+(`from posefit import pose, render`), and the picture writer's process
+starts without torch.
+"""

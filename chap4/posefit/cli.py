@@ -1,0 +1,186 @@
+"""The command line: the flags the scripts share, their validation, and clean exits.
+
+Bad input is one line on stderr and exit status 2, before anything is
+written: argparse's own errors for a flag, UserError (posefit.errors) for
+what only shows when a file is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posefit import pose, targets
+from posefit.errors import EXIT_USAGE, UserError
+
+BOOK_IMAGE_SIZE = 256  # loss thresholds are stated for this size
+
+
+# ---------------------------------------------------------------------------
+# Argument types: each refuses a bad value with a message argparse prints
+# ---------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def image_side(text: str) -> int:
+    value = int(text)
+    if value < targets.MIN_TARGET_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at least {targets.MIN_TARGET_SIDE} pixels, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def fov_degrees(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or not 0.0 < value < 180.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 180 degrees (exclusive), got {text}")
+    return value
+
+
+def byte(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"must be 0 to 255, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Flags
+# ---------------------------------------------------------------------------
+
+
+def add_common(parser: argparse.ArgumentParser, output_dir: Path) -> None:
+    """Flags of every script: where results go, the device, the seed, the field of view."""
+    add = parser.add_argument
+    add("--output-dir", type=Path, default=output_dir, help=f"where results go (default {output_dir})")
+    add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
+    add("--seed", type=int, default=0, help="random seed (default 0)")
+    add("--fov", type=fov_degrees, default=60.0,
+        help="camera field of view in degrees, across the image's shorter side (default 60, PyTorch3D's)")
+
+
+def resolve_device(parser: argparse.ArgumentParser, args) -> None:
+    """--device auto becomes cuda or cpu; cuda without a device is a usage error."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here (use --device cpu)")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fit_parser(description: str, loss_threshold: float, output_dir: Path) -> argparse.ArgumentParser:
+    """The flags of the two fitting scripts, with the book's values as defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    add = parser.add_argument
+    add("--iterations", type=positive_int, default=200, help="most optimiser steps (default 200)")
+    add("--lr", type=positive_float, default=0.05, help="Adam learning rate (default 0.05)")
+    # default None: finish_fit_args fills in 256, or the size of --target-image
+    add("--image-size", type=image_side, default=None,
+        help=f"render size in pixels (default {BOOK_IMAGE_SIZE}; with --target-image, the image's own size)")
+    add("--loss-threshold", type=non_negative_float, default=None,
+        help=f"stop once the loss is below this (default {loss_threshold:g} at 256 px, "
+        "scaled with the pixel count at other sizes; 0 runs every iteration)")
+    add("--init-position", nargs=3, type=finite_float, default=[3.0, 6.9, 2.5], metavar=("X", "Y", "Z"),
+        help="starting camera position (default 3.0 6.9 2.5)")
+    add("--target-distance", type=positive_float, default=3.0, help="target camera distance (default 3)")
+    add("--target-elevation", type=finite_float, default=50.0, help="target elevation, degrees (default 50)")
+    add("--target-azimuth", type=finite_float, default=0.0, help="target azimuth, degrees (default 0)")
+    add("--save-every", type=non_negative_int, default=1, metavar="N",
+        help="save frames when i %% N == 0 and at the end (default 1; 0: no frames, no GIF)")
+    add("--rasterizer", choices=["fast", "stock"], default="fast",
+        help="fast: this project's CPU rasterizer (PyTorch3D's own on CUDA); "
+        "stock: PyTorch3D's MeshRasterizer as the book uses it (default fast)")
+    add("--restarts", type=positive_int, default=1, metavar="N",
+        help="fit N starting cameras together: --init-position and N-1 more at its distance, spread evenly "
+        "over the sphere; the lowest loss wins (default 1: the book's single start; 8 for an unknown view)")
+    add("--target-image", type=Path, default=None, metavar="PATH",
+        help="fit this image instead of the synthesised target, at its own size: a 1-channel mask, an RGBA "
+        "image whose alpha is the mask, or an RGB image of the object on a plain background")
+    add("--background", nargs=3, type=byte, default=None, metavar=("R", "G", "B"),
+        help="background colour of an RGB --target-image, 0-255 (default: the median colour of the image "
+        f"border); pixels differing from it by more than {targets.BACKGROUND_TOLERANCE} in a channel are the object")
+    add_common(parser, output_dir)
+    parser.set_defaults(book_loss_threshold=loss_threshold)
+    return parser
+
+
+def finish_fit_args(parser: argparse.ArgumentParser, args) -> argparse.Namespace:
+    """Checks that need several flags at once; fills in derived values."""
+    if args.background is not None and args.target_image is None:
+        parser.error("--background: only an RGB --target-image has a background to set")
+    if args.target_image is not None:
+        if args.image_size is not None:
+            parser.error("--image-size: with --target-image the fit runs at the image's own size")
+        # Read it now, so that a bad file is refused before anything is written.
+        args.image_size = list(targets.load_target_image(args.target_image, args.background).size)
+    elif args.image_size is None:
+        args.image_size = BOOK_IMAGE_SIZE
+    if args.loss_threshold is None:
+        pixels = math.prod(args.image_size) if isinstance(args.image_size, list) else args.image_size**2
+        args.loss_threshold = args.book_loss_threshold * pixels / BOOK_IMAGE_SIZE**2
+    if np.linalg.norm(args.init_position) < 1e-6:
+        parser.error("--init-position: the camera cannot sit at the origin it looks at")
+    args.init_position, note = pose.off_up_axis(args.init_position)
+    if note:
+        print(note)
+    resolve_device(parser, args)
+    return args
+
+
+def settings_of(args) -> dict:
+    """The settings as summary.json records them (paths as text)."""
+    return {key: str(value) if isinstance(value, Path) else value
+            for key, value in sorted(vars(args).items()) if key != "book_loss_threshold"}
+
+
+def fit_arguments(args) -> dict:
+    """fit()'s keyword arguments from the parsed flags (the flags are named as its keywords)."""
+    return {**{key: value for key, value in vars(args).items() if key != "book_loss_threshold"},
+            "settings": settings_of(args)}
+
+
+def run_main(main) -> None:
+    """Run a script's main(): user errors become one line on stderr and an exit code."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    sys.exit(code or 0)

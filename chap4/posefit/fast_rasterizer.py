@@ -1,0 +1,48 @@
+"""FastMeshRasterizer: PyTorch3D's MeshRasterizer with the fast CPU rasterization (posefit.fast_raster)."""
+
+from __future__ import annotations
+
+import torch
+from pytorch3d.renderer.mesh.rasterizer import Fragments, MeshRasterizer
+
+from posefit.fast_raster import fast_rasterize_meshes
+
+
+class FastMeshRasterizer(MeshRasterizer):
+    """MeshRasterizer whose CPU rasterization uses fast_rasterize_meshes.
+
+    Everything else (camera transform, the defaults for perspective
+    correction, barycentric clipping and near-plane clipping) is the stock
+    MeshRasterizer's, so it plugs into MeshRenderer and any shader unchanged.
+    """
+
+    def forward(self, meshes_world, **kwargs) -> Fragments:
+        meshes_proj = self.transform(meshes_world, **kwargs)
+        raster_settings = kwargs.get("raster_settings", self.raster_settings)
+        cameras = kwargs.get("cameras", self.cameras)
+        clip_barycentric_coords = raster_settings.clip_barycentric_coords
+        if clip_barycentric_coords is None:
+            clip_barycentric_coords = raster_settings.blur_radius > 0.0
+        perspective_correct = raster_settings.perspective_correct
+        if perspective_correct is None:
+            perspective_correct = cameras.is_perspective()
+        z_clip = raster_settings.z_clip_value
+        if z_clip is None:
+            znear = cameras.get_znear()
+            if isinstance(znear, torch.Tensor):
+                znear = znear.min().item()
+            z_clip = None if not perspective_correct or znear is None else znear / 2
+        pix_to_face, zbuf, bary_coords, dists = fast_rasterize_meshes(
+            meshes_proj,
+            image_size=raster_settings.image_size,
+            blur_radius=raster_settings.blur_radius,
+            faces_per_pixel=raster_settings.faces_per_pixel,
+            bin_size=raster_settings.bin_size,
+            max_faces_per_bin=raster_settings.max_faces_per_bin,
+            clip_barycentric_coords=clip_barycentric_coords,
+            perspective_correct=perspective_correct,
+            cull_backfaces=raster_settings.cull_backfaces,
+            z_clip_value=z_clip,
+            cull_to_frustum=raster_settings.cull_to_frustum,
+        )
+        return Fragments(pix_to_face=pix_to_face, zbuf=zbuf, bary_coords=bary_coords, dists=dists)

@@ -1,0 +1,153 @@
+"""What a run leaves behind: the output folder, summary.json, loss.png, final.png, the GIF, the result line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posefit import pose, render, search
+from posefit.errors import EXIT_INTERRUPTED, EXIT_NAN, UserError
+
+
+def prepare_output_dir(path: Path, frame_prefixes) -> Path:
+    """Check that `path` can be written, then delete this script's old frames.
+
+    Only files named <prefix><number>.png are removed, so summaries, other
+    scripts' results and the user's own files stay.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    for entry in path.iterdir():
+        for prefix in frame_prefixes:
+            stem = entry.name[len(prefix) : -len(".png")]
+            if entry.name.startswith(prefix) and entry.name.endswith(".png") and stem.isdigit():
+                entry.unlink()
+    return path
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = Path(str(path) + ".part")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def numpy_image(image: torch.Tensor) -> np.ndarray:
+    return image.detach().cpu().numpy()
+
+
+def save_loss_plot(loss_history, path: Path, threshold: float | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot(range(len(loss_history)), loss_history, lw=1.5)
+    if threshold:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
+        ax.legend()
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (summed squared error)")
+    if loss_history and min(loss_history) > 0:
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_final_figure(target_rgb, fitted_rgb, fitted_mask, title: str, path: Path) -> None:
+    """Target, fitted render, and the fitted outline drawn over the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    outline = find_boundaries(np.asarray(fitted_mask, dtype=bool), mode="inner")
+    overlay = np.array(target_rgb, dtype=np.float32, copy=True)
+    overlay[outline] = (1.0, 0.1, 0.1)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4), dpi=100)
+    for ax, image, name in zip(
+        axes, (target_rgb, fitted_rgb, overlay), ("target", "fitted", "fitted outline on target"), strict=True
+    ):
+        ax.imshow(np.clip(image, 0, 1))
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypotheses, target, frames,
+               output_dir: Path, *, loss_threshold=None, settings=None, device="cpu") -> dict:
+    """Measure every hypothesis, write fitting.gif, final.png, loss.png and summary.json; return the summary.
+
+    Every hypothesis (pruned ones at their last pose) is hard-rendered in one
+    batch for its IoU with the target; the fitted pose and its pictures are
+    the best one's.
+    """
+    R_every, T_every = torch.stack(hypotheses.R), torch.stack(hypotheses.T)
+    best = hypotheses.best()
+    with torch.no_grad():
+        rgb_every, mask_every = render.hard_render(renderers, mesh.extend(len(R_every)), R_every, T_every)
+    ious = [pose.silhouette_iou(mask, target.hard_mask) for mask in mask_every]
+    camera_position = hypotheses.positions[best]
+    extra = {"camera_position": camera_position, "silhouette_iou": ious[best], **target.summary(),
+             **hypotheses.summary(ious)}
+    if target.R is not None:
+        extra["position_error"] = float(torch.linalg.norm(torch.tensor(camera_position) - target.camera_position.cpu()))
+        extra["rotation_error_deg"] = pose.rotation_error_deg(R_every[best].cpu(), target.R.cpu())
+    if loop.save_every and loop.loss_history:
+        frames.gif(output_dir / "fitting.gif")
+    for message in frames.close():
+        print(f"warning: a picture could not be written: {message}", file=sys.stderr)
+    summary = {**loop.summary(), "device": str(device), **extra, "settings": settings or {}}
+    title = f"{summary['iterations']} iterations, loss {summary['final_loss'] or 0:.1f}, IoU {ious[best]:.3f}"
+    save_final_figure(numpy_image(target.shown), numpy_image(rgb_every[best, ..., :3]),
+                      numpy_image(mask_every[best]), title, output_dir / "final.png")
+    save_loss_plot(loop.loss_history, output_dir / "loss.png", loss_threshold)
+    write_json_atomic(output_dir / "summary.json", summary)
+    return summary
+
+
+def report(summary: dict, output_dir: Path) -> int:
+    """The one result line on stdout; the exit code that goes with it."""
+    parts = [f"{summary['iterations']} iterations", f"final loss {summary['final_loss'] or float('nan'):.1f}"]
+    if "position_error" in summary:
+        parts.append(f"position error {summary['position_error']:.3f}")
+        parts.append(f"rotation error {summary['rotation_error_deg']:.2f} deg")
+    parts.append(f"IoU {summary['silhouette_iou']:.3f}")
+    if len(summary.get("hypotheses", [])) > 1:
+        parts.append(f"best of {len(summary['hypotheses'])} starts: {summary['best_hypothesis']}")
+    parts.append(f"{summary['seconds']:.1f} s")
+    line = ", ".join(parts)
+    if summary["silhouette_iou"] < search.AMBIGUOUS_MIN_IOU:
+        print(f"warning: the fitted silhouette covers the target poorly (IoU {summary['silhouette_iou']:.2f}); "
+              "try --restarts 8, more --iterations, or check the target's mask (target_silhouette.png)")
+    if summary.get("ambiguous"):
+        other = summary["alternative"]
+        position = " ".join(f"{v:.3f}" for v in other["camera_position"])
+        print(f"ambiguous: start {other['hypothesis']} ends at ({position}), {other['angle_deg']:.0f} degrees "
+              f"away, with IoU {other['silhouette_iou']:.3f}: the silhouette cannot tell these views apart")
+    if summary["stopped"] == "nan":
+        print(f"stopped: the loss or the camera became NaN after {line}; results so far in {output_dir}")
+        return EXIT_NAN
+    if summary["stopped"] == "interrupted":
+        print(f"interrupted after {line}; results so far in {output_dir}")
+        return EXIT_INTERRUPTED
+    print(f"done ({summary['stopped']}): {line}; results in {output_dir}")
+    return 0
