@@ -14,7 +14,7 @@ from pytorch3d.renderer import (
 )
 from pytorch3d.structures import Meshes
 
-from posefit import fast_raster, pose
+from posefit import pose
 from posefit.fast_rasterizer import FastMeshRasterizer
 from posefit.sparse_shading import SparseSoftPhongShader
 
@@ -118,51 +118,20 @@ def test_sparse_phong_shader_matches_stock_shader(cow, positions):
 
 def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):
     """Stock's backward differentiates the floored denominator (noise of order 1/1e-16);
-    ours gives the derivative of what the forward computes, and can reproduce stock's."""
+    ours gives the derivative of what the forward computes."""
     positions = torch.tensor([[3.0, 6.9, 2.5]])
     blur = math.log(1 / 1e-4 - 1) * 1e-4
 
-    def bary_grad(cls, stock_gradient=False):
-        fast_raster.STOCK_PERSPECTIVE_GRADIENT = stock_gradient
-        try:
-            p = positions.clone().requires_grad_(True)
-            R, T = pose.look_at(p)
-            settings = RasterizationSettings(image_size=64, blur_radius=blur, faces_per_pixel=100)
-            fragments = cls(cameras=FoVPerspectiveCameras(), raster_settings=settings)(teapot, R=R, T=T)
-            (fragments.bary_coords[..., 0] * (fragments.pix_to_face >= 0)).sum().backward()
-            return p.grad
-        finally:
-            fast_raster.STOCK_PERSPECTIVE_GRADIENT = False
+    def bary_grad(cls):
+        p = positions.clone().requires_grad_(True)
+        R, T = pose.look_at(p)
+        settings = RasterizationSettings(image_size=64, blur_radius=blur, faces_per_pixel=100)
+        fragments = cls(cameras=FoVPerspectiveCameras(), raster_settings=settings)(teapot, R=R, T=T)
+        (fragments.bary_coords[..., 0] * (fragments.pix_to_face >= 0)).sum().backward()
+        return p.grad
 
     stock = bary_grad(MeshRasterizer)
     ours = bary_grad(FastMeshRasterizer)
-    ours_stock_mode = bary_grad(FastMeshRasterizer, stock_gradient=True)
     # The book's start at 64 px has sliver faces whose floored entries dominate stock's gradient.
     assert stock.norm() > 100 * ours.norm()
     assert torch.isfinite(ours).all() and ours.norm() < 1e3
-    assert ours_stock_mode.norm() > 100 * ours.norm()
-
-
-def test_fewer_faces_per_pixel_reuses_the_last_fragments_exactly(cow):
-    """The cow's textured pass (50 faces) after its silhouette pass (100) gives the same fragments and gradient."""
-    blur = math.log(1 / 1e-4 - 1) * 1e-4
-    cameras = FoVPerspectiveCameras()
-    results = []
-    for silhouette_first in (False, True):
-        fast_raster._LastFragments.clear()
-        position = torch.tensor([[1.0, 2.0, 2.5]], requires_grad=True)
-        R, T = pose.look_at(position)
-        if silhouette_first:
-            settings = RasterizationSettings(image_size=40, blur_radius=blur, faces_per_pixel=100)
-            FastMeshRasterizer(cameras=cameras, raster_settings=settings)(cow, R=R, T=T)
-            assert fast_raster._LastFragments.outputs is not None
-        settings = RasterizationSettings(image_size=40, blur_radius=blur, faces_per_pixel=50)
-        fragments = FastMeshRasterizer(cameras=cameras, raster_settings=settings)(cow, R=R, T=T)
-        (fragments.zbuf.sum() + fragments.bary_coords[..., 1].sum() + fragments.dists.sum()).backward()
-        results.append((fragments, position.grad))
-    (alone, grad_alone), (reused, grad_reused) = results
-    for name in ("pix_to_face", "zbuf", "bary_coords", "dists"):
-        assert torch.equal(getattr(alone, name), getattr(reused, name)), name
-        assert getattr(reused, name).is_contiguous()
-    assert (alone.pix_to_face >= 0).any()
-    assert torch.allclose(grad_alone, grad_reused, rtol=1e-6, atol=0)

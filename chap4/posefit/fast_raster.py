@@ -1,4 +1,4 @@
-"""A fast CPU mesh rasterizer that is a drop-in for PyTorch3D's MeshRasterizer.
+"""A fast CPU mesh rasterization op, a drop-in for PyTorch3D's rasterize_meshes (forward and backward).
 
 Why it exists: on a CPU, PyTorch3D 0.7.9 rasterizes naively (every pixel is
 tested against every face, and each accepted face re-sorts a deque of up to
@@ -15,23 +15,34 @@ C++ kernel (geometry_utils.h):
   box (binning by face instead of testing all pixels), the kernel's tests
   (zero area, bounding box, depth, inside / blur radius) are applied to those
   candidates, and the nearest `faces_per_pixel` per pixel are kept with one
-  sort. The result is the same `Fragments` (pix_to_face, zbuf, bary_coords,
-  dists) as the stock kernel, ordered nearest first, bit for bit in our
-  tests. For speed, the per-face parts of the formulas are computed once per
-  face, candidates go in chunks that fit the CPU cache, the depth is only
-  computed for candidates that pass the cheaper tests, and glibc is told to
-  keep the large output blocks for the next iteration.
+  sort. The result is stock's `Fragments` (pix_to_face, zbuf, bary_coords,
+  dists), nearest first, to float32 rounding: the tests require at least
+  99.99% of the pix_to_face entries to be equal (two depths a rounding apart
+  can sort the other way: 8 of 712,535 filled entries differ on the teapot
+  at 256 px) and zbuf, bary_coords and dists within 1e-5 where the face is
+  the same (tests/test_fast_raster.py; PyTorch3D's own rasterizer and
+  renderer tests, run by benchmarks/peer_check.py). For speed, the per-face
+  parts of the formulas are computed once per face, candidates go in chunks
+  that fit the CPU cache, and the depth is only computed for candidates that
+  pass the cheaper tests.
 * backward: the kept (pixel, k) entries whose upstream gradient is non-zero
   are recomputed with differentiable torch operations, in chunks (so memory
   stays bounded), and autograd gives the gradients of the stock backward
   (the analytic derivative of the same formulas; like it we hold the
-  closest-point parameter t of an edge fixed). One deliberate exception:
-  where the perspective-correction denominator is floored, stock
-  differentiates as if it were not (float32 noise); we give the derivative
-  of what the forward computes, unless STOCK_PERSPECTIVE_GRADIENT is set.
-* a call that asks for fewer faces per pixel than the previous call, on the
-  same faces with the same settings (the cow's textured pass after its
-  silhouette pass), takes the first K of the previous fragments.
+  closest-point parameter t of an edge fixed): within 1e-4 relative in the
+  tests. One deliberate exception: where the perspective-correction
+  denominator is floored, stock differentiates as if it were not (float32
+  noise); we give the derivative of what the forward computes.
+* it is a plain function: every call rasterizes, and nothing is kept or read
+  across calls, except through a FragmentReuse the caller hands in
+  explicitly (the cow's textured pass takes the first 50 of the silhouette
+  pass's 100 faces per pixel). It changes no process-wide setting.
+* arguments are validated as stock validates them: PyTorch3D's own
+  parse_image_size and bin-size rule, then the errors stock's C++ kernel
+  raises (TypeError for a non-integer size or faces_per_pixel, RuntimeError
+  for float64 vertices or a negative size). A non-zero bin_size that passes
+  the rule is ignored: stock's CPU has no binned mode (it raises "NOT
+  IMPLEMENTED"), and the fast path needs none.
 
 On CUDA, or when a face must be clipped at the near plane, or when the caller
 asks for frustum culling, it defers to PyTorch3D's own rasterizer.
@@ -39,11 +50,11 @@ asks for frustum culling, it defers to PyTorch3D's own rasterizer.
 
 from __future__ import annotations
 
-import ctypes
-import sys
+import operator
 
 import torch
-from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
+from pytorch3d.renderer.mesh.rasterize_meshes import kMaxFacesPerBin, rasterize_meshes
+from pytorch3d.renderer.utils import parse_image_size
 
 K_EPSILON = 1e-8  # kEpsilon in geometry_utils.h (a double there)
 # Candidates per forward chunk: small enough that one chunk's arrays stay in
@@ -51,40 +62,6 @@ K_EPSILON = 1e-8  # kEpsilon in geometry_utils.h (a double there)
 # that the Python overhead per chunk does not matter.
 CANDIDATES_PER_CHUNK = 1 << 16
 ENTRIES_PER_CHUNK = 1 << 17  # bounds the memory of one backward chunk
-# True: differentiate the floored perspective denominator as PyTorch3D's
-# backward does (bit-for-bit comparisons); False: the derivative of the
-# function the forward pass actually computes (see _face_terms).
-STOCK_PERSPECTIVE_GRADIENT = False
-
-
-_heap_reuse_checked = False
-
-
-def _reuse_freed_large_blocks() -> None:
-    """Let glibc's malloc keep freed large blocks for reuse (once per process).
-
-    Each iteration allocates and frees the same dense (N, H, W, K) tensors,
-    26 to 78 MB each at the book's settings. By default glibc maps every block
-    above 32 MB from the OS and unmaps it on free, so the next iteration pays
-    the page faults again (a third of the forward pass here). Raising the
-    mmap and trim thresholds keeps them in the heap instead; the peak memory
-    stays that of the largest iteration (benchmarks/bench_cpu.py measures it).
-    """
-    global _heap_reuse_checked
-    if _heap_reuse_checked:
-        return
-    _heap_reuse_checked = True
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (e.g. musl): nothing to tune
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
-
-
 def pixel_centers_ndc(size: int, other: int) -> torch.Tensor:
     """NDC of pixel centres along one axis, as PixToNonSquareNdc computes it.
 
@@ -130,9 +107,7 @@ def _clip_and_depth(w0, w1, w2, z0, z1, z2, clip_barycentric_coords):
     return c0, c1, c2, c0 * z0 + c1 * z1 + c2 * z2
 
 
-def _face_terms(
-    fv, px, py, *, perspective_correct, clip_barycentric_coords, detach_t=False, stock_perspective_gradient=False
-):
+def _face_terms(fv, px, py, *, perspective_correct, clip_barycentric_coords, detach_t=False):
     """Per (pixel, face) entry: barycentrics, depth, squared distance, inside.
 
     fv: (M, 3, 3) face vertices in NDC, px, py: (M,) pixel centres.
@@ -159,12 +134,7 @@ def _face_terms(
         # does our gradient. PyTorch3D's backward instead differentiates as if
         # there were no floor, dividing by denom**2 = 1e-16: float32 noise of
         # order 1e4 and more that swamps the cow's colour gradient (README).
-        denom = t0 + t1 + t2
-        if stock_perspective_gradient:
-            # Reproduce the stock gradient exactly: straight through the floor.
-            denom = (denom - denom.detach()) + denom.detach().clamp(min=K_EPSILON)
-        else:
-            denom = denom.clamp(min=K_EPSILON)
+        denom = (t0 + t1 + t2).clamp(min=K_EPSILON)
         w0, w1, w2 = t0 / denom, t1 / denom, t2 / denom
     c0, c1, c2, pz = _clip_and_depth(w0, w1, w2, z0, z1, z2, clip_barycentric_coords)
     e01 = _point_line_dist2(px, py, x0, y0, x1, y1, detach_t=detach_t)
@@ -192,7 +162,12 @@ def _rasterize_forward(
     K = faces_per_pixel
     N = num_faces_per_mesh.shape[0]
     F = face_verts.shape[0]
-    fv = face_verts.detach().float()
+    # The outputs first, as the C++ kernel makes them (a negative size fails here, with torch's message).
+    pix_to_face = torch.full((N, H, W, K), -1, dtype=torch.int64)
+    zbuf = torch.full((N, H, W, K), -1.0)
+    bary = torch.full((N, H, W, K, 3), -1.0)
+    dists = torch.full((N, H, W, K), -1.0)
+    fv = face_verts.detach()
     # Which mesh each packed face belongs to.
     mesh_of_face = torch.repeat_interleave(torch.arange(N), num_faces_per_mesh.cpu(), output_size=F)
 
@@ -247,10 +222,6 @@ def _rasterize_forward(
             )
             start = stop
 
-    pix_to_face = torch.full((N, H, W, K), -1, dtype=torch.int64)
-    zbuf = torch.full((N, H, W, K), -1.0)
-    dists = torch.full((N, H, W, K), -1.0)
-    bary = torch.full((N, H, W, K, 3), -1.0)
     slot = torch.zeros(0, dtype=torch.int64)
     face = torch.zeros(0, dtype=torch.int64)
     if kept:
@@ -373,44 +344,47 @@ def _candidates(
     return key, face, pz, sdist, bclip
 
 
-class _LastFragments:
-    """The last forward's outputs, to serve a call that asks for fewer faces per pixel.
+class FragmentReuse:
+    """One rasterization's outputs, handed to one later call that wants the same faces with fewer per pixel.
 
-    The cow's two soft renderers (silhouette, 100 faces per pixel, and
-    textured, 50) rasterize the same faces from the same camera with the
-    same blur radius in every iteration. The nearest 50 of a pixel are the
-    first 50 of its nearest 100, in the same order, so the second call is a
-    slice of the first instead of a second rasterization.
+    The cow's two soft renderers rasterize the same faces from the same
+    camera with the same blur radius in every iteration, the silhouette's
+    with 100 faces per pixel and the colour's with 50. The nearest 50 of a
+    pixel are the first 50 of its nearest 100, in the same order, so the
+    second call can be a slice of the first instead of a rasterization.
+
+    The renderer set-up makes one and hands it to both rasterizers: the
+    first (give_to) leaves its outputs here, the second (take_from) takes
+    them, after which this holds nothing. A take that does not match (other
+    faces or settings, more faces per pixel, or the given outputs edited in
+    place since) rasterizes anew, and what was held is dropped all the same.
     """
 
-    key = None  # (settings, detached copy of face_verts)
-    outputs = None  # pix_to_face, zbuf, bary, dists, slot, slot_face
+    def __init__(self):
+        self.held = None  # (settings, faces per pixel, copy of face_verts, outputs, their version counters)
+        self.taken = 0  # calls served so far
 
-    @classmethod
-    def lookup(cls, face_verts, settings, faces_per_pixel):
-        if cls.key is None:
+    def give(self, face_verts, settings, faces_per_pixel, outputs) -> None:
+        versions = [t._version for t in outputs]
+        self.held = (settings, faces_per_pixel, face_verts.detach().clone(), outputs, versions)
+
+    def take(self, face_verts, settings, faces_per_pixel):
+        """The first faces_per_pixel of the held outputs (fresh tensors), or None."""
+        held, self.held = self.held, None
+        if held is None:
             return None
-        (cached_settings, cached_k), cached_face_verts = cls.key
-        if cached_settings != settings or faces_per_pixel > cached_k:
+        held_settings, held_k, held_face_verts, outputs, versions = held
+        if (held_settings != settings or faces_per_pixel > held_k or held_face_verts.shape != face_verts.shape
+                or [t._version for t in outputs] != versions or not torch.equal(held_face_verts, face_verts)):
             return None
-        if cached_face_verts.shape != face_verts.shape or not torch.equal(cached_face_verts, face_verts):
-            return None
-        pix_to_face, zbuf, bary, dists, slot, slot_face = cls.outputs
+        pix_to_face, zbuf, bary, dists, slot, slot_face = outputs
         K = faces_per_pixel
         first_k = [t[..., :K, :] if t.dim() == 5 else t[..., :K] for t in (pix_to_face, zbuf, bary, dists)]
-        keep = torch.nonzero(slot % cached_k < K).squeeze(1)
+        keep = torch.nonzero(slot % held_k < K).squeeze(1)
         slot_k = slot[keep]
-        slot_k = slot_k // cached_k * K + slot_k % cached_k
+        slot_k = slot_k // held_k * K + slot_k % held_k
+        self.taken += 1
         return [t.clone(memory_format=torch.contiguous_format) for t in first_k] + [slot_k, slot_face[keep]]
-
-    @classmethod
-    def store(cls, face_verts, settings, faces_per_pixel, outputs):
-        cls.key = ((settings, faces_per_pixel), face_verts.detach().clone())
-        cls.outputs = outputs
-
-    @classmethod
-    def clear(cls):
-        cls.key = cls.outputs = None
 
 
 class _FastRasterizeFaceVerts(torch.autograd.Function):
@@ -419,17 +393,17 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, face_verts, mesh_to_face_first_idx, num_faces_per_mesh, image_size,
                 blur_radius, faces_per_pixel, perspective_correct, clip_barycentric_coords,
-                cull_backfaces):
+                cull_backfaces, give_to, take_from):
         settings = (tuple(num_faces_per_mesh.tolist()), image_size, blur_radius, perspective_correct,
                     clip_barycentric_coords, cull_backfaces)
-        outputs = _LastFragments.lookup(face_verts, settings, faces_per_pixel)
+        outputs = take_from.take(face_verts, settings, faces_per_pixel) if take_from is not None else None
         if outputs is None:
-            _LastFragments.clear()  # free the old outputs before making new ones
             outputs = _rasterize_forward(
                 face_verts, mesh_to_face_first_idx, num_faces_per_mesh, image_size, blur_radius,
                 faces_per_pixel, perspective_correct, clip_barycentric_coords, cull_backfaces,
             )
-            _LastFragments.store(face_verts, settings, faces_per_pixel, outputs)
+        if give_to is not None:
+            give_to.give(face_verts, settings, faces_per_pixel, outputs)
         pix_to_face, zbuf, bary, dists, slot, slot_face = outputs
         # The backward needs only the filled entries: where they are and their face.
         ctx.save_for_backward(face_verts, slot, slot_face)
@@ -447,6 +421,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
         face_verts, slot, slot_face = ctx.saved_tensors
         N, H, W, K = ctx.shape
         grad_face_verts = torch.zeros_like(face_verts)
+        no_grads = (None,) * 10
         # Upstream gradients of the filled entries; only those that are non-zero matter.
         g_zbuf = None if grad_zbuf is None else grad_zbuf.reshape(-1).index_select(0, slot)
         g_dists = None if grad_dists is None else grad_dists.reshape(-1).index_select(0, slot)
@@ -455,7 +430,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
         if g_bary is not None:
             nonzero.append((g_bary != 0).any(dim=1))
         if not nonzero:
-            return (grad_face_verts,) + (None,) * 8
+            return (grad_face_verts,) + no_grads
         live = nonzero[0]
         for g in nonzero[1:]:
             live |= g
@@ -474,7 +449,6 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
                     perspective_correct=ctx.perspective_correct,
                     clip_barycentric_coords=ctx.clip_barycentric_coords,
                     detach_t=True,
-                    stock_perspective_gradient=STOCK_PERSPECTIVE_GRADIENT,
                 )
                 total = torch.zeros((), dtype=fv.dtype)
                 if g_zbuf is not None:
@@ -486,7 +460,36 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
                     total = total + (g_bary[chunk] * bclip).sum()
                 (g,) = torch.autograd.grad(total, fv)
             grad_face_verts.index_add_(0, face, g)
-        return grad_face_verts, None, None, None, None, None, None, None, None
+        return (grad_face_verts,) + no_grads
+
+
+def _integer(value) -> int:
+    """An int as pybind's int arguments take it (what has __index__), else the TypeError stock raises."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            "rasterize_meshes(): incompatible function arguments. The fast path, like PyTorch3D's C++ kernel, "
+            f"takes integers for the image size and faces_per_pixel; got {value!r}"
+        ) from None
+
+
+def _check_arguments(face_verts, image_size, faces_per_pixel, bin_size):
+    """Stock's checks, in stock's order; returns (H, W) and faces_per_pixel as ints."""
+    # rasterize_meshes itself: PyTorch3D's own size parser, then its bin rule.
+    H, W = parse_image_size(image_size)
+    if bin_size:
+        faces_per_bin = 1 + (max(H, W) - 1) // bin_size
+        if faces_per_bin >= kMaxFacesPerBin:
+            raise ValueError(
+                f"bin_size too small, number of faces per bin must be less than {kMaxFacesPerBin}; got {faces_per_bin}"
+            )
+    # The C++ binding's argument types, then the kernel's own check of the vertices.
+    H, W, faces_per_pixel = _integer(H), _integer(W), _integer(faces_per_pixel)
+    if face_verts.dtype != torch.float32:
+        found = face_verts.type().removeprefix("torch.").removesuffix("Tensor")
+        raise RuntimeError(f"expected scalar type Float but found {found}")
+    return (H, W), faces_per_pixel
 
 
 def fast_rasterize_meshes(
@@ -501,8 +504,16 @@ def fast_rasterize_meshes(
     cull_backfaces: bool = False,
     z_clip_value=None,
     cull_to_frustum: bool = False,
+    *,
+    give_to: FragmentReuse | None = None,
+    take_from: FragmentReuse | None = None,
 ):
-    """rasterize_meshes() with the fast CPU path where it applies."""
+    """rasterize_meshes() with the fast CPU path where it applies.
+
+    give_to / take_from: a FragmentReuse to leave this call's outputs in, or
+    to take a slice of an earlier call's from (see FragmentReuse). Without
+    them nothing outlives the call but its outputs.
+    """
     verts_packed = meshes.verts_packed()
     faces_packed = meshes.faces_packed()
     face_verts = verts_packed[faces_packed]
@@ -515,17 +526,17 @@ def fast_rasterize_meshes(
             clip_barycentric_coords=clip_barycentric_coords, cull_backfaces=cull_backfaces,
             z_clip_value=z_clip_value, cull_to_frustum=cull_to_frustum,
         )
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    _reuse_freed_large_blocks()
+    image_size, faces_per_pixel = _check_arguments(face_verts, image_size, faces_per_pixel, bin_size)
     return _FastRasterizeFaceVerts.apply(
         face_verts,
         meshes.mesh_to_faces_packed_first_idx(),
         meshes.num_faces_per_mesh(),
-        tuple(int(s) for s in image_size),
+        image_size,
         float(blur_radius),
-        int(faces_per_pixel),
+        faces_per_pixel,
         bool(perspective_correct),
         bool(clip_barycentric_coords),
         bool(cull_backfaces),
+        give_to,
+        take_from,
     )

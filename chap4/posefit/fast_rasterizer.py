@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from pytorch3d.renderer.mesh.rasterizer import Fragments, MeshRasterizer
 
-from posefit.fast_raster import fast_rasterize_meshes
+from posefit.fast_raster import FragmentReuse, fast_rasterize_meshes
+
+__all__ = ["FastMeshRasterizer", "FragmentReuse"]
 
 
 class FastMeshRasterizer(MeshRasterizer):
@@ -13,8 +15,19 @@ class FastMeshRasterizer(MeshRasterizer):
 
     Everything else (camera transform, the defaults for perspective
     correction, barycentric clipping and near-plane clipping) is the stock
-    MeshRasterizer's, so it plugs into MeshRenderer and any shader unchanged.
+    MeshRasterizer's: forward() is stock's, line for line, but for the call
+    of fast_rasterize_meshes, so it plugs into MeshRenderer and any shader
+    unchanged.
+
+    give_to / take_from: an explicit FragmentReuse shared with another
+    rasterizer (posefit.render hands one to the cow's two soft renderers).
+    Without one, nothing is kept between calls.
     """
+
+    def __init__(self, cameras=None, raster_settings=None, give_to: FragmentReuse | None = None,
+                 take_from: FragmentReuse | None = None) -> None:
+        super().__init__(cameras=cameras, raster_settings=raster_settings)
+        self.give_to, self.take_from = give_to, take_from
 
     def forward(self, meshes_world, **kwargs) -> Fragments:
         meshes_proj = self.transform(meshes_world, **kwargs)
@@ -44,5 +57,7 @@ class FastMeshRasterizer(MeshRasterizer):
             cull_backfaces=raster_settings.cull_backfaces,
             z_clip_value=z_clip,
             cull_to_frustum=raster_settings.cull_to_frustum,
+            give_to=self.give_to,
+            take_from=self.take_from,
         )
         return Fragments(pix_to_face=pix_to_face, zbuf=zbuf, bary_coords=bary_coords, dists=dists)

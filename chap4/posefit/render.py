@@ -19,7 +19,7 @@ from pytorch3d.renderer import (
     SoftSilhouetteShader,
 )
 
-from posefit.fast_rasterizer import FastMeshRasterizer
+from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse
 from posefit.sparse_shading import SparseSoftPhongShader
 
 
@@ -49,10 +49,14 @@ def set_cpu_threads(rasterizer: str) -> None:
     torch.set_num_threads(1 if rasterizer == "fast" else DEFAULT_CPU_THREADS)
 
 
-def make_rasterizer(kind: str, cameras, raster_settings):
-    """'fast' = this project's CPU path (stock on CUDA), 'stock' = PyTorch3D's."""
-    cls = FastMeshRasterizer if kind == "fast" else MeshRasterizer
-    return cls(cameras=cameras, raster_settings=raster_settings)
+def make_rasterizer(kind: str, cameras, raster_settings, **reuse):
+    """'fast' = this project's CPU path (stock on CUDA), 'stock' = PyTorch3D's.
+
+    reuse: give_to / take_from, a FragmentReuse shared by two fast rasterizers (stock has none).
+    """
+    if kind == "fast":
+        return FastMeshRasterizer(cameras=cameras, raster_settings=raster_settings, **reuse)
+    return MeshRasterizer(cameras=cameras, raster_settings=raster_settings)
 
 
 @dataclass
@@ -89,8 +93,11 @@ def make_renderers(
     soft = RasterizationSettings(
         image_size=image_size, blur_radius=book_blur_radius(sigma), faces_per_pixel=faces_per_pixel
     )
+    # The colour pass rasterizes the same faces from the same camera with the same blur as the silhouette
+    # pass, with fewer faces per pixel: it takes the first of the silhouette pass's (FragmentReuse).
+    reuse = FragmentReuse() if textured_faces_per_pixel and textured_faces_per_pixel <= faces_per_pixel else None
     silhouette = MeshRenderer(
-        rasterizer=make_rasterizer(rasterizer, cameras, soft),
+        rasterizer=make_rasterizer(rasterizer, cameras, soft, give_to=reuse),
         shader=SoftSilhouetteShader(blend_params=blend_params),
     )
     hard = RasterizationSettings(image_size=image_size, blur_radius=0.0, faces_per_pixel=1)
@@ -107,7 +114,7 @@ def make_renderers(
         )
         shader_cls = SparseSoftPhongShader if rasterizer == "fast" else SoftPhongShader
         textured = MeshRenderer(
-            rasterizer=make_rasterizer(rasterizer, cameras, soft_textured),
+            rasterizer=make_rasterizer(rasterizer, cameras, soft_textured, take_from=reuse),
             shader=shader_cls(device=device, cameras=cameras, lights=lights),
         )
     return Renderers(cameras, lights, silhouette, phong, textured)
