@@ -1,29 +1,37 @@
-"""A photo target, end to end, by the README's steps (issue 4).
+"""Full 6-DoF pose from one photograph: photo-like stand-ins rendered by Mitsuba 3, fitted as the README says.
 
-There is no camera here, so this makes the closest stand-in it can: the mesh
-rendered at 640x480 with a phone's 50-degree field of view, on a dark,
-unevenly lit backdrop, with sensor noise, saved as a JPEG (quality 85). Then,
-as the README's "A real photograph, step by step" says:
+    python benchmarks/bench_photo.py --seed 1                    # render 24 cases, fit each, print the table
+    python benchmarks/bench_photo.py --seed 0 --render-only --cases /tmp/photos0   # only render (Mitsuba)
+    python benchmarks/bench_photo.py --cases /tmp/photos0 --only 3 7               # fit cases already rendered
 
-2. shrink it to at most 256 pixels a side (PIL's thumbnail), keeping the
-   aspect ratio (256x192);
-4. run the script on it: --target-image photo.png --fov 50 --restarts 8
-   --loss-threshold 0 (default 200 iterations), the background colour taken
-   from the image border;
+The cases come from benchmarks/scenes.py (its PHOTO_RANGES, fixed before any
+tuning): the teapot and the cow on floors of several colours (grey among
+them) with soft shadows, an environment light plus a sphere light at random,
+the camera anywhere above the floor with roll in +-40 degrees, the object
+off-centre by at least 10% of the shorter side, a field of view of 40-65
+degrees, 240x180 to 256x192 pixels, sensor noise and JPEG for most, about one
+in six an RGBA cut-out, up to a quarter with an object in front hiding up to
+a quarter of the silhouette. Mitsuba (`pip install mitsuba`, variant
+scalar_rgb) is needed to render, not to fit; it is not a dependency of the
+project. Tuning used seed 0; the README reports seed 1.
 
-and compares the fitted camera with the one that took the "photo". It prints
-per object the camera position error (units and share of the distance), the
-IoU against the mask read from the file, and the wall time of the command.
+Each case is fitted by the command a user runs (a fresh process; its wall
+time, start-up included, is what counts):
 
-    python benchmarks/bench_photo.py                      # teapot and cow
-    python benchmarks/bench_photo.py --meshes teapot --keep /tmp/photos
+    python chap4/diff_render.py|diff_render_texture.py --target-image PHOTO --fov FOV --pose 6dof
+        --restarts 8 --loss-threshold 0 --device cpu --save-every 0 --output-dir OUT
+
+Success: rotation error (geodesic between the fitted and true R) <= 5 degrees
+and translation error |T - T_true| / |T_true| <= 5%; a teapot may instead
+count when PyTorch3D's hard silhouettes at the fitted and at the true pose
+(the photo's size and fov) have IoU >= 0.95 (its symmetry). Target: at least
+23 of 24, every command at most 60 s on a quiet 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -36,86 +44,140 @@ sys.path.insert(0, str(REPO / "chap4"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from pytorch3d.io import load_objs_as_meshes  # noqa: E402
-from pytorch3d.renderer import TexturesVertex  # noqa: E402
 
 from posefit import data, pose, render  # noqa: E402
 
-# mesh -> (script, camera that takes the photo: distance, elevation, azimuth)
-PHOTOS = {
-    "teapot": ("diff_render.py", (3.2, 25.0, 130.0)),
-    "cow": ("diff_render_texture.py", (3.0, 15.0, -60.0)),
-}
-FOV = 50.0
-PHOTO_SIZE = (480, 640)  # (H, W)
+SCRIPTS = {"teapot": "diff_render.py", "cow": "diff_render_texture.py"}
+ROTATION_SUCCESS_DEG = 5.0
+TRANSLATION_SUCCESS = 0.05
+TEAPOT_IOU_SUCCESS = 0.95
+SECONDS_TARGET = 60.0
+SUCCESS_TARGET = 23  # of 24
 
 
-def make_photo(mesh_name: str, camera, path: Path) -> list[float]:
-    """Render the stand-in photo to path (JPEG); return the true camera position."""
-    files = data.provision_all(data.TEAPOT_FILES if mesh_name == "teapot" else data.COW_FILES)
-    mesh = load_objs_as_meshes([files[0]])
-    if mesh.textures is None:  # the teapot: plain white, shaded by the light
-        mesh.textures = TexturesVertex(verts_features=torch.ones_like(mesh.verts_padded()))
-    H, W = PHOTO_SIZE
-    renderers = render.make_renderers(torch.device("cpu"), (H, W), fov=FOV)
-    R, T, position = pose.view_camera(*camera, torch.device("cpu"))
+def render_cases(seed: int, count: int, folder: Path) -> list[dict]:
+    """Render the photo stand-ins into folder (case_NN.jpg/png) and write folder/cases.json with the truth."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import scenes  # benchmark-only: needs Mitsuba
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i, spec in enumerate(scenes.sample_photo_cases(seed, count)):
+        result = scenes.render_scene(spec)
+        path = scenes.save(result, folder / f"case_{i:02d}")
+        Image.fromarray(result["object_mask"].astype(np.uint8) * 255).save(folder / f"case_{i:02d}_truth_mask.png")
+        cases.append({"case": i, "file": path.name, "mesh": spec.mesh, "R": np.asarray(spec.R).tolist(),
+                      "T": np.asarray(spec.T).tolist(), "fov": float(spec.fov), "size": list(spec.size),
+                      "floor": spec.floor_name, "cutout": bool(spec.cutout), "jpeg": spec.jpeg_quality,
+                      "occluded_share": float(result["occluded_share"]) if spec.occluder is not None else 0.0,
+                      "roll_deg": float(spec.meta.get("roll_deg", 0.0))})
+        print(f"rendered case {i:2d}: {spec.mesh} on {spec.floor_name}, {path.name}, "
+              f"{result['seconds']:.1f} s", flush=True)
+        (folder / "cases.json").write_text(json.dumps({"seed": seed, "cases": cases}, indent=1))
+    return cases
+
+
+def hard_silhouette(mesh, R, T, fov, size) -> torch.Tensor:
+    """PyTorch3D's hard silhouette (one face per pixel, no blur) at this pose, size and fov."""
+    renderers = render.make_renderers("cpu", tuple(size), fov=fov)
     with torch.no_grad():
-        image, mask = render.hard_render(renderers, mesh, R, T)
-    rgb, mask = image[0, ..., :3].numpy(), mask[0].numpy()[..., None]
-    # A blue-grey backdrop, lit from the upper left, and sensor noise.
-    yy, xx = np.mgrid[0:H, 0:W]
-    light = 1.0 - 0.25 * (((xx - 0.3 * W) / W) ** 2 + ((yy - 0.2 * H) / H) ** 2)
-    backdrop = np.array([70, 80, 100]) / 255 * light[..., None]
-    noise = np.random.default_rng(1).normal(0.0, 4 / 255, (H, W, 3))
-    photo = (np.where(mask, rgb, backdrop) + noise).clip(0, 1)
-    Image.fromarray((photo * 255).round().astype(np.uint8)).save(path, quality=85)
-    return position.tolist()
+        fragments = renderers.phong.rasterizer(mesh, R=torch.as_tensor(R, dtype=torch.float32)[None],
+                                               T=torch.as_tensor(T, dtype=torch.float32)[None])
+    return fragments.pix_to_face[0, ..., 0] >= 0
+
+
+def load_mesh(name: str):
+    from pytorch3d.io import load_objs_as_meshes
+
+    files = data.provision_all(data.TEAPOT_FILES if name == "teapot" else data.COW_FILES)
+    return load_objs_as_meshes([files[0]])
+
+
+def fit_case(case: dict, folder: Path, out: Path, extra: list[str]) -> dict:
+    """Run the README's command on one case; its errors against the truth."""
+    command = [sys.executable, str(REPO / "chap4" / SCRIPTS[case["mesh"]]), "--target-image",
+               str(folder / case["file"]), "--fov", f"{case['fov']:.6f}", "--pose", "6dof", "--restarts", "8",
+               "--loss-threshold", "0", "--device", "cpu", "--save-every", "0", "--output-dir", str(out), *extra]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        return {**case, "seconds": seconds, "failed": (result.stderr or result.stdout).strip().splitlines()[-1:]}
+    summary = json.loads((out / "summary.json").read_text())
+    R, T = torch.tensor(summary["R"]), torch.tensor(summary["T"])
+    R_true, T_true = torch.tensor(case["R"]), torch.tensor(case["T"])
+    rotation = pose.rotation_error_deg(R, R_true)
+    translation = float((T - T_true).norm() / T_true.norm())
+    mesh = load_mesh(case["mesh"])
+    iou = pose.silhouette_iou(hard_silhouette(mesh, R, T, case["fov"], case["size"]),
+                              hard_silhouette(mesh, R_true, T_true, case["fov"], case["size"]))
+    success = (rotation <= ROTATION_SUCCESS_DEG and translation <= TRANSLATION_SUCCESS) or (
+        case["mesh"] == "teapot" and iou >= TEAPOT_IOU_SUCCESS)
+    return {**case, "seconds": seconds, "rotation_error_deg": rotation, "translation_error": translation,
+            "silhouette_iou_true": iou, "mask_iou": summary["silhouette_iou"], "ambiguous": summary["ambiguous"],
+            "success": success}
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| case | mesh | floor | kind | occluded | rot. err. (deg) | trans. err. | IoU vs truth | s | success |")
+    print("|---:|---|---|---|---:|---:|---:|---:|---:|:-:|")
+    for r in rows:
+        kind = "RGBA cut-out" if r["cutout"] else (f"JPEG q{r['jpeg']}" if r["jpeg"] else "PNG")
+        occluded = f"{100 * r['occluded_share']:.0f}%" if r["occluded_share"] else ""
+        if "failed" in r:
+            print(f"| {r['case']} | {r['mesh']} | {r['floor']} | {kind} | {occluded} | | | | {r['seconds']:.1f} | "
+                  f"**error** |")
+            continue
+        mark = "yes" if r["success"] else "**no**"
+        print(f"| {r['case']} | {r['mesh']} | {r['floor']} | {kind} | {occluded} | {r['rotation_error_deg']:.1f} | "
+              f"{100 * r['translation_error']:.1f}% | {r['silhouette_iou_true']:.3f} | {r['seconds']:.1f} | {mark} |")
+    wins = sum(r.get("success", False) for r in rows)
+    slowest = max(r["seconds"] for r in rows)
+    print(f"\n{wins} of {len(rows)} succeed; whole command: mean {sum(r['seconds'] for r in rows) / len(rows):.1f} s, "
+          f"max {slowest:.1f} s")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--meshes", nargs="+", choices=list(PHOTOS), default=list(PHOTOS))
-    parser.add_argument("--keep", type=Path, help="keep photos and results in this folder (default: a temporary one)")
-    parser.add_argument("--iterations", type=int, default=200, help="the scripts' --iterations (default 200)")
+    parser.add_argument("--seed", type=int, default=1, help="the cases' seed (default 1; tuning used 0)")
+    parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--cases", type=Path, help="folder of rendered cases (made if missing; default: temporary)")
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--only", type=int, nargs="+", help="fit only these case numbers")
+    parser.add_argument("--keep", type=Path, help="keep each fit's output folder here")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("extra", nargs="*", help="more flags for the scripts, after --")
     args = parser.parse_args()
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.keep or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in args.meshes:
-            script, camera = PHOTOS[name]
-            jpeg = folder / f"{name}_photo.jpg"
-            truth = make_photo(name, camera, jpeg)
-            # Step 2: at most 256 pixels a side.
-            photo = folder / f"{name}_photo.png"
-            with Image.open(jpeg) as image:
-                image.thumbnail((256, 256))
-                image.save(photo)
-            # Step 4.
-            output = folder / f"result_{name}_photo"
-            command = [sys.executable, str(REPO / "chap4" / script), "--target-image", str(photo),
-                       "--fov", str(FOV), "--restarts", "8", "--loss-threshold", "0", "--iterations", str(args.iterations),
-                       "--output-dir", str(output)]
-            print("command:", " ".join(command), flush=True)
-            started = time.perf_counter()
-            result = subprocess.run(command, capture_output=True, text=True)
-            seconds = time.perf_counter() - started
-            if result.returncode != 0:
-                print(result.stdout + result.stderr)
-                return 1
-            print((result.stdout.strip() or "(no output)").splitlines()[-1], flush=True)
-            summary = json.loads((output / "summary.json").read_text())
-            error = math.dist(summary["camera_position"], truth)
-            rows.append((name, camera[0], error, summary["silhouette_iou"], summary["ambiguous"], seconds))
-
-    print("\n| object | photo size | true distance | position error | error / distance | IoU | ambiguous | s |")
-    print("|---|---|---:|---:|---:|---:|:-:|---:|")
-    size = f"{PHOTO_SIZE[1]}x{PHOTO_SIZE[0]} JPEG -> 256x192"
-    for name, distance, error, iou, ambiguous, seconds in rows:
-        print(f"| {name} | {size} | {distance:.1f} | {error:.4f} | {error / distance:.2%} | {iou:.3f} | "
-              f"{'yes' if ambiguous else 'no'} | {seconds:.1f} |")
-    return 0
+    with tempfile.TemporaryDirectory(prefix="bench_photo_") as tmp:
+        folder = args.cases or Path(tmp) / "cases"
+        if (folder / "cases.json").exists():
+            cases = json.loads((folder / "cases.json").read_text())["cases"]
+        else:
+            cases = render_cases(args.seed, args.count, folder)
+        if args.render_only:
+            return 0
+        rows = []
+        for case in cases:
+            if args.only is not None and case["case"] not in args.only:
+                continue
+            out = (args.keep or Path(tmp)) / f"fit_{case['case']:02d}"
+            row = fit_case(case, folder, out, args.extra)
+            rows.append(row)
+            if "failed" in row:
+                print(f"case {row['case']:2d} {row['mesh']}: command failed: {row['failed']}", flush=True)
+            else:
+                print(f"case {row['case']:2d} {row['mesh']:6s}: rotation {row['rotation_error_deg']:6.1f} deg, "
+                      f"translation {100 * row['translation_error']:5.1f}%, IoU vs truth "
+                      f"{row['silhouette_iou_true']:.3f}, {row['seconds']:.1f} s, "
+                      f"{'success' if row['success'] else 'FAIL'}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1, default=str))
+    print_table(rows)
+    wins = sum(r.get("success", False) for r in rows)
+    met = len(rows) == 24 and wins >= SUCCESS_TARGET and max(r["seconds"] for r in rows) <= SECONDS_TARGET
+    if len(rows) == 24:
+        print(f"target (>= {SUCCESS_TARGET}/24, each <= {SECONDS_TARGET:.0f} s): {'met' if met else 'NOT met'}")
+    return 0 if met or len(rows) != 24 else 1
 
 
 if __name__ == "__main__":

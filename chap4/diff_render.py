@@ -32,7 +32,7 @@ from pytorch3d.io import load_obj
 from pytorch3d.renderer import TexturesVertex
 from pytorch3d.structures import Meshes
 
-from posefit import cli, data, outputs, pose, render, search, targets
+from posefit import cli, data, outputs, render, search, targets
 from posefit.errors import UserError
 from posefit.frames import FrameWriter
 from posefit.run import FitLoop
@@ -102,7 +102,8 @@ def fit(
     restarts: int = 1,
     target_image=None,
     background=None,
-    fov: float = 60.0,
+    fov: float | None = None,
+    pose_mode: str = "lookat",
     prune_schedule=search.PRUNE_SCHEDULE,
     explore_scale: float = search.EXPLORE_SCALE,
     explore_lr_factor: float = search.EXPLORE_LR_FACTOR,
@@ -119,13 +120,17 @@ def fit(
     refine_sigma and the learning rate to lr * lr_final_factor
     (posefit.search.Hypotheses).
     target_image (a path) replaces the synthesised target; the fit then runs
-    at the image's size.
+    at the image's size, scaled down so that its shorter side is at most
+    image_size. fov: degrees across the shorter side (None: the book's 60, or
+    a photo's EXIF). pose_mode "6dof" fits the object's full pose, started
+    from a coarse grid of views (posefit.initial), instead of the book's
+    look-at camera.
     """
     torch.manual_seed(seed)
     device = torch.device(device)
     # An observed image is read first, so that a bad one is refused before anything is written.
-    observed = targets.load_target_image(target_image, background) if target_image is not None else None
-    image_size = observed.size if observed else image_size
+    observed = targets.load_target_image(target_image, background, image_size, fov) if target_image else None
+    image_size, fov = (observed.size, observed.fov) if observed else (image_size, fov or targets.DEFAULT_FOV)
 
     # 1. The mesh.
     mesh = load_teapot(device)
@@ -134,7 +139,8 @@ def fit(
     # 2. The renderers: soft silhouette to optimise, hard Phong for pictures.
     if device.type == "cpu":
         render.set_cpu_threads(rasterizer)
-    renderers = render.make_renderers(device, image_size, rasterizer=rasterizer, fov=fov)
+    renderers = render.make_renderers(device, image_size, rasterizer=rasterizer, fov=fov,
+                                      **search.renderer_settings(pose_mode))
 
     # 3. The target: a hard Phong render and the mask of its non-white pixels (or the observed image).
     target = observed.to(device) if observed else targets.book_target(
@@ -143,10 +149,11 @@ def fit(
     frames.frame(outputs.numpy_image(target.silhouette), "target silhouette", output_dir / "target_silhouette.png")
     frames.frame(outputs.numpy_image(target.shown), "target", output_dir / "target_rgb.png")
 
-    # 4. The model and its parameter, the camera position: the book's start, or several (--restarts).
-    hypotheses = search.Hypotheses(
-        pose.LookAt(search.starting_positions(init_position, restarts), device), iterations=iterations, lr=lr,
-        prune_schedule=prune_schedule, explore_scale=explore_scale, explore_lr_factor=explore_lr_factor,
+    # 4. The model and its parameter, the camera position: the book's start, or several (--restarts);
+    #    or the object's full pose (--pose 6dof), from the best views of a coarse grid.
+    hypotheses = search.start(
+        pose_mode, mesh, target, fov, init_position=init_position, restarts=restarts, iterations=iterations,
+        lr=lr, prune_schedule=prune_schedule, explore_scale=explore_scale, explore_lr_factor=explore_lr_factor,
         refine_share=refine_share, refine_sigma=refine_sigma, lr_final_factor=lr_final_factor)
     model = Model(meshes=mesh, renderer=renderers.silhouette, image_ref=target.mask, camera=hypotheses.poses)
     with torch.no_grad():
@@ -156,10 +163,11 @@ def fit(
 
     # 5. Adam until the loss is below the threshold, a picture of every step. (With several starts
     #    the schedule explores at a smaller size first: posefit.search.)
-    hypotheses.prepare(model, renderers, target,
-                       lambda size: render.make_renderers(device, size, rasterizer=rasterizer, fov=fov))
+    hypotheses.prepare(model, mesh, renderers, target, lambda size: render.make_renderers(
+        device, size, rasterizer=rasterizer, fov=fov, **search.renderer_settings(pose_mode)))
     optimizer = torch.optim.Adam(model.parameters(), lr=hypotheses.lr_at(0))  # lr itself with one start
-    with FitLoop(iterations, loss_threshold, desc="teapot", save_every=save_every, progress=progress) as loop:
+    with FitLoop(hypotheses.iterations, loss_threshold, desc="teapot", save_every=save_every,
+                 progress=progress) as loop:
         for i in loop:
             optimizer.zero_grad()
             loss, _ = model()
@@ -177,7 +185,7 @@ def fit(
             if loop.done:
                 break
 
-    return outputs.finish_run(loop, renderers, mesh, hypotheses, target, frames, output_dir,
+    return outputs.finish_run(loop, renderers, mesh, hypotheses, hypotheses.target, frames, output_dir,
                               loss_threshold=loss_threshold, settings=settings, device=device)
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from pytorch3d.io import load_objs_as_meshes
 
-from posefit import cli, data, outputs, pose, render, search, targets
+from posefit import cli, data, outputs, render, search, targets
 from posefit.errors import UserError
 from posefit.frames import FrameWriter
 from posefit.run import FitLoop
@@ -65,6 +65,7 @@ class Model(nn.Module):
         # origin (posefit.pose.LookAt). With --restarts N it has N rows, one camera each.
         self.camera = camera
         self.pixels, self.loss_scale = image_ref_silhouette.numel(), 1.0
+        self.lighting = lambda rendered: rendered
 
     def use(self, renderers, target, colour=True):
         """Render and compare at another size (multi-start exploration), the loss scaled to the full size's;
@@ -73,6 +74,9 @@ class Model(nn.Module):
         self.image_ref_silhouette, self.image_ref_textured = target.mask, target.colours
         self.loss_scale = self.pixels / target.mask.numel()
         self.weight_texture = self.book_weight_texture if colour else 0.0
+        # The book compares the rendered colours as they are; a photo's, after its own light (a per-channel
+        # gain and offset, posefit.targets.relight).
+        self.lighting = targets.colour_model(target)
 
     def forward(self):
         R, T = self.camera()
@@ -82,7 +86,8 @@ class Model(nn.Module):
         loss, image_textured = self.weight_silhouette * loss_silhouette, None
         if self.weight_texture:
             image_textured = self.renderer_textured(meshes_world=meshes, R=R, T=T)
-            loss_texture = torch.sum((image_textured[..., :3] - self.image_ref_textured) ** 2, dim=(1, 2, 3))
+            loss_texture = torch.sum((self.lighting(image_textured[..., :3]) - self.image_ref_textured) ** 2,
+                                     dim=(1, 2, 3))
             loss = loss + self.weight_texture * loss_texture
         # One loss per camera.
         return loss * self.loss_scale, image_silhouette, image_textured
@@ -124,7 +129,8 @@ def fit(
     restarts: int = 1,
     target_image=None,
     background=None,
-    fov: float = 60.0,
+    fov: float | None = None,
+    pose_mode: str = "lookat",
     prune_schedule=search.PRUNE_SCHEDULE,
     explore_scale: float = search.EXPLORE_SCALE,
     explore_lr_factor: float = search.EXPLORE_LR_FACTOR,
@@ -145,13 +151,20 @@ def fit(
     and the colour term joins in the refinement: the soft Phong render costs
     about four times the silhouette, and the silhouette finds the basin.
     target_image (a path) replaces the synthesised target; the fit then runs
-    at the image's size, on its mask and colours.
+    at the image's size (scaled down so that its shorter side is at most
+    image_size), on its mask and colours; a photo's colours are compared
+    after a per-channel gain and offset (posefit.targets.relight), and so
+    are an RGBA file's with pose_mode "6dof". fov: degrees across the
+    shorter side (None: the book's 60, or a photo's EXIF). pose_mode "6dof"
+    fits the object's full pose, started from a coarse grid of views
+    (posefit.initial), instead of the book's look-at camera.
     """
     torch.manual_seed(seed)
     device = torch.device(device)
     # An observed image is read first, so that a bad one is refused before anything is written.
-    observed = targets.load_target_image(target_image, background) if target_image is not None else None
-    image_size = observed.size if observed else image_size
+    observed = targets.load_target_image(target_image, background, image_size, fov,
+                                         relight=pose_mode == "6dof") if target_image else None
+    image_size, fov = (observed.size, observed.fov) if observed else (image_size, fov or targets.DEFAULT_FOV)
     if observed and observed.rgb is None and weight_texture:
         print(f"note: {observed.path} is a mask, with no colours to compare: fitting the silhouette only",
               file=sys.stderr)
@@ -164,8 +177,8 @@ def fit(
     # 2. Soft silhouette (100 faces per pixel), soft Phong (50), hard Phong.
     if device.type == "cpu":
         render.set_cpu_threads(rasterizer)
-    renderers = render.make_renderers(device, image_size, rasterizer=rasterizer, textured_faces_per_pixel=50,
-                                      fov=fov)
+    renderers = render.make_renderers(device, image_size, rasterizer=rasterizer, fov=fov,
+                                      **search.renderer_settings(pose_mode, textured=True))
 
     # 3. The target: a hard Phong render, its non-white mask and its colours (or the observed image).
     target = observed.to(device) if observed else targets.book_target(
@@ -174,10 +187,11 @@ def fit(
     frames.frame(outputs.numpy_image(target.silhouette), "target silhouette", output_dir / "target_silhouette.png")
     frames.frame(outputs.numpy_image(target.shown), "target", output_dir / "target_rgb.png")
 
-    # 4. The model and its parameter, the camera position: the book's start, or several (--restarts).
-    hypotheses = search.Hypotheses(
-        pose.LookAt(search.starting_positions(init_position, restarts), device), iterations=iterations, lr=lr,
-        prune_schedule=prune_schedule, explore_scale=explore_scale, explore_lr_factor=explore_lr_factor,
+    # 4. The model and its parameter, the camera position: the book's start, or several (--restarts);
+    #    or the object's full pose (--pose 6dof), from the best views of a coarse grid.
+    hypotheses = search.start(
+        pose_mode, mesh, target, fov, init_position=init_position, restarts=restarts, iterations=iterations,
+        lr=lr, prune_schedule=prune_schedule, explore_scale=explore_scale, explore_lr_factor=explore_lr_factor,
         refine_share=refine_share, refine_sigma=refine_sigma, lr_final_factor=lr_final_factor,
         explore_colour=explore_with_texture)
     model = Model(meshes=mesh, renderer_silhouette=renderers.silhouette, renderer_textured=renderers.textured,
@@ -192,10 +206,11 @@ def fit(
 
     # 5. Adam until the loss is below the threshold, pictures of every step. (With several starts
     #    the schedule explores at a smaller size and on the silhouette first: posefit.search.)
-    hypotheses.prepare(model, renderers, target, lambda size: render.make_renderers(
-        device, size, rasterizer=rasterizer, textured_faces_per_pixel=50, fov=fov))
+    hypotheses.prepare(model, mesh, renderers, target, lambda size: render.make_renderers(
+        device, size, rasterizer=rasterizer, fov=fov, **search.renderer_settings(pose_mode, textured=True)))
     optimizer = torch.optim.Adam(model.parameters(), lr=hypotheses.lr_at(0))  # lr itself with one start
-    with FitLoop(iterations, loss_threshold, desc="cow", save_every=save_every, progress=progress) as loop:
+    with FitLoop(hypotheses.iterations, loss_threshold, desc="cow", save_every=save_every,
+                 progress=progress) as loop:
         for i in loop:
             optimizer.zero_grad()
             loss, image_silhouette, image_textured = model()
@@ -210,7 +225,7 @@ def fit(
             if loop.done:
                 break
 
-    return outputs.finish_run(loop, renderers, mesh, hypotheses, target, frames, output_dir,
+    return outputs.finish_run(loop, renderers, mesh, hypotheses, hypotheses.target, frames, output_dir,
                               loss_threshold=loss_threshold, settings=settings, device=device)
 
 

@@ -32,16 +32,29 @@ def test_multistart_benchmark_runs_every_mesh_view_and_start_count(tmp_path, mes
     assert all(0.0 <= f["silhouette_iou"] <= 1.0 and f["seconds"] > 0 for f in fits)
 
 
-def test_photo_benchmark_follows_the_readme_steps(tmp_path, meshes_ready):
-    result = run_benchmark("bench_photo.py", "--meshes", "teapot", "--iterations", 2, "--keep", tmp_path)
+def test_photo_benchmark_fits_each_case_as_the_readme_says(tmp_path, meshes_ready):
+    """A case folder as bench_photo renders it (here drawn by PyTorch3D, not Mitsuba), fitted by the command."""
+    import numpy as np
+    import torch
+    from test_photo import off_centre_rolled_pose, photograph, teapot
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, _, _ = photograph(mesh, R, T, (120, 120, 120))
+    Image.fromarray(photo).save(folder / "case_00.jpg", quality=90)
+    case = {"case": 0, "file": "case_00.jpg", "mesh": "teapot", "R": R.tolist(), "T": T.tolist(), "fov": 50.0,
+            "size": list(photo.shape[:2]), "floor": "grey", "cutout": False, "jpeg": 90, "occluded_share": 0.0,
+            "roll_deg": 30.0}
+    (folder / "cases.json").write_text(json.dumps({"seed": 0, "cases": [case]}))
+    rows = tmp_path / "rows.json"
+    result = run_benchmark("bench_photo.py", "--cases", folder, "--json", rows, "--keep", tmp_path / "fits",
+                           "--", "--iterations", "2")
     assert result.returncode == 0, result.stdout + result.stderr
-    with Image.open(tmp_path / "teapot_photo.jpg") as photo:
-        assert photo.size == (640, 480) and photo.format == "JPEG"
-    with Image.open(tmp_path / "teapot_photo.png") as shrunk:  # step 2: at most 256 a side
-        assert shrunk.size == (256, 192)
-    summary = json.loads((tmp_path / "result_teapot_photo" / "summary.json").read_text())
-    # The backdrop is found from the border colour, and the fit ran at the file's size.
-    assert summary["target_kind"] == "background"
-    assert summary["settings"]["image_size"] == [192, 256]
-    assert (tmp_path / "result_teapot_photo" / "final.png").is_file()
-    assert "| teapot | 640x480 JPEG -> 256x192 |" in result.stdout
+    assert "| 0 | teapot | grey | JPEG q90 |" in result.stdout and "of 1 succeed" in result.stdout
+    (row,) = json.loads(rows.read_text())
+    assert np.isfinite(row["rotation_error_deg"]) and 0.0 <= row["silhouette_iou_true"] <= 1.0
+    summary = json.loads((tmp_path / "fits" / "fit_00" / "summary.json").read_text())
+    assert summary["settings"]["pose_mode"] == "6dof" and summary["settings"]["restarts"] == 8
+    assert torch.tensor(summary["R"]).shape == (3, 3)

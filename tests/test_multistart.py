@@ -177,7 +177,6 @@ BAD_FLAGS = [
     ["--target-image", "x.png", "--background", "256", "0", "0"],
     ["--target-image", "x.png", "--background", "-1", "0", "0"],
     ["--target-image", "x.png", "--background", "1", "2"],
-    ["--target-image", "x.png", "--image-size", "64"],
 ]
 
 

@@ -57,7 +57,9 @@ def test_three_kinds_of_file_give_the_same_mask(tmp_path, meshes_ready):
         assert target.kind == kind
         assert target.size == SIZE
         assert torch.equal(target.mask.bool(), torch.from_numpy(mask)), kind
-    assert targets.load_target_image(paths["background"]).background == list(BACKGROUND)
+    # Told the backdrop's colour, the photo's mask is the same.
+    told = targets.load_target_image(paths["background"], background=BACKGROUND)
+    assert torch.equal(told.mask.bool(), torch.from_numpy(mask)) and told.background == list(BACKGROUND)
     # The colours the loss sees: the object on white, whatever the file's background.
     rgba, rgb = targets.load_target_image(paths["alpha"]), targets.load_target_image(paths["background"])
     assert torch.equal(rgba.rgb, rgb.rgb)

@@ -87,14 +87,15 @@ def byte(text: str) -> int:
 # ---------------------------------------------------------------------------
 
 
-def add_common(parser: argparse.ArgumentParser, output_dir: Path) -> None:
+def add_common(parser: argparse.ArgumentParser, output_dir: Path, fov_default=60.0) -> None:
     """Flags of every script: where results go, the device, the seed, the field of view."""
     add = parser.add_argument
     add("--output-dir", type=Path, default=output_dir, help=f"where results go (default {output_dir})")
     add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     add("--seed", type=int, default=0, help="random seed (default 0)")
-    add("--fov", type=fov_degrees, default=60.0,
-        help="camera field of view in degrees, across the image's shorter side (default 60, PyTorch3D's)")
+    add("--fov", type=fov_degrees, default=fov_default,
+        help="camera field of view in degrees, across the image's shorter side (default 60, PyTorch3D's; "
+        "for a photo without --fov: from its EXIF 35 mm-equivalent focal length when it has one)")
 
 
 def resolve_device(parser: argparse.ArgumentParser, args) -> None:
@@ -111,14 +112,15 @@ def fit_parser(description: str, loss_threshold: float, output_dir: Path) -> arg
     add = parser.add_argument
     add("--iterations", type=positive_int, default=200, help="most optimiser steps (default 200)")
     add("--lr", type=positive_float, default=0.05, help="Adam learning rate (default 0.05)")
-    # default None: finish_fit_args fills in 256, or the size of --target-image
+    # default None: finish_fit_args fills in 256, or the working size of --target-image
     add("--image-size", type=image_side, default=None,
-        help=f"render size in pixels (default {BOOK_IMAGE_SIZE}; with --target-image, the image's own size)")
+        help=f"render size in pixels (default {BOOK_IMAGE_SIZE}); with --target-image, the largest shorter side "
+        f"the image is fitted at: a larger one is scaled down (default {targets.WORKING_SIDE})")
     add("--loss-threshold", type=non_negative_float, default=None,
         help=f"stop once the loss is below this (default {loss_threshold:g} at 256 px, "
         "scaled with the pixel count at other sizes; 0 runs every iteration)")
-    add("--init-position", nargs=3, type=finite_float, default=[3.0, 6.9, 2.5], metavar=("X", "Y", "Z"),
-        help="starting camera position (default 3.0 6.9 2.5)")
+    add("--init-position", nargs=3, type=finite_float, default=None, metavar=("X", "Y", "Z"),
+        help="starting camera position (default 3.0 6.9 2.5; not with --pose 6dof)")
     add("--target-distance", type=positive_float, default=3.0, help="target camera distance (default 3)")
     add("--target-elevation", type=finite_float, default=50.0, help="target elevation, degrees (default 50)")
     add("--target-azimuth", type=finite_float, default=0.0, help="target azimuth, degrees (default 0)")
@@ -131,12 +133,16 @@ def fit_parser(description: str, loss_threshold: float, output_dir: Path) -> arg
         help="fit N starting cameras together: --init-position and N-1 more at its distance, spread evenly "
         "over the sphere; the lowest loss wins (default 1: the book's single start; 8 for an unknown view)")
     add("--target-image", type=Path, default=None, metavar="PATH",
-        help="fit this image instead of the synthesised target, at its own size: a 1-channel mask, an RGBA "
-        "image whose alpha is the mask, or an RGB image of the object on a plain background")
+        help="fit this image instead of the synthesised target: a 1-channel mask, an RGBA image whose alpha is "
+        "the mask (a background remover's cut-out), or a photo of the object on a backdrop (RGB, any size; "
+        "the object is what differs from the backdrop seen along the image border, shadows excluded)")
     add("--background", nargs=3, type=byte, default=None, metavar=("R", "G", "B"),
-        help="background colour of an RGB --target-image, 0-255 (default: the median colour of the image "
-        f"border); pixels differing from it by more than {targets.BACKGROUND_TOLERANCE} in a channel are the object")
-    add_common(parser, output_dir)
+        help="the backdrop's colour in an RGB --target-image, 0-255 (default: learnt from the image border)")
+    add("--pose", dest="pose_mode", choices=["lookat", "6dof"], default="lookat",
+        help="lookat: the book's camera position, looking at the origin (default); 6dof: the object's full "
+        "pose (rotation and translation: off-centre, rolled), started from a coarse grid of views. Either way "
+        "summary.json holds R and T, PyTorch3D's (x_view = x_mesh @ R + T, +X left, +Y up, +Z forward)")
+    add_common(parser, output_dir, fov_default=None)
     parser.set_defaults(book_loss_threshold=loss_threshold)
     return parser
 
@@ -145,16 +151,22 @@ def finish_fit_args(parser: argparse.ArgumentParser, args) -> argparse.Namespace
     """Checks that need several flags at once; fills in derived values."""
     if args.background is not None and args.target_image is None:
         parser.error("--background: only an RGB --target-image has a background to set")
+    if args.pose_mode == "6dof" and args.init_position is not None:
+        parser.error("--init-position: with --pose 6dof the start comes from a grid of views (see --help)")
     if args.target_image is not None:
-        if args.image_size is not None:
-            parser.error("--image-size: with --target-image the fit runs at the image's own size")
         # Read it now, so that a bad file is refused before anything is written.
-        args.image_size = list(targets.load_target_image(args.target_image, args.background).size)
+        target = targets.load_target_image(args.target_image, args.background, args.image_size, args.fov)
+        args.image_size = list(target.size)
+        if args.fov is None and target.fov_source.startswith("default"):
+            print(f"warning: {args.target_image} says nothing of its field of view (no 35 mm-equivalent focal "
+                  f"length in its EXIF): assuming {target.fov:g} degrees across the shorter side; give --fov")
     elif args.image_size is None:
         args.image_size = BOOK_IMAGE_SIZE
     if args.loss_threshold is None:
         pixels = math.prod(args.image_size) if isinstance(args.image_size, list) else args.image_size**2
         args.loss_threshold = args.book_loss_threshold * pixels / BOOK_IMAGE_SIZE**2
+    if args.init_position is None:
+        args.init_position = [3.0, 6.9, 2.5]
     if np.linalg.norm(args.init_position) < 1e-6:
         parser.error("--init-position: the camera cannot sit at the origin it looks at")
     args.init_position, note = pose.off_up_axis(args.init_position)

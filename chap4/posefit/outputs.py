@@ -92,6 +92,35 @@ def save_final_figure(target_rgb, fitted_rgb, fitted_mask, title: str, path: Pat
     plt.close(fig)
 
 
+FINAL_MAX_SIDE = 1024  # final.png draws a larger photo scaled down to this
+
+
+def at_original_size(target, renderers: render.Renderers, mesh, R, T):
+    """The photo as it came (at most FINAL_MAX_SIDE a side) and the fitted pose rendered at its size."""
+    from PIL import Image
+
+    original = target.original
+    H, W = original.shape[:2]
+    factor = min(1.0, FINAL_MAX_SIDE / max(H, W))
+    size = (max(8, round(H * factor)), max(8, round(W * factor)))
+    if factor < 1.0:
+        image = Image.fromarray((original * 255 + 0.5).astype(np.uint8)).resize(size[::-1], Image.Resampling.BOX)
+        original = np.asarray(image, dtype=np.float32) / 255.0
+    big = render.make_renderers(R.device, size, rasterizer="fast", fov=float(renderers.cameras.fov[0]))
+    with torch.no_grad():
+        rgb, mask = render.hard_render(big, mesh, R[None], T[None])
+    return torch.from_numpy(original), rgb[0, ..., :3], mask[0]
+
+
+def save_mask(target, path: Path) -> None:
+    """The mask the fit used, 8-bit, at the file's own size (255 = object)."""
+    from PIL import Image
+
+    H, W = target.original.shape[:2]
+    mask = Image.fromarray(target.hard_mask.cpu().numpy().astype(np.uint8) * 255)
+    mask.resize((W, H), Image.Resampling.NEAREST).save(path)
+
+
 def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypotheses, target, frames,
                output_dir: Path, *, loss_threshold=None, settings=None, device="cpu") -> dict:
     """Measure every hypothesis, write fitting.gif, final.png, loss.png and summary.json; return the summary.
@@ -106,8 +135,10 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
         rgb_every, mask_every = render.hard_render(renderers, mesh.extend(len(R_every)), R_every, T_every)
     ious = [pose.silhouette_iou(mask, target.hard_mask) for mask in mask_every]
     camera_position = hypotheses.positions[best]
-    extra = {"camera_position": camera_position, "silhouette_iou": ious[best], **target.summary(),
-             **hypotheses.summary(ious)}
+    # The pose, PyTorch3D's: x_view = x_mesh @ R + T; camera_position = -T @ R^T.
+    fitted = pose.pose_json(R_every[best], T_every[best])
+    extra = {"camera_position": camera_position, "R": fitted["R"], "T": fitted["T"],
+             "silhouette_iou": ious[best], **target.summary(), **hypotheses.summary(ious)}
     if target.R is not None:
         extra["position_error"] = float(torch.linalg.norm(torch.tensor(camera_position) - target.camera_position.cpu()))
         extra["rotation_error_deg"] = pose.rotation_error_deg(R_every[best].cpu(), target.R.cpu())
@@ -117,8 +148,13 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
         print(f"warning: a picture could not be written: {message}", file=sys.stderr)
     summary = {**loop.summary(), "device": str(device), **extra, "settings": settings or {}}
     title = f"{summary['iterations']} iterations, loss {summary['final_loss'] or 0:.1f}, IoU {ious[best]:.3f}"
-    save_final_figure(numpy_image(target.shown), numpy_image(rgb_every[best, ..., :3]),
-                      numpy_image(mask_every[best]), title, output_dir / "final.png")
+    shown, fitted_rgb, fitted_mask = target.shown, rgb_every[best, ..., :3], mask_every[best]
+    if target.original is not None:
+        # A photo: the fit's pictures and outline on the file as it came, its mask at its own size.
+        shown, fitted_rgb, fitted_mask = at_original_size(target, renderers, mesh, R_every[best], T_every[best])
+        save_mask(target, output_dir / "target_mask.png")
+    save_final_figure(numpy_image(shown), numpy_image(fitted_rgb), numpy_image(fitted_mask), title,
+                      output_dir / "final.png")
     save_loss_plot(loop.loss_history, output_dir / "loss.png", loss_threshold)
     write_json_atomic(output_dir / "summary.json", summary)
     return summary

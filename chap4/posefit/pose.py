@@ -86,6 +86,9 @@ class PoseBatch(nn.Module):
         """Keep only these poses (each parameter's rows); the caller moves the optimiser's state."""
         raise NotImplementedError
 
+    def constrain(self) -> None:
+        """Bring the parameters back within their bounds after a step (none by default)."""
+
     def current(self):
         """R (n, 3, 3) and T (n, 3) now, detached."""
         with torch.no_grad():
@@ -136,15 +139,30 @@ class LookAt(PoseBatch):
 
 
 class SixDoF(PoseBatch):
-    """Full poses: R = R0 @ exp(rotation), T = T0 + translation, corrections starting at zero."""
+    """Full poses: R = R0 @ exp(rotation), T = T0 + translation, corrections starting at zero.
 
-    def __init__(self, R0: torch.Tensor, T0: torch.Tensor):
+    min_depth (with centre, a point of the mesh): keep() and constrain() hold that point at least this far
+    in front of the camera, so that no pose comes close enough to fill the view (or pass behind it).
+    """
+
+    def __init__(self, R0: torch.Tensor, T0: torch.Tensor, min_depth: float | None = None, centre=None):
         super().__init__()
         self.register_buffer("R0", R0.detach().reshape(-1, 3, 3).clone())
         self.register_buffer("T0", T0.detach().reshape(-1, 3).clone())
         n = self.R0.shape[0]
         self.rotation = nn.Parameter(torch.zeros(n, 3, device=self.R0.device))
         self.translation = nn.Parameter(torch.zeros(n, 3, device=self.R0.device))
+        self.min_depth = min_depth
+        self.centre = torch.zeros(3, device=self.R0.device) if centre is None else centre.detach().reshape(3)
+
+    def constrain(self) -> None:
+        """Move any pose whose centre is nearer than min_depth back to it (along the optical axis)."""
+        if self.min_depth is None:
+            return
+        with torch.no_grad():
+            R, T = self()
+            depth = (self.centre @ R)[:, 2] + T[:, 2]
+            self.translation[:, 2] += (self.min_depth - depth).clamp(min=0)
 
     def __len__(self) -> int:
         return self.R0.shape[0]

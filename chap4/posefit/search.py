@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from posefit import pose, render, targets
+from posefit import initial, pose, render, targets
 
 UP_AXIS_MARGIN_DEG = 10.0  # no lattice start this close to the up axis, where look_at_rotation is undefined
 # The schedule with several starts (--restarts > 1; one start is the book's
@@ -59,6 +59,15 @@ LR_FINAL_FACTOR = 0.1
 AMBIGUOUS_DEG = 20.0  # a hypothesis this far from the best ...
 AMBIGUOUS_IOU = 0.01  # ... with an IoU this close to the best's makes the answer ambiguous,
 AMBIGUOUS_MIN_IOU = 0.5  # if it fits at all: two poses that both miss the target are no ambiguity
+
+# --pose 6dof: the full pose from the grid's best views (posefit.initial), on the same schedule (explore
+# at half size, prune to 2, refine at full size with the sharpening sigma and falling rate), in fewer
+# iterations: the grid starts each hypothesis within about 15 degrees of a basin. The rate is a fifth
+# of --lr: radians of rotation and mesh units of translation per step (0.01 by default).
+SIX_DOF_ITERATIONS = 100
+SIX_DOF_LR_SHARE = 0.2
+SIX_DOF_FACES_PER_PIXEL = 30  # the soft renderers' faces per pixel: sharper edges need fewer than the book's 100
+MIN_DEPTH_RADII = 1.5  # a hypothesis's centre stays at least this many bounding radii in front of the camera
 
 
 def fibonacci_directions(n: int, margin_deg: float = UP_AXIS_MARGIN_DEG) -> np.ndarray:
@@ -103,10 +112,11 @@ class Hypotheses:
                  prune_schedule=PRUNE_SCHEDULE, explore_scale: float = EXPLORE_SCALE,
                  explore_lr_factor: float = EXPLORE_LR_FACTOR, refine_share: float = REFINE_SHARE,
                  refine_sigma: float = REFINE_SIGMA, lr_final_factor: float = LR_FINAL_FACTOR,
-                 explore_colour: bool = False):
+                 explore_colour: bool = False, scheduled: bool | None = None):
         self.poses = poses
         n = len(poses)
-        self.single = n == 1
+        # The book's run (one look-at camera) has no schedule; several starts, or a 6-DoF fit, do.
+        self.single = not scheduled if scheduled is not None else n == 1
         self.iterations, self.lr = iterations, lr
         # Iteration after which to prune -> how many to keep.
         self.prune_schedule = {max(0, round(share * iterations) - 1): keep for share, keep in prune_schedule}
@@ -122,7 +132,7 @@ class Hypotheses:
         self._remember(list(range(n)))
         self.init_positions = poses.initial_positions()
         self.best_row, self.best_index, self.best_loss, self.best_position = 0, 0, math.inf, None
-        self.model = self.full = self.explore = None
+        self.model = self.full = self.explore = self.mesh = None
 
     # -- the record of each hypothesis ---------------------------------------------------------
 
@@ -176,7 +186,12 @@ class Hypotheses:
                 "refine_from": self.refine_from, "refine_sigma": self.refine_sigma,
                 "lr_final_factor": self.lr_final_factor}
 
-    def prepare(self, model, renderers: render.Renderers, target: targets.Target, make_renderers) -> None:
+    @property
+    def target(self) -> targets.Target | None:
+        """The full-size target as the fit ends (a photo's mask may have been redone around the best pose)."""
+        return None if self.full is None else self.full[1]
+
+    def prepare(self, model, mesh, renderers: render.Renderers, target: targets.Target, make_renderers) -> None:
         """Set the model up for iteration 0.
 
         With several starts the exploration renders at explore_size (from
@@ -185,7 +200,7 @@ class Hypotheses:
         render costs four times the silhouette's); the refinement goes back
         to `renderers` and `target`. With one start: the book's run.
         """
-        self.model, self.full = model, (renderers, target)
+        self.model, self.mesh, self.full = model, mesh, (renderers, target)
         self.book_sigma = renderers.silhouette.shader.blend_params.sigma
         size = self.explore_size(target.size)
         if size != target.size and self.refine_from > 0:
@@ -201,6 +216,11 @@ class Hypotheses:
         if self.full is None or not self.refining(i):
             return
         if i == self.refine_from:
+            # Full size from here; a photo's mask is redone around the best pose's silhouette (posefit.masks).
+            renderers, target = self.full
+            with torch.no_grad():
+                _, silhouette = render.hard_render(renderers, self.mesh, *self.best_pose())
+            self.full = (renderers, target.refined(silhouette[0]))
             self.model.use(*self.full, colour=True)
         render.set_sigma(self.full[0], self.sigma_at(i, self.book_sigma))
 
@@ -224,6 +244,7 @@ class Hypotheses:
                 self.pruned_at[k], self.dropped[k] = i, "nan"
         if not good:
             return None
+        self.poses.constrain()
         self._remember(good)
         for row in good:
             k = self.active[row]
@@ -290,6 +311,32 @@ class Hypotheses:
             out["alternative"] = {"hypothesis": k, "camera_position": self.positions[k],
                                   "silhouette_iou": iou, "angle_deg": angle}
         return out
+
+
+def renderer_settings(pose_mode: str, textured: bool = False) -> dict:
+    """make_renderers()'s soft settings for a pose mode: the book's (lookat), or fewer faces per pixel (6dof)."""
+    if pose_mode == "lookat":
+        return {"textured_faces_per_pixel": 50} if textured else {}
+    faces = SIX_DOF_FACES_PER_PIXEL
+    return {"faces_per_pixel": faces, "textured_faces_per_pixel": faces} if textured else {"faces_per_pixel": faces}
+
+
+def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_position, restarts: int,
+          iterations: int, lr: float, **schedule) -> Hypotheses:
+    """The hypotheses a fit starts from.
+
+    lookat: the book's camera at init_position (with restarts > 1, more at its distance, spread evenly over
+    the sphere). 6dof: the `restarts` best poses of the coarse grid (posefit.initial) for the target's mask,
+    on the 6-DoF schedule (SIX_DOF_ITERATIONS at most, a fifth of the rate).
+    """
+    if pose_mode == "lookat":
+        return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
+                          iterations=iterations, lr=lr, **schedule)
+    R, T, _ = initial.initial_poses(mesh, target.hard_mask, fov, restarts)
+    _, radius = initial.mesh_centre_radius(mesh)
+    poses = pose.SixDoF(R, T, min_depth=MIN_DEPTH_RADII * radius, centre=initial.mesh_centre_radius(mesh)[0])
+    return Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
+                      scheduled=True, **schedule)
 
 
 def keep_rows(poses: pose.PoseBatch, optimizer, rows) -> None:

@@ -9,6 +9,7 @@ there is one. The fitting loop consumes them all the same way.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posefit import pose, render
+from posefit import masks, pose, render
 from posefit.errors import UserError
 
 
@@ -34,6 +35,34 @@ def resize_image(image: torch.Tensor, size) -> torch.Tensor:
     return out.permute(1, 2, 0) if channels_last else out[0]
 
 
+def relight(rendered: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Rendered colours (N, H, W, 3) as the photo's light would show them, compared only on the object.
+
+    Per image and channel, the gain and offset that best map the rendered
+    colours onto the reference's over the mask (least squares, solved in
+    closed form at every call, held constant for the gradient); outside the
+    mask, the reference itself, so that the silhouette term alone speaks
+    there.
+    """
+    m, reference = mask[None, ..., None], reference[None]
+    count = m.sum().clamp(min=1.0)
+    with torch.no_grad():
+        mean_x = (m * rendered).sum((1, 2), keepdim=True) / count
+        mean_y = (m * reference).sum((1, 2), keepdim=True) / count
+        covariance = (m * (rendered - mean_x) * (reference - mean_y)).sum((1, 2), keepdim=True)
+        variance = (m * (rendered - mean_x) ** 2).sum((1, 2), keepdim=True)
+        gain = (covariance / variance.clamp(min=1e-6)).clamp(min=0.0)
+        offset = mean_y - gain * mean_x
+    return m * (gain * rendered + offset) + (1 - m) * reference
+
+
+def colour_model(target) -> callable:
+    """What the colour term compares: the rendered colours as they are (the book), or relit (a photo)."""
+    if not target.relit:
+        return lambda rendered: rendered
+    return lambda rendered: relight(rendered, target.colours, target.mask)
+
+
 @dataclass
 class Target:
     """An image to fit, at one size."""
@@ -49,6 +78,11 @@ class Target:
     R: torch.Tensor | None = None  # the true pose, when known (the book's target)
     T: torch.Tensor | None = None
     camera_position: torch.Tensor | None = None
+    photo: torch.Tensor | None = None  # (H, W, 3) a photo's pixels at the working size, to redo its mask
+    original: np.ndarray | None = None  # (H0, W0, 3) the file as it came (EXIF orientation applied), for final.png
+    fov: float | None = None  # degrees across the shorter side, and where that came from
+    fov_source: str = ""
+    relit: bool = False  # the colour term compares after a per-channel gain and offset (a photo's own light)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -66,15 +100,25 @@ class Target:
 
     def to(self, device) -> Target:
         moved = {name: getattr(self, name).to(device) for name in ("mask", "rgb", "shown", "silhouette", "hard_mask",
-                                                                  "R", "T", "camera_position")
+                                                                  "R", "T", "camera_position", "photo")
                  if getattr(self, name) is not None}
         return replace(self, **moved)
+
+    def refined(self, silhouette: torch.Tensor) -> Target:
+        """A photo's mask redone around a fitted pose's hard silhouette (posefit.masks); other targets as they are."""
+        if self.photo is None:
+            return self
+        photo = self.photo.cpu().numpy()
+        mask = masks.refine_with_silhouette(photo, self.hard_mask.cpu().numpy(), silhouette.cpu().numpy())
+        mask = torch.from_numpy(mask).to(self.mask.device)
+        rgb = torch.where(mask[..., None], self.photo, torch.ones_like(self.photo))
+        return replace(self, mask=mask.float(), hard_mask=mask, silhouette=mask.float(), rgb=rgb)
 
     def summary(self) -> dict:
         """summary.json's keys about the target: the file, or the true pose and the errors' reference."""
         if self.path is None:
             return {"target_camera_position": [float(v) for v in self.camera_position.reshape(-1).cpu()]}
-        out = {"target_image": str(self.path), "target_kind": self.kind}
+        out = {"target_image": str(self.path), "target_kind": self.kind, "fov": self.fov, "fov_source": self.fov_source}
         if self.background is not None:
             out["target_background"] = self.background
         return out
@@ -94,19 +138,16 @@ def book_target(renderers: render.Renderers, mesh, distance: float, elevation: f
 # A target from a file (--target-image)
 # ---------------------------------------------------------------------------
 
-# A pixel of an RGB target belongs to the object when some channel differs
-# from the background colour by more than this (0-255): enough to ignore
-# JPEG noise and a slightly uneven backdrop, small enough to keep an object
-# whose colour is near the background's.
-BACKGROUND_TOLERANCE = 24
-# The fit runs at the file's own size; K faces per pixel at a photo's full
-# resolution would take gigabytes and hours, so larger files are refused.
-MAX_TARGET_SIDE = 1024
+# A photo larger than this (its shorter side, pixels) is scaled down to it for the fit; --image-size sets it.
+WORKING_SIDE = 256
 MIN_TARGET_SIDE = 8
+MIN_OBJECT_SHARE = 0.001  # a mask that covers less of the image is refused
+DEFAULT_FOV = 60.0  # PyTorch3D's, and the book's
+FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # a 35 mm-equivalent focal length refers to this diagonal
 
 
 def border_median(pixels: np.ndarray) -> list[int]:
-    """Median colour of the image border: the background of a photo on a plain backdrop."""
+    """Median colour of the image border."""
     border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
     return [int(round(v)) for v in np.median(border, axis=0)]
 
@@ -120,16 +161,46 @@ def _mask_scale(mode: str) -> float:
     return 65535.0
 
 
-def load_target_image(path, background=None, tolerance: float = BACKGROUND_TOLERANCE) -> Target:
-    """Read an observed image and decide which pixels are the object.
+def exif_fov(image, size) -> tuple[float | None, str]:
+    """The field of view across the shorter side from the file's 35 mm-equivalent focal length, if it has one.
+
+    A 35 mm-equivalent focal length f gives the diagonal field of view of a 36x24 mm frame,
+    2 atan(43.3 / 2f); the image's shorter side sees tan(fov / 2) = tan(diagonal / 2) * shorter / diagonal.
+    """
+    try:
+        focal = image.getexif().get_ifd(0x8769).get(0xA405)  # Exif IFD, FocalLengthIn35mmFilm
+    except Exception:  # a broken EXIF block is no reason to refuse the photo
+        return None, ""
+    if not focal or float(focal) <= 0:
+        return None, ""
+    H, W = size
+    half_diagonal = math.atan(FULL_FRAME_DIAGONAL_MM / 2 / float(focal))
+    fov = 2 * math.degrees(math.atan(math.tan(half_diagonal) * min(H, W) / math.hypot(H, W)))
+    return fov, f"EXIF: 35 mm-equivalent focal length {float(focal):g} mm"
+
+
+def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: float | None = None,
+                      relight: bool = False) -> Target:
+    """Read an observed image, scale it to the working size, and decide which pixels are the object.
 
     A 1-channel image is a mask (foreground >= half its full scale); an image
-    with any alpha below 255 uses alpha >= 128 as the mask; otherwise the
-    background colour is `background` (0-255) or the median colour of the
-    border, and the object is what differs from it by more than `tolerance`.
-    Anything unusable is a UserError naming the file.
+    with any alpha below 255 uses alpha >= 128 as the mask; otherwise it is a
+    photo, and posefit.masks finds the object against the backdrop (whose
+    colour is `background`, 0-255, if given). The EXIF orientation is
+    applied; an image whose shorter side is over `working_side` is averaged
+    down to it (the original is kept for the pictures). The field of view:
+    `fov` if given, else the file's 35 mm-equivalent focal length, else
+    DEFAULT_FOV (target.fov_source says which). The colour term compares a
+    photo's colours after a per-channel gain and offset (relight), an RGBA
+    cut-out's too if `relight`. Anything unusable is a UserError naming the
+    file. working_side: an int, or (H, W) (its shorter side counts).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if working_side is None:
+        working_side = WORKING_SIDE
+    elif not isinstance(working_side, int):
+        working_side = min(int(v) for v in working_side)
 
     path = Path(path)
     where = f"--target-image {path}"
@@ -140,20 +211,28 @@ def load_target_image(path, background=None, tolerance: float = BACKGROUND_TOLER
     try:
         if path.stat().st_size == 0:
             raise UserError(f"{where}: the file is empty")
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
             W, H = image.size
-            if min(W, H) < MIN_TARGET_SIDE or max(W, H) > MAX_TARGET_SIDE:
-                raise UserError(
-                    f"{where}: the image is {W}x{H}; the fit runs at the image's own size, which must be "
-                    f"{MIN_TARGET_SIDE} to {MAX_TARGET_SIDE} pixels a side (resize it first)"
-                )
-            image.load()
+            if min(W, H) < MIN_TARGET_SIDE:
+                raise UserError(f"{where}: the image is {W}x{H}; it needs at least {MIN_TARGET_SIDE} pixels a side")
+            exif, exif_source = exif_fov(opened, (H, W))
             if len(image.getbands()) == 1 and image.mode != "P":
-                kind = "mask"
-                values = np.asarray(image, dtype=np.float32) / _mask_scale(image.mode)
+                kind, scale = "mask", _mask_scale(image.mode)
+                image = image.convert("F")
             else:
-                rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-                kind = "alpha" if (rgba[..., 3] < 255).any() else "background"
+                image = image.convert("RGBA")
+                kind = "alpha" if image.getextrema()[3][0] < 255 else "background"
+                scale = 255.0
+            original = np.asarray(image.convert("RGB") if kind != "mask" else image, dtype=np.float32) / scale
+            if min(W, H) > working_side:
+                factor = working_side / min(W, H)
+                small = (max(1, round(W * factor)), max(1, round(H * factor)))
+                # Averaged down; RGBA premultiplied, so that transparent pixels lend no colour.
+                image = image.convert("RGBa").resize(small, Image.Resampling.BOX).convert("RGBA") \
+                    if kind != "mask" else image.resize(small, Image.Resampling.BOX)
+            values = np.asarray(image, dtype=np.float32) / scale
     except UserError:
         raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -162,24 +241,27 @@ def load_target_image(path, background=None, tolerance: float = BACKGROUND_TOLER
     if kind == "mask":
         mask = values >= 0.5
         shown = np.repeat(mask[..., None].astype(np.float32), 3, axis=2)
-        rgb = None
+        rgb, photo = None, None
+        original = np.repeat(original[..., None], 3, axis=2)
     elif kind == "alpha":
-        alpha = rgba[..., 3:] / 255.0
+        alpha = values[..., 3:]
         # Composited on white: the soft Phong renderer's background.
-        shown = rgba[..., :3] / 255.0 * alpha + (1.0 - alpha)
+        shown = values[..., :3] * alpha + (1.0 - alpha)
         mask = alpha[..., 0] >= 0.5
-        rgb = shown
+        rgb, photo = shown, None
     else:
-        pixels = rgba[..., :3]
-        background = list(background) if background is not None else border_median(pixels)
-        mask = np.abs(pixels - np.asarray(background, dtype=np.float32)).max(axis=-1) > tolerance
-        shown = pixels / 255.0
+        photo = np.ascontiguousarray(values[..., :3])
+        mask = masks.photo_mask(photo, background)
+        shown = photo
         # The renderer draws the object on white, so the colour loss sees the same.
         rgb = np.where(mask[..., None], shown, 1.0)
-    if not mask.any():
-        raise UserError(f"{where}: no foreground: every pixel counts as background ({_mask_rule(kind, background)})")
-    if mask.all():
-        raise UserError(f"{where}: no background: every pixel counts as object ({_mask_rule(kind, background)})")
+    _check_mask(mask, where, kind)
+    if fov is not None:
+        fov_source = "--fov"
+    elif exif is not None:
+        fov, fov_source = exif, exif_source
+    else:
+        fov, fov_source = DEFAULT_FOV, "default (no --fov, and no 35 mm-equivalent focal length in the file)"
     mask = torch.from_numpy(mask.astype(np.float32))
     return Target(
         kind=kind,
@@ -189,19 +271,32 @@ def load_target_image(path, background=None, tolerance: float = BACKGROUND_TOLER
         silhouette=mask,
         hard_mask=mask.bool(),
         path=path,
-        background=background if kind == "background" else None,
+        background=list(background) if background is not None else None,
+        photo=None if photo is None else torch.from_numpy(photo),
+        original=np.clip(original, 0.0, 1.0),
+        fov=float(fov),
+        fov_source=fov_source,
+        # A photo's colours carry its own light; a clean render's are the renderer's.
+        relit=(kind == "background" and masks.is_photo(photo)) or (relight and kind != "mask"),
     )
 
 
-def _mask_rule(kind: str, background) -> str:
-    if kind == "mask":
-        return "a 1-channel image is a mask: object where the value is at least half of white"
-    if kind == "alpha":
-        return "object where alpha >= 128"
-    return (
-        f"object where a channel differs from the background colour {background} by more than "
-        f"{BACKGROUND_TOLERANCE}; set it with --background R G B"
-    )
+def _check_mask(mask: np.ndarray, where: str, kind: str) -> None:
+    """Refuse a mask the fit cannot use: empty, everything, touching all four borders, or too small."""
+    rule = {"mask": "a 1-channel image is a mask: object where the value is at least half of white",
+            "alpha": "object where alpha >= 128",
+            "background": "object where the photo differs from the backdrop along its border; "
+                          "set the backdrop's colour with --background R G B"}[kind]
+    if not mask.any():
+        raise UserError(f"{where}: no foreground: every pixel counts as background ({rule})")
+    if mask.all():
+        raise UserError(f"{where}: no background: every pixel counts as object ({rule})")
+    if mask[0].any() and mask[-1].any() and mask[:, 0].any() and mask[:, -1].any():
+        raise UserError(f"{where}: the object touches all four borders of the image: the whole object must be "
+                        f"in the picture, on a backdrop ({rule})")
+    if mask.mean() < MIN_OBJECT_SHARE:
+        raise UserError(f"{where}: the object covers {100 * mask.mean():.3f}% of the image, less than "
+                        f"{100 * MIN_OBJECT_SHARE:g}%: move closer, or crop ({rule})")
 
 
 # ---------------------------------------------------------------------------

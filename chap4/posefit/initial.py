@@ -1,0 +1,176 @@
+"""Where to start a 6-DoF fit: the pose hypotheses that explain an observed mask best, from a coarse grid.
+
+No lucky start is needed. The mesh is rendered once from every view
+direction of a grid on the sphere, centred and at one distance, as hard
+silhouettes at a low resolution (one batch). A silhouette seen from a
+camera rolled about its optical axis, moved closer or farther, or pointed
+elsewhere is the same silhouette rotated, scaled and shifted in the image,
+so each view is compared with the mask under every in-plane rotation of a
+second grid, after scaling and shifting the mask so that its area and
+centroid match the view's. The score is the IoU. The best hypotheses, no
+two closer than MIN_SEPARATION_DEG, become 3-D poses: the rotation of the
+view and the roll, turned so that the object sits on the ray through the
+mask's centroid, at the depth its area implies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch3d.renderer import FoVPerspectiveCameras, RasterizationSettings, look_at_rotation
+from pytorch3d.structures import Meshes
+from pytorch3d.transforms import axis_angle_to_matrix
+
+from posefit import render
+
+GRID_VIEWS = 240  # view directions, a Fibonacci lattice on the whole sphere (about 13 degrees apart)
+GRID_ROLLS = 24  # in-plane rotations, 15 degrees apart
+SCORE_SIDE = 64  # pixels a side of the views' renders
+FILL = 0.75  # the bounding sphere's share of the views' field of view
+MIN_SEPARATION_DEG = 25.0  # hypotheses kept are at least this far apart (geodesic angle)
+
+
+def mesh_centre_radius(mesh) -> tuple[torch.Tensor, float]:
+    """The centre of the mesh's bounding box and the radius of the sphere about it that holds every vertex."""
+    verts = mesh.verts_packed()
+    centre = (verts.min(0).values + verts.max(0).values) / 2
+    return centre, float((verts - centre).norm(dim=1).max())
+
+
+def ndc_grid(H: int, W: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """NDC x (+left) and y (+up) of every pixel centre, as PyTorch3D places them (the shorter side spans [-1, 1])."""
+    S = min(H, W)
+    x = (W - 1 - 2 * torch.arange(W, dtype=torch.float32, device=device)) / S
+    y = (H - 1 - 2 * torch.arange(H, dtype=torch.float32, device=device)) / S
+    return x[None, :].expand(H, W), y[:, None].expand(H, W)
+
+
+def moments(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids (N, 2) in NDC and areas (N,) in NDC^2 of (N, H, W) masks (weights in [0, 1])."""
+    N, H, W = masks.shape
+    x, y = ndc_grid(H, W, masks.device)
+    weight = masks.reshape(N, -1)
+    count = weight.sum(1).clamp(min=1e-6)
+    centroid = torch.stack([(weight * x.reshape(1, -1)).sum(1), (weight * y.reshape(1, -1)).sum(1)], 1) / count[:, None]
+    return centroid, count * (2.0 / min(H, W)) ** 2
+
+
+def view_directions(n: int) -> torch.Tensor:
+    """n unit vectors evenly over the whole sphere (a Fibonacci lattice)."""
+    k = np.arange(n) + 0.5
+    y = 1.0 - 2.0 * k / n
+    ring = np.sqrt(1.0 - y * y)
+    azimuth = k * math.pi * (3.0 - math.sqrt(5.0))
+    return torch.tensor(np.stack([ring * np.sin(azimuth), y, ring * np.cos(azimuth)], 1), dtype=torch.float32)
+
+
+def roll_matrices(angles: torch.Tensor) -> torch.Tensor:
+    """Rotations about the camera's optical axis (row-vector convention: x_view @ Rz), (n, 3, 3)."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    zero, one = torch.zeros_like(angles), torch.ones_like(angles)
+    return torch.stack([torch.stack([c, s, zero], -1), torch.stack([-s, c, zero], -1),
+                        torch.stack([zero, zero, one], -1)], -2)
+
+
+def ray_rotation(ray: torch.Tensor) -> torch.Tensor:
+    """Q (row-vector convention) with (0, 0, 1) @ Q = ray, turning about the axis perpendicular to both."""
+    ray = ray / ray.norm(dim=-1, keepdim=True)
+    z = torch.zeros_like(ray)
+    z[..., 2] = 1.0
+    axis = torch.cross(z, ray, dim=-1)
+    sine, cosine = axis.norm(dim=-1, keepdim=True), ray[..., 2:3]
+    angle = torch.atan2(sine, cosine)
+    axis = axis / sine.clamp(min=1e-12)
+    # axis_angle_to_matrix turns column vectors; its transpose turns row vectors.
+    return axis_angle_to_matrix(axis * angle).transpose(-1, -2)
+
+
+def render_views(mesh, directions: torch.Tensor, fov: float, side: int, distance: float, centre: torch.Tensor):
+    """Hard silhouettes (V, side, side) of the mesh seen from centre + distance * direction, looking at the centre."""
+    device = mesh.device
+    up = torch.tensor([[0.0, 1.0, 0.0]], device=device).expand(len(directions), 3).clone()
+    polar = directions[:, 1].abs() > 0.99
+    up[polar] = torch.tensor([0.0, 0.0, 1.0], device=device)
+    eye = centre[None] + distance * directions.to(device)
+    R = look_at_rotation(eye, at=centre[None], up=up, device=device)
+    T = -torch.bmm(eye[:, None], R)[:, 0]
+    rasterizer = render.make_rasterizer("fast", FoVPerspectiveCameras(device=device, fov=fov),
+                                        RasterizationSettings(image_size=side, faces_per_pixel=1, blur_radius=0.0))
+    plain = Meshes(verts=[mesh.verts_packed()] * len(directions), faces=[mesh.faces_packed()] * len(directions))
+    with torch.no_grad():
+        silhouettes = rasterizer(plain, R=R, T=T).pix_to_face[..., 0] >= 0
+    return R, silhouettes.float()
+
+
+def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, chunk: int = 16):
+    """IoU of every (view, roll) with the mask, scaled and shifted to the view's area and centroid.
+
+    Returns iou (V, n_rolls) and, per (view, roll), the scale s (mask NDC per view NDC) and where the view's
+    centre (its object's centre) lands in the mask, in NDC (V, n_rolls, 2).
+    """
+    V, n, _ = view_silhouettes.shape
+    H, W = mask.shape
+    S = min(H, W)
+    view_centroid, view_area = moments(view_silhouettes)
+    (mask_centroid,), (mask_area,) = moments(mask[None])
+    scale = torch.sqrt(mask_area / view_area.clamp(min=1e-9))  # (V,)
+    px, py = ndc_grid(n, n, mask.device)
+    p = torch.stack([px, py], -1).reshape(1, -1, 2)  # (1, n*n, 2): view NDC of each output pixel
+    cos, sin = torch.cos(rolls), torch.sin(rolls)
+    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # row-vector 2-D rotations
+    ious, centres = [], []
+    for start in range(0, V, chunk):
+        stop = min(V, start + chunk)
+        offset = p - view_centroid[start:stop, None]  # (v, n*n, 2)
+        # q = mask centroid + s * (p - view centroid) @ rot(roll), for every roll
+        q = mask_centroid + scale[start:stop, None, None, None] * torch.einsum("vpi,rij->vrpj", offset, rot)
+        # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
+        grid = torch.stack([-q[..., 0] * S / W, -q[..., 1] * S / H], -1).reshape(-1, n, n, 2)
+        warped = F.grid_sample(mask[None, None].expand(grid.shape[0], 1, H, W), grid, mode="bilinear",
+                               padding_mode="zeros", align_corners=False)[:, 0]
+        views = view_silhouettes[start:stop, None].expand(-1, len(rolls), n, n).reshape(-1, n, n)
+        inter = (views * warped).sum((1, 2))
+        union = (views + warped - views * warped).sum((1, 2))
+        ious.append((inter / union.clamp(min=1e-9)).reshape(stop - start, len(rolls)))
+        centre = mask_centroid + scale[start:stop, None, None] * torch.einsum(
+            "vi,rij->vrj", -view_centroid[start:stop], rot)
+        centres.append(centre)
+    return torch.cat(ious), scale, torch.cat(centres)
+
+
+def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
+                  rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG):
+    """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3) and their IoUs."""
+    device = mesh.device
+    centre, radius = mesh_centre_radius(mesh)
+    t = math.tan(math.radians(fov) / 2)
+    distance = radius / math.sin(math.atan(FILL * t))
+    directions = view_directions(views).to(device)
+    R_views, silhouettes = render_views(mesh, directions, fov, side, distance, centre)
+    angles = torch.arange(rolls, dtype=torch.float32, device=device) * (2 * math.pi / rolls)
+    iou, scale, where = score_grid(silhouettes, mask.float(), angles)
+    # The rotation of every (view, roll): the view's, then the roll about the optical axis.
+    R_all = R_views[:, None] @ roll_matrices(angles)[None]  # (V, rolls, 3, 3)
+    order = torch.argsort(iou.reshape(-1), descending=True)
+    picked = []
+    cos_limit = math.cos(math.radians(min_separation_deg))
+    for index in order.tolist():
+        v, r = divmod(index, rolls)
+        candidate = R_all[v, r]
+        if all(((torch.trace(candidate.T @ R_all[pv, pr]) - 1) / 2) < cos_limit for pv, pr in picked):
+            picked.append((v, r))
+        if len(picked) == count:
+            break
+    Rs, Ts, scores = [], [], []
+    for v, r in picked:
+        depth = distance / float(scale[v])
+        x, y = (float(c) for c in where[v, r])
+        ray = torch.tensor([x * t, y * t, 1.0], device=device)
+        R = R_all[v, r] @ ray_rotation(ray)
+        Ts.append(depth * ray - centre @ R)
+        Rs.append(R)
+        scores.append(float(iou[v, r]))
+    return torch.stack(Rs), torch.stack(Ts), scores

@@ -1,0 +1,202 @@
+"""Which pixels of a photograph are the object: a backdrop model from the image border, then edges.
+
+(A noiseless image, a render on a flat backdrop, keeps the simple rule of
+`clean_render_mask`: what differs from the backdrop's colour.)
+
+A photo of an object on a table has no white background: the backdrop has
+a colour, its brightness varies (a lamp makes a bright patch, the object
+casts a soft shadow, a wall may show at the top), and the file is noisy.
+`photo_mask` says which pixels are the object:
+
+1. The backdrop: the pixels of a band along the image border, clustered
+   (k-means) into up to three surfaces by chromaticity and log-brightness;
+   the biggest is the floor.
+2. Sure background: pixels that match a surface's chromaticity (within its
+   own spread on the border) and lie within its range of brightness, and
+   are connected to that surface's border pixels through such pixels. The
+   floor's range reaches down to SHADOW_RATIO of its darkest border pixel,
+   so a soft shadow or darker shading of the backdrop stays out of the
+   object; another surface (a wall) gets no such allowance.
+3. Sure object: pixels whose chromaticity differs from every surface by
+   more than OBJECT_CHROMA times its tolerance, or, on a grey floor where
+   hue says nothing, that are brighter than the floor's brightest border
+   pixel by OBJECT_BRIGHTNESS; the biggest such blobs.
+4. The rest is split between the two by a watershed on the image's
+   gradient: the boundary falls on the strongest edges (the object's
+   outline), not on a shadow's or a lamp's soft fall-off.
+5. Clean-up (scikit-image): specks removed, the biggest blobs kept, holes
+   smaller than 0.1% of the image filled (a teapot's handle opening is a
+   real hole).
+
+`refine_with_silhouette` redoes step 4 around a fitted pose's silhouette
+(sure object well inside it, sure background well outside, edges in
+between): once the pose is roughly known, a lamp's bright patch or a
+shadow next to the object can no longer pass for it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import ndimage
+from scipy.cluster.vq import kmeans2
+from skimage import filters, measure, morphology, segmentation
+
+BORDER_BAND = 0.03  # the band along the image border that shows the backdrop, as a share of the shorter side
+SURFACES = 3  # at most this many backdrop surfaces (floor, wall, ...)
+CHROMA_TOLERANCE = 4.0  # a surface's chromaticity tolerance: this times its border pixels' 75th-percentile spread
+MIN_CHROMA_TOLERANCE = 0.008  # ... but at least this (chromaticity r, g in [0, 1])
+MIN_RGB_TOLERANCE = 0.012  # the RGB residual's least tolerance (values in [0, 1])
+SHADOW_RATIO = 0.1  # the floor's pixels may be this dark relative to its darkest border pixel
+OBJECT_CHROMA = 1.5  # sure object: chromaticity this many tolerances away from every surface
+OBJECT_BRIGHTNESS = 1.25  # ... or, on a grey floor, this much brighter than its brightest border pixel
+GREY = 0.035  # a floor whose colour direction is this close to (1, 1, 1) / sqrt(3) is grey
+KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
+MIN_SPECK = 0.0005  # smaller blobs are specks (share of the image)
+MAX_HOLE = 0.001  # holes smaller than this share of the image are filled
+
+
+def border_band(H: int, W: int) -> np.ndarray:
+    band = max(2, int(round(BORDER_BAND * min(H, W))))
+    border = np.zeros((H, W), bool)
+    border[:band] = border[-band:] = True
+    border[:, :band] = border[:, -band:] = True
+    return border
+
+
+def biggest_blobs(mask: np.ndarray) -> np.ndarray:
+    """The blobs of mask that are at least KEEP_BLOBS of the biggest, specks removed."""
+    labels = measure.label(mask)
+    if labels.max() == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = (sizes >= KEEP_BLOBS * sizes.max()) & (sizes > MIN_SPECK * mask.size)
+    return keep[labels]
+
+
+def clean(mask: np.ndarray) -> np.ndarray:
+    """Specks removed, the biggest blobs kept, holes smaller than MAX_HOLE of the image filled."""
+    mask = biggest_blobs(mask)
+    with warnings.catch_warnings():  # scikit-image 0.26 renames the size argument; both mean the same here
+        warnings.simplefilter("ignore", FutureWarning)
+        return morphology.remove_small_holes(mask, int(MAX_HOLE * mask.size))
+
+
+NOISELESS = 0.5 / 255  # a backdrop whose pixels scatter less than this is a clean render, not a photo
+SMOOTHING = 1.2  # pixels: the Gaussian that averages a photo's sensor noise out of its colours
+
+
+def _noise(rgb: np.ndarray, border: np.ndarray) -> float:
+    """The backdrop's pixel-to-pixel scatter: the median absolute difference of horizontal neighbours."""
+    return float(np.median(np.abs(np.diff(rgb, axis=1))[border[:, 1:]]))
+
+
+def _watershed(rgb: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray) -> np.ndarray:
+    gradient = sum(filters.sobel(ndimage.gaussian_filter(rgb[..., c], 0.5)) for c in range(3))
+    markers = np.zeros(sure_object.shape, np.int32)
+    markers[sure_background] = 1
+    markers[sure_object & ~sure_background] = 2
+    return segmentation.watershed(gradient, markers) == 2
+
+
+RENDER_TOLERANCE = 24 / 255  # a clean render's object differs from its flat backdrop by more than this
+
+
+def clean_render_mask(rgb: np.ndarray, background=None) -> np.ndarray:
+    """A noiseless image (a render on a flat backdrop): the object is what differs from the backdrop's colour
+    (the border's median, or `background`, 0-255) by more than RENDER_TOLERANCE in some channel."""
+    if background is None:
+        colour = np.median(np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]]), axis=0)
+    else:
+        colour = np.asarray(background, np.float32) / 255.0
+    return np.abs(rgb - colour).max(-1) > RENDER_TOLERANCE
+
+
+def is_photo(rgb: np.ndarray) -> bool:
+    """A photo (sensor noise along the border), not a clean render on a flat backdrop."""
+    return _noise(rgb, border_band(*rgb.shape[:2])) >= NOISELESS
+
+
+def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
+    """The object's pixels in an (H, W, 3) photo with values in [0, 1]; background: its colour (0-255) if known."""
+    H, W, _ = rgb.shape
+    border = border_band(H, W)
+    if not is_photo(rgb):
+        return clean_render_mask(rgb, background)
+    # A photo's colours are smoothed before they are compared, and its sure regions kept off the
+    # boundary, which the edges then decide.
+    smooth = np.stack([ndimage.gaussian_filter(rgb[..., c], SMOOTHING) for c in range(3)], -1)
+    brightness = smooth.mean(-1) + 2e-3
+    chroma = (smooth / (smooth.sum(-1, keepdims=True) + 6e-3))[..., :2]
+    if background is not None:
+        labels = np.zeros(int(border.sum()), int)
+        colours = [np.asarray(background, np.float64) / 255.0]
+    else:
+        features = np.concatenate([chroma[border] * 10, np.log(brightness[border])[:, None]], 1)
+        with warnings.catch_warnings():  # a cluster may come out empty on a plain backdrop: harmless
+            warnings.simplefilter("ignore", UserWarning)
+            _, labels = kmeans2(features, SURFACES, minit="++", seed=0)
+        colours = [np.median(smooth[border][labels == k], 0) if (labels == k).any() else None
+                   for k in range(SURFACES)]
+    counts = np.bincount(labels, minlength=len(colours))
+    floor = int(np.argmax(counts))
+    border_points = np.argwhere(border)
+    background_mask = np.zeros((H, W), bool)
+    score = np.full((H, W), np.inf)
+    for k, colour in enumerate(colours):
+        if colour is None or counts[k] < 0.03 * len(labels):
+            continue
+        members = labels == k
+        direction = colour / max(float(np.linalg.norm(colour)), 1e-6)
+        along = smooth @ direction  # the surface's colour, brighter or darker: a lamp, a shadow
+        # Off the surface's colour, two ways, each against its spread on the border: the chromaticity
+        # (what a light or dark patch of the same surface keeps) and the RGB residual (what a dark,
+        # noisy pixel keeps); the backdrop must match both.
+        off_chroma = np.sqrt(((chroma - (colour / (colour.sum() + 6e-3))[:2]) ** 2).sum(-1))
+        off_rgb = np.linalg.norm(smooth - along[..., None] * direction, axis=-1)
+        distance = np.maximum(
+            off_chroma / max(MIN_CHROMA_TOLERANCE, CHROMA_TOLERANCE * np.percentile(off_chroma[border][members], 75)),
+            off_rgb / max(MIN_RGB_TOLERANCE, CHROMA_TOLERANCE * np.percentile(off_rgb[border][members], 75)))
+        score = np.minimum(score, distance)
+        low, high = np.percentile(along[border][members], [1, 99])
+        lowest = low * SHADOW_RATIO if k == floor else low / 1.05
+        matches = (distance <= 1) & (along <= high * 1.05) & (along >= lowest)
+        if k == floor:
+            floor_direction, floor_high, floor_along = direction, high, along
+        # Background: matching pixels connected to this surface's own border pixels.
+        regions, _ = ndimage.label(matches)
+        seeds = np.zeros((H, W), bool)
+        seeds[tuple(border_points[members].T)] = True
+        reached = np.unique(regions[seeds & matches])
+        background_mask |= np.isin(regions, reached[reached > 0])
+    grey_floor = np.abs(floor_direction - 1 / np.sqrt(3)).max() < GREY
+    brighter = floor_along > OBJECT_BRIGHTNESS * floor_high
+    sure_object = (score > OBJECT_CHROMA) | (brighter & (grey_floor | (score > 1.0)))
+    sure_object = biggest_blobs(sure_object & ~background_mask & ~border)
+    sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border
+    sure_object = ndimage.binary_erosion(sure_object, iterations=2)
+    if not sure_object.any():
+        return np.zeros((H, W), bool)
+    return clean(_watershed(rgb, sure_object, sure_background))
+
+
+def refine_with_silhouette(rgb: np.ndarray, mask: np.ndarray, silhouette: np.ndarray, margin: float = 0.06) -> np.ndarray:
+    """The mask redone around a fitted silhouette: sure object well inside it, sure background well outside.
+
+    margin: the width of the undecided band on each side of the silhouette's outline, as a share of the
+    silhouette's size (the square root of its area). Inside the band the image's edges decide.
+    """
+    H, W = mask.shape
+    if not silhouette.any():
+        return mask
+    width = max(1, int(round(margin * np.sqrt(silhouette.sum()))))
+    inside = ndimage.binary_erosion(silhouette, iterations=width)
+    outside = ~ndimage.binary_dilation(silhouette, iterations=width)
+    # An object pixel far outside the silhouette (an occluder's, a lamp's bright patch) leaves the mask.
+    sure_object = inside
+    sure_background = outside | border_band(H, W)
+    if not sure_object.any():
+        return mask
+    return clean(_watershed(rgb, sure_object, sure_background))
