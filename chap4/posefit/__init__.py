@@ -9,7 +9,9 @@ From the bottom up:
 - sparse_shading: SparseSoftPhongShader, soft Phong that lights only the filled entries.
 - render: the chapter's renderers (book settings), fast or stock rasterizer.
 - pose: the book's look-at camera and the 6-DoF pose as batches of parameters; R, T; pose files; errors.
+- masks: which pixels of a photo are the object (a backdrop model from the border, edges).
 - targets: what is fitted: the book's target, an image file, a tracked frame; the book's mask rule.
+- initial: where a 6-DoF fit starts: a coarse grid of views scored against the mask.
 - search: several hypotheses at once: starts, schedule, pruning, the best, ambiguity.
 - run: run control of a fit: progress bar, stop rule, NaN, Ctrl-C.
 - frames: the pictures, written by a background process.

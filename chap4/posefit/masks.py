@@ -84,13 +84,14 @@ def clean(mask: np.ndarray) -> np.ndarray:
         return morphology.remove_small_holes(mask, int(MAX_HOLE * mask.size))
 
 
-NOISELESS = 0.5 / 255  # a backdrop whose pixels scatter less than this is a clean render, not a photo
+FLAT = 1.0 / 255  # a border whose pixels all lie this close to one colour is a render's flat backdrop, not a photo
 SMOOTHING = 1.2  # pixels: the Gaussian that averages a photo's sensor noise out of its colours
 
 
-def _noise(rgb: np.ndarray, border: np.ndarray) -> float:
-    """The backdrop's pixel-to-pixel scatter: the median absolute difference of horizontal neighbours."""
-    return float(np.median(np.abs(np.diff(rgb, axis=1))[border[:, 1:]]))
+def _spread(rgb: np.ndarray, border: np.ndarray) -> float:
+    """How much the border's pixels vary: the 90th percentile of their largest channel difference from its median."""
+    pixels = rgb[border]
+    return float(np.percentile(np.abs(pixels - np.median(pixels, 0)).max(-1), 90))
 
 
 def _watershed(rgb: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray) -> np.ndarray:
@@ -115,8 +116,8 @@ def clean_render_mask(rgb: np.ndarray, background=None) -> np.ndarray:
 
 
 def is_photo(rgb: np.ndarray) -> bool:
-    """A photo (sensor noise along the border), not a clean render on a flat backdrop."""
-    return _noise(rgb, border_band(*rgb.shape[:2])) >= NOISELESS
+    """A photo (its backdrop varies along the border), not a clean render on a flat backdrop."""
+    return _spread(rgb, border_band(*rgb.shape[:2])) >= FLAT
 
 
 def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
@@ -144,7 +145,6 @@ def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
     floor = int(np.argmax(counts))
     border_points = np.argwhere(border)
     background_mask = np.zeros((H, W), bool)
-    score = np.full((H, W), np.inf)
     for k, colour in enumerate(colours):
         if colour is None or counts[k] < 0.03 * len(labels):
             continue
@@ -159,7 +159,8 @@ def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
         distance = np.maximum(
             off_chroma / max(MIN_CHROMA_TOLERANCE, CHROMA_TOLERANCE * np.percentile(off_chroma[border][members], 75)),
             off_rgb / max(MIN_RGB_TOLERANCE, CHROMA_TOLERANCE * np.percentile(off_rgb[border][members], 75)))
-        score = np.minimum(score, distance)
+        if k == floor:
+            score = distance  # how far from the floor's colour (another surface counts only where it reaches)
         low, high = np.percentile(along[border][members], [1, 99])
         lowest = low * SHADOW_RATIO if k == floor else low / 1.05
         matches = (distance <= 1) & (along <= high * 1.05) & (along >= lowest)
@@ -182,7 +183,7 @@ def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
     return clean(_watershed(rgb, sure_object, sure_background))
 
 
-def refine_with_silhouette(rgb: np.ndarray, mask: np.ndarray, silhouette: np.ndarray, margin: float = 0.06) -> np.ndarray:
+def refine_with_silhouette(rgb: np.ndarray, mask: np.ndarray, silhouette: np.ndarray, margin: float = 0.12) -> np.ndarray:
     """The mask redone around a fitted silhouette: sure object well inside it, sure background well outside.
 
     margin: the width of the undecided band on each side of the silhouette's outline, as a share of the

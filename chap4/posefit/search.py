@@ -67,7 +67,12 @@ AMBIGUOUS_MIN_IOU = 0.5  # if it fits at all: two poses that both miss the targe
 SIX_DOF_ITERATIONS = 100
 SIX_DOF_LR_SHARE = 0.2
 SIX_DOF_FACES_PER_PIXEL = 30  # the soft renderers' faces per pixel: sharper edges need fewer than the book's 100
-MIN_DEPTH_RADII = 1.5  # a hypothesis's centre stays at least this many bounding radii in front of the camera
+# A hypothesis's centre stays at least MIN_DEPTH_VIEW bounding radii / tan(fov / 2) in front of the camera
+# (its bounding sphere then spans at most about 1.7 times the shorter side), and never nearer than
+# MIN_DEPTH_RADII radii: one that comes close and fills the view costs the rasterizer minutes.
+MIN_DEPTH_VIEW = 0.6
+MIN_DEPTH_RADII = 1.2
+REFINE_MASK_MIN_IOU = 0.75  # a photo's mask is redone around the best pose only if that pose fits it this well
 
 
 def fibonacci_directions(n: int, margin_deg: float = UP_AXIS_MARGIN_DEG) -> np.ndarray:
@@ -112,7 +117,8 @@ class Hypotheses:
                  prune_schedule=PRUNE_SCHEDULE, explore_scale: float = EXPLORE_SCALE,
                  explore_lr_factor: float = EXPLORE_LR_FACTOR, refine_share: float = REFINE_SHARE,
                  refine_sigma: float = REFINE_SIGMA, lr_final_factor: float = LR_FINAL_FACTOR,
-                 explore_colour: bool = False, scheduled: bool | None = None):
+                 explore_colour: bool | None = None, scheduled: bool | None = None,
+                 rank_with_colour: bool = False):
         self.poses = poses
         n = len(poses)
         # The book's run (one look-at camera) has no schedule; several starts, or a 6-DoF fit, do.
@@ -121,7 +127,12 @@ class Hypotheses:
         # Iteration after which to prune -> how many to keep.
         self.prune_schedule = {max(0, round(share * iterations) - 1): keep for share, keep in prune_schedule}
         self.explore_scale, self.explore_lr_factor = explore_scale, explore_lr_factor
-        self.refine_sigma, self.lr_final_factor, self.explore_colour = refine_sigma, lr_final_factor, explore_colour
+        # explore_colour: None, no colour term (the teapot); False, the colour term waits for the refinement
+        # (the cow: its render costs four times the silhouette's); rank_with_colour: the pruning then ranks
+        # by the loss with it (one render of the batch), which tells a mirror view from the right one.
+        self.refine_sigma, self.lr_final_factor = refine_sigma, lr_final_factor
+        self.explore_colour = bool(explore_colour)
+        self.rank_with_colour = rank_with_colour and explore_colour is False
         # The first iteration of the refinement (full size, sharper renders, falling learning rate).
         self.refine_from = min(iterations, max(0, round(iterations * (1.0 - refine_share))))
         self.active = list(range(n))
@@ -220,7 +231,8 @@ class Hypotheses:
             renderers, target = self.full
             with torch.no_grad():
                 _, silhouette = render.hard_render(renderers, self.mesh, *self.best_pose())
-            self.full = (renderers, target.refined(silhouette[0]))
+            if pose.silhouette_iou(silhouette[0], target.hard_mask) >= REFINE_MASK_MIN_IOU:
+                self.full = (renderers, target.refined(silhouette[0]))
             self.model.use(*self.full, colour=True)
         render.set_sigma(self.full[0], self.sigma_at(i, self.book_sigma))
 
@@ -256,7 +268,8 @@ class Hypotheses:
         self.best_position = self.positions[self.best_index]
         keep = good
         if i in self.prune_schedule and len(keep) > self.prune_schedule[i]:
-            keep = sorted(keep, key=lambda r: values[r])[: self.prune_schedule[i]]
+            ranking = self._colour_losses() if self.rank_with_colour and self.model is not None else values
+            keep = sorted(keep, key=lambda r: ranking[r])[: self.prune_schedule[i]]
             for row in set(good) - set(keep):
                 self.pruned_at[self.active[row]] = i
         if len(keep) < len(self.active):
@@ -264,6 +277,15 @@ class Hypotheses:
             self.active = [self.active[r] for r in keep]
         self._next_iteration(i + 1, optimizer)
         return self.best_loss, self.best_position
+
+    def _colour_losses(self) -> list[float]:
+        """Every row's loss with the colour term on, at the poses as they are now: what the pruning ranks by."""
+        stage = self.explore or self.full
+        with torch.no_grad():
+            self.model.use(*stage, colour=True)
+            loss = self.model()[0]
+            self.model.use(*stage, colour=self.explore_colour)
+        return [v if math.isfinite(v) else math.inf for v in loss.reshape(-1).tolist()]
 
     def best_pose(self):
         """R (1, 3, 3) and T (1, 3) of the last iteration's best hypothesis."""
@@ -287,6 +309,7 @@ class Hypotheses:
             entry = {
                 "init_position": init,
                 "camera_position": self.positions[k],
+                **pose.pose_json(self.R[k], self.T[k]),
                 "final_loss": self.final_loss[k],
                 "silhouette_iou": ious[k],
                 "pruned_at": self.pruned_at[k],
@@ -333,10 +356,11 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
                           iterations=iterations, lr=lr, **schedule)
     R, T, _ = initial.initial_poses(mesh, target.hard_mask, fov, restarts)
-    _, radius = initial.mesh_centre_radius(mesh)
-    poses = pose.SixDoF(R, T, min_depth=MIN_DEPTH_RADII * radius, centre=initial.mesh_centre_radius(mesh)[0])
+    centre, radius = initial.mesh_centre_radius(mesh)
+    min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
+    poses = pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
     return Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
-                      scheduled=True, **schedule)
+                      scheduled=True, rank_with_colour=True, **schedule)
 
 
 def keep_rows(poses: pose.PoseBatch, optimizer, rows) -> None:
