@@ -1,39 +1,39 @@
-"""Track an object's 6-DoF pose through a sequence of frames.
+"""Track an object's 6-DoF pose through a sequence of frames: a synthesised one, a folder of frames, a video.
 
 An extension of chapter 4: instead of fitting one camera to one picture, follow
 a moving object from frame to frame. With the poses known up to frame t-1, the
 pose at frame t is found by differentiable rendering, starting from frame
 t-1's estimate carried forward with the last velocity:
 
-1. load the mesh (the textured cow unless --mesh) and set up the chapter's
-   renderers: soft silhouette and soft Phong from one soft rasterization,
-   hard Phong for the pictures and the IoU check;
-2. take the frames: a synthesised sequence of the cow moving and turning
-   (the default, ground truth kept), or PNG frames from --frames in natural
-   name order, starting from --init-pose;
-3. for each frame: predict the pose from the last two estimates, run a few
-   Adam steps on a small rotation (axis-angle, in camera axes, about the
-   object's origin) and translation that correct the prediction, scored by
-   summed squared silhouette error + weighted summed squared RGB error
-   (frames with no motion to extrapolate yet get more steps);
-4. check the hard silhouette against the frame's mask: when the IoU is below
-   --lost-iou the frame is searched again from a dozen turned starts,
-   optimised together as one batch, and marked `recovered`;
-5. save an overlay (estimated outline on the observed frame) per frame,
-   rewrite tracking.json after every frame, and finish with tracking.gif.
-
-The soft edges are much sharper than the book's (sigma 5e-6 at 128 px instead
-of 1e-4), with 8 faces per pixel: the cow's faces are smaller than a pixel
-here, and with the book's blur its soft silhouette is grey inside and haloed
-outside, which pulls the fit off the true pose by a degree or two. The colour
-term weighs as much as the silhouette (the book: 0.1): texture is what tells
-a turn from a sideways move. With 6 steps per frame this tracks the default
-sequence (60 frames, 128 px) to about 0.7 degrees and 0.5% of the distance,
-at about 3 frames per second on two CPU cores.
+1. load the mesh (the textured cow unless --mesh), one colour per face (its
+   texture at the face's centre: at tracking sizes a face is about a pixel),
+   and the renderers: one soft rasterization of the faces turned to the
+   camera feeds a soft silhouette and a soft colour;
+2. take the frames, one at a time: a synthesised sequence of the cow moving
+   and turning (the default, ground truth kept), the PNG or JPEG files of
+   --frames in natural name order, or the frames of --video, from
+   --init-pose; each scaled down to the working size (shorter side 120 px);
+3. for each frame: predict the pose from the last two estimates; find the
+   object's pixels (alpha, a render's backdrop colour, or, in a photo, the
+   edges between well inside and well outside the predicted silhouette, so
+   that the shadow and the backdrop stay out); run a few Adam steps on a
+   small rotation and translation that correct the prediction (the library's
+   6-DoF pose), scored by the summed squared silhouette error, the colour
+   error after the frame's own gain and offset (a photo's light is not the
+   renderer's), each pixel weighted down the more it disagrees (something in
+   front of the object), and a small pull towards the prediction;
+4. check the fit: when its silhouette covers less than --lost-iou of the
+   mask (IoU), or its loss jumps, the frame is searched again with the 6-DoF
+   initialisation of posefit.initial, limited to views near the last good
+   pose, and marked `recovered`, or `lost` if still below after the search;
+5. draw the estimated outline on each frame as it came, rewrite
+   tracking.json after every frame, and finish with tracking.gif, an MP4 of
+   the overlays when the input was a video, and path.png (the camera centre
+   per frame).
 
 A pose is the (R, T) that PyTorch3D's MeshRenderer takes, the mesh in its own
 coordinates: x_view = x_mesh @ R + T (row vectors, as look_at_view_transform
-returns them). Lights and camera are the book's (render.make_renderers).
+returns them).
 """
 
 from __future__ import annotations
@@ -48,17 +48,20 @@ import numpy as np
 import torch
 from pytorch3d.io import load_objs_as_meshes
 from pytorch3d.renderer import TexturesVertex, look_at_view_transform
+from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 from tqdm import tqdm
 
-from posefit import cli, data, outputs, pose, render, targets
+from posefit import cli, data, initial, masks, outputs, pose, render, targets, video
 from posefit.errors import EXIT_INTERRUPTED, UserError
 from posefit.frames import FrameWriter
-from posefit.targets import Frame
 
 DEFAULT_OUTPUT = data.REPO / "result_cow" / "tracking"
 FRAME_PREFIXES = ["overlay_"]
 OBSERVED_DIR = "observed"  # where the synthesised frames are saved, as a --frames folder
+WORKING_SIDE = 120  # frames are tracked at this shorter side at most (--image-size)
+LOSS_JUMP = 4.0  # a frame whose loss per pixel is this many times the recent median's is searched again
+COLOUR_OUTLIER = 0.15  # the colour residual at which a pixel's weight has halved (Cauchy weights)
 
 
 # ---------------------------------------------------------------------------
@@ -68,12 +71,12 @@ OBSERVED_DIR = "observed"  # where the synthesised frames are saved, as a --fram
 
 def load_truth(path: Path):
     """A --truth file: a JSON list of poses, one per frame."""
-    data = pose.read_json(path, "--truth")
-    if isinstance(data, dict) and isinstance(data.get("frames"), list):
-        data = data["frames"]  # a tracking.json is accepted too
-    if not isinstance(data, list) or not all(isinstance(p, dict) and "R" in p and "T" in p for p in data):
+    loaded = pose.read_json(path, "--truth")
+    if isinstance(loaded, dict) and isinstance(loaded.get("frames"), list):
+        loaded = loaded["frames"]  # a tracking.json is accepted too
+    if not isinstance(loaded, list) or not all(isinstance(p, dict) and "R" in p and "T" in p for p in loaded):
         raise UserError(f"--truth {path}: expected a JSON list of objects with keys R and T")
-    return [pose.check_pose(p["R"], p["T"], f"--truth {path}, pose {i}") for i, p in enumerate(data)]
+    return [pose.check_pose(p["R"], p["T"], f"--truth {path}, pose {i}") for i, p in enumerate(loaded)]
 
 
 def predict(poses, factor: float):
@@ -87,7 +90,7 @@ def predict(poses, factor: float):
 
 
 # ---------------------------------------------------------------------------
-# Frames: a synthesised sequence, or PNG files
+# The default synthesised sequence
 # ---------------------------------------------------------------------------
 
 
@@ -131,23 +134,61 @@ def synthetic_poses(num_frames: int, seed: int = 0, distance: float = 3.0, eleva
     return R[:num_frames].float(), T[:num_frames].float()
 
 
-def synthetic_frames(renderers, mesh, R, T, save_dir: Path | None):
-    """Render the sequence like the book's targets (hard Phong on white); save PNGs if asked."""
+def synthetic_frames(mesh, R, T, size, fov, save_dir: Path | None):
+    """Render the sequence like the book's targets (hard Phong on white), as 8-bit frames; save PNGs if asked."""
+    renderers = render.make_renderers(mesh.device, size, fov=fov)
     for i in range(len(R)):
         with torch.no_grad():
             image, _ = render.hard_render(renderers, mesh, R[i : i + 1].to(mesh.device), T[i : i + 1].to(mesh.device))
-        rgb = image[0, ..., :3].cpu()
+        pixels = (image[0, ..., :3].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         path = None
         if save_dir is not None:
             path = save_dir / f"frame_{i}.png"
-            save_png(rgb, path)
-        yield Frame(i, None if path is None else str(path), rgb, targets.book_mask(rgb).bool(), (R[i], T[i]))
+            save_png(pixels, path)
+        yield video.RawFrame(i, None if path is None else str(path), pixels)
 
 
-def save_png(rgb: torch.Tensor, path: Path) -> None:
+def save_png(pixels: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    Image.fromarray((rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(path)
+    Image.fromarray(pixels).save(path)
+
+
+# ---------------------------------------------------------------------------
+# One frame: its pixels at the working size, and which of them are the object
+# ---------------------------------------------------------------------------
+
+
+class Observed:
+    """A frame as the fit sees it: colours (h, w, 3) on white where it is not the object, and its mask."""
+
+    def __init__(self, raw: video.RawFrame, size, background=None, silhouette: torch.Tensor | None = None):
+        from PIL import Image
+
+        pixels = raw.pixels
+        H, W = size
+        if pixels.shape[:2] != (H, W):
+            mode = "RGBa" if pixels.shape[-1] == 4 else "RGB"
+            image = Image.fromarray(pixels, "RGBA" if mode == "RGBa" else "RGB").convert(mode)
+            pixels = np.asarray(image.resize((W, H), Image.Resampling.BOX).convert(mode.upper()))
+        values = pixels.astype(np.float32) / 255.0
+        self.original, self.photo = raw.pixels[..., :3], False
+        if values.shape[-1] == 4:  # a cut-out: alpha is the mask, composited on white
+            alpha = values[..., 3:]
+            rgb, mask = values[..., :3] * alpha + (1 - alpha), alpha[..., 0] >= 0.5
+        else:
+            rgb = values
+            self.photo = masks.is_photo(rgb)
+            if not self.photo:
+                mask = masks.clean_render_mask(rgb, background)
+            elif silhouette is not None:
+                # Where the object was predicted to be: edges decide near its outline.
+                mask = masks.refine_with_silhouette(rgb, None, silhouette.cpu().numpy())
+            else:
+                mask = masks.photo_mask(rgb, background)
+            rgb = np.where(mask[..., None], rgb, 1.0)
+        self.rgb = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
+        self.mask = torch.from_numpy(mask.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------
@@ -155,36 +196,57 @@ def save_png(rgb: torch.Tensor, path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def losses(renderers, meshes, R, T, target_rgb, target_mask, weight_colour: float) -> torch.Tensor:
-    """Per pose: summed squared silhouette error + weight_colour * summed squared RGB error.
+def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior=None):
+    """Per pose: summed squared silhouette error + weight_colour * robust colour error (+ the motion prior).
 
-    One soft rasterization feeds both the soft silhouette and the soft Phong shader.
+    One soft rasterization feeds both shaders. The colours are compared after
+    the frame's own gain and offset, over its mask; each pixel's colour term
+    is weighted by 1 / (1 + (residual / COLOUR_OUTLIER)^2), held constant for
+    the gradient, so that pixels of something in front of the object, which
+    neither the render nor the backdrop explain, count for little. Returns the
+    loss per pose and the soft silhouettes.
     """
     fragments = renderers.textured.rasterizer(meshes, R=R, T=T)
     silhouette = renderers.silhouette.shader(fragments, meshes, R=R, T=T)[..., 3]
-    loss = ((silhouette - target_mask) ** 2).sum(dim=(1, 2))
+    loss = ((silhouette - frame.mask) ** 2).sum(dim=(1, 2))
     if weight_colour:
         colour = renderers.textured.shader(fragments, meshes, R=R, T=T)[..., :3]
-        loss = loss + weight_colour * ((colour - target_rgb) ** 2).sum(dim=(1, 2, 3))
-    return loss
+        residual = targets.relight(colour, frame.rgb, frame.mask) - frame.rgb
+        with torch.no_grad():
+            weight = 1.0 / (1.0 + (residual.norm(dim=-1, keepdim=True) / COLOUR_OUTLIER) ** 2)
+        loss = loss + weight_colour * (weight * residual**2).sum(dim=(1, 2, 3))
+    if prior is not None:
+        loss = loss + prior()
+    return loss, silhouette.detach()
 
 
-def refine(renderers, meshes, R_start, T_start, target_rgb, target_mask, *, iterations: int, lr: float,
-           lr_end: float, weight_colour: float):
+def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int, lr: float, lr_end: float,
+        weight_colour: float, prior_weight: float = 0.0):
     """Adam on N 6-DoF poses at once, each a correction of its start (posefit.pose.SixDoF).
 
     The learning rate falls geometrically from lr to lr * lr_end, so that the
-    last steps settle instead of rattling around the minimum. A step that
-    makes a number non-finite is undone and ends the refinement; the depth
-    shrinks by at most half. Returns the final (R, T) of each start and its
-    loss at the last evaluation.
+    last steps settle instead of rattling around the minimum. prior_weight
+    pulls the correction towards zero (the prediction): per pixel of the frame,
+    times the squared rotation (radians) and the squared translation as a
+    share of the depth. A step that makes a number non-finite is undone and
+    ends the refinement. Returns each pose's final (R, T), its loss and its
+    soft silhouette at the last evaluation.
     """
     poses = pose.SixDoF(R_start, T_start)
     optimizer = torch.optim.Adam(poses.parameters(), lr=lr)
+    pixels, depth = frame.mask.numel(), T_start[:, 2:].clamp(min=1e-3)
+
+    def prior():
+        turn = (poses.rotation**2).sum(1)
+        move = ((poses.translation / depth) ** 2).sum(1)
+        return prior_weight * pixels * (turn + move)
+
     loss = torch.full((len(poses),), math.inf, device=R_start.device)
+    silhouette = None
     for step in range(iterations):
         optimizer.param_groups[0]["lr"] = lr * lr_end ** (step / max(iterations - 1, 1))
-        loss = losses(renderers, meshes, *poses(), target_rgb, target_mask, weight_colour)
+        loss, silhouette = losses(renderers, meshes, *poses(), frame, weight_colour,
+                                  prior if prior_weight else None)
         if not torch.isfinite(loss).all():
             break
         optimizer.zero_grad()
@@ -198,40 +260,31 @@ def refine(renderers, meshes, R_start, T_start, target_rgb, target_mask, *, iter
                 break
             poses.translation[:, 2].clamp_(min=-0.5 * poses.T0[:, 2])
     R, T = poses.poses()
-    return R, T, loss.detach()
+    return R, T, loss.detach(), silhouette
 
 
-def search(renderers, mesh, candidates, target_rgb, target_mask, generator, *, degrees: float, shift: float,
-           iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float):
-    """Look for a lost frame's pose again, wider; returns the best pose found and the steps taken.
+def reacquire(renderers, mesh, raw, size, background, fov, last_good, *, degrees: float, starts: int,
+              iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float):
+    """A lost frame searched again: the 6-DoF initialisation (posefit.initial) over the views within `degrees`
+    of the last good pose, on the frame's own mask (not one drawn from a prediction), and the last good pose
+    itself; all refined together, the lowest loss refined further. Returns the frame as observed, the pose,
+    its silhouette."""
+    frame = Observed(raw, size, background)
+    R0, T0, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(last_good[0], degrees))
+    R0, T0 = torch.cat([last_good[0][None], R0]), torch.cat([last_good[1][None], T0])
+    R, T, loss, _ = fit(renderers, mesh.extend(len(R0)), R0, T0, frame, iterations=iterations, lr=lr,
+                        lr_end=lr_end, weight_colour=weight_colour)
+    best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
+    R, T, _, silhouette = fit(renderers, mesh, R[best : best + 1], T[best : best + 1], frame,
+                              iterations=final_iterations, lr=lr, lr_end=lr_end, weight_colour=weight_colour)
+    return frame, R, T, silhouette
 
-    The candidates, and 12 starts around the first (turned by +-degrees/2 and
-    +-degrees about each camera axis, and moved by up to `shift` times the
-    depth at random), are refined together as one batch on the silhouette
-    alone (PyTorch3D copies the texture map for every pose of a batch, which
-    would cost more than the search). Then the candidates as they were and the
-    refined poses are ranked one by one by the full loss, and the best, unless
-    it is the first candidate as it was, gets final_iterations steps on the
-    full loss.
-    """
-    R0, T0 = candidates[0]
-    turns = torch.cat([torch.eye(3) * f for f in (0.5, -0.5, 1.0, -1.0)]) * math.radians(degrees)
-    move = (2 * torch.rand(len(turns), 3, generator=generator) - 1) * shift * float(T0[2])
-    R_all = torch.cat([torch.stack([R for R, _ in candidates]), pose.rotate(R0.expand(len(turns), 3, 3), turns.to(R0))])
-    T_all = torch.cat([torch.stack([T for _, T in candidates]), T0 + move.to(T0)])
-    R_all, T_all, _ = refine(renderers, mesh.extend(len(R_all)), R_all, T_all, target_rgb, target_mask,
-                             iterations=iterations, lr=lr, lr_end=lr_end, weight_colour=0.0)
-    pool = list(candidates) + list(zip(R_all, T_all, strict=True))
+
+def hard_silhouette(renderers, mesh, R, T) -> torch.Tensor:
+    """The hard silhouette (one face per pixel, no blur) of one pose: the IoU's, the overlay's, and where the
+    next frame's object is looked for."""
     with torch.no_grad():
-        scores = [float(losses(renderers, mesh, R[None], T[None], target_rgb, target_mask, weight_colour))
-                  for R, T in pool]
-    best = min(range(len(pool)), key=lambda i: scores[i] if math.isfinite(scores[i]) else math.inf)
-    R, T = pool[best][0][None], pool[best][1][None]
-    if best == 0:
-        return R, T, iterations
-    R, T, _ = refine(renderers, mesh, R, T, target_rgb, target_mask, iterations=final_iterations, lr=lr,
-                     lr_end=lr_end, weight_colour=weight_colour)
-    return R, T, iterations + final_iterations
+        return renderers.phong.rasterizer(mesh, R=R, T=T).pix_to_face[0, ..., 0] >= 0
 
 
 # ---------------------------------------------------------------------------
@@ -239,14 +292,49 @@ def search(renderers, mesh, candidates, target_rgb, target_mask, generator, *, d
 # ---------------------------------------------------------------------------
 
 
-def overlay(rgb: torch.Tensor, estimate_mask: torch.Tensor) -> np.ndarray:
-    """The observed frame with the estimated silhouette's outline drawn in red."""
-    mask = estimate_mask.cpu().numpy()
+def overlay(original: np.ndarray, silhouette: torch.Tensor) -> np.ndarray:
+    """The frame as it came, with the estimated silhouette's outline (from the working size) drawn in red."""
+    from PIL import Image
+
+    H, W = original.shape[:2]
+    mask = np.asarray(Image.fromarray(silhouette.cpu().numpy().astype(np.uint8) * 255).resize(
+        (W, H), Image.Resampling.NEAREST)) > 127
     padded = np.pad(mask, 1, constant_values=False)
     inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    picture = rgb.numpy().copy()
-    picture[mask & ~inner] = (1.0, 0.1, 0.1)
+    picture = original.copy()
+    picture[mask & ~inner] = (255, 26, 26)
     return picture
+
+
+def save_path_plot(frames: list[dict], path: Path) -> None:
+    """The camera centre (-T @ R^T, mesh coordinates) per frame, estimated and, when known, true."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def centres(key_R, key_T):
+        return np.array([pose.camera_centre(torch.tensor(f[key_R]), torch.tensor(f[key_T]))[0].tolist()
+                         for f in frames if key_R in f])
+
+    estimated = centres("R", "T")
+    truth = centres("true_R", "true_T")
+    fig, (top, side) = plt.subplots(1, 2, figsize=(8, 3.6), dpi=100)
+    for points, style, label in ((truth, "-", "true"), (estimated, ".-", "estimated")):
+        if len(points):
+            top.plot(points[:, 0], points[:, 2], style, lw=1.2, ms=3, label=label)
+            side.plot(np.arange(len(points)), points[:, 1], style, lw=1.2, ms=3, label=label)
+    top.set_xlabel("x (mesh units)")
+    top.set_ylabel("z")
+    top.set_title("camera centre, seen from above", fontsize=9)
+    top.axis("equal")
+    side.set_xlabel("frame")
+    side.set_ylabel("y (height)")
+    side.set_title("camera height", fontsize=9)
+    top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -254,15 +342,46 @@ def overlay(rgb: torch.Tensor, estimate_mask: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+def open_frames(frames_dir, video_path, num_frames, image_size, background):
+    """A folder's or a video's frames (RawFrame, one at a time), their count and working size; frame 0 is
+    read and its object found now, so that bad input is refused before anything is written."""
+    source = video.FolderFrames(frames_dir) if frames_dir is not None else video.VideoFrames(video_path)
+    H, W = source.size
+    factor = min(1.0, image_size / min(H, W))
+    size = (max(8, round(H * factor)), max(8, round(W * factor)))
+    first = next(iter(source))
+    if first.pixels is None:
+        raise UserError(f"frame 0 cannot be read: {first.error}")
+    if not Observed(first, size, background).mask.any():
+        raise UserError("frame 0: no object found against the backdrop (the mask is empty); check the frame, "
+                        "or give the backdrop's colour with --background R G B")
+    total = len(source) if num_frames is None else min(num_frames, len(source))
+    return source, total, size
+
+
+def synthesise(num_frames, image_size, mesh, fov, seed, output_dir):
+    """The default sequence: its frames, count, size, truth and initial pose; the frames are also saved, with
+    init_pose.json and truth.json, as a --frames folder (output_dir/observed)."""
+    size = (image_size, round(image_size * 4 / 3))
+    total = num_frames or 60
+    R_truth, T_truth = synthetic_poses(total, seed)
+    observed = outputs.prepare_output_dir(output_dir / OBSERVED_DIR, ["frame_"])
+    truth = list(zip(R_truth, T_truth, strict=True))
+    outputs.write_json_atomic(observed / "init_pose.json", pose.pose_json(*truth[0]))
+    outputs.write_json_atomic(observed / "truth.json", [pose.pose_json(R, T) for R, T in truth])
+    return synthetic_frames(mesh, R_truth, T_truth, size, fov, observed), total, size, truth, truth[0]
+
+
 def track(
     output_dir=DEFAULT_OUTPUT,
     frames_dir=None,
+    video_path=None,
     init_pose=None,
     truth=None,
     mesh_path=None,
     num_frames: int | None = None,
-    image_size: int = 128,
-    iterations: int = 6,
+    image_size: int = WORKING_SIDE,
+    iterations: int = 4,
     start_iterations: int | None = None,
     lr: float = 0.008,
     lr_end: float = 0.2,
@@ -270,11 +389,13 @@ def track(
     faces_per_pixel: int = 8,
     sigma: float = 5e-6,
     extrapolate: float = 1.0,
+    prior_weight: float = 0.0,
     fov: float = 60.0,
-    lost_iou: float = 0.9,
-    search_iterations: int = 12,
-    search_degrees: float = 40.0,
-    search_shift: float = 0.05,
+    background=None,
+    lost_iou: float = 0.85,
+    search_degrees: float = 45.0,
+    search_starts: int = 4,
+    search_iterations: int = 10,
     device: str = "cpu",
     rasterizer: str = "fast",
     seed: int = 0,
@@ -284,33 +405,26 @@ def track(
 ) -> dict:
     """Track the pose frame by frame; return what tracking.json holds (plus "stopped" and "seconds").
 
-    frames_dir None: the synthesised cow sequence, num_frames (default 60) at
-    image_size, with its ground truth. Otherwise the PNG frames of frames_dir
-    (at their own size; num_frames, if given, tracks only the first ones),
-    starting from init_pose = (R, T) and, if given, compared with truth, a
-    list of (R, T). Each frame starts from the last estimate moved on by
-    `extrapolate` times the last frame-to-frame motion; frames without a
+    Neither frames_dir nor video_path: the synthesised cow sequence, num_frames
+    (default 60) at image_size x 4/3 image_size, with its ground truth.
+    Otherwise the frames of the folder or the video, scaled so that their
+    shorter side is at most image_size (num_frames, if given, tracks only the
+    first ones), starting from init_pose = (R, T) and, if given, compared with
+    truth, a list of (R, T). Each frame starts from the last estimate moved on
+    by `extrapolate` times the last frame-to-frame motion; frames without a
     motion yet (the first two, and the one after a search) get
-    start_iterations steps (default 3 * iterations) instead. sigma is the
-    soft edge width at 128 px, scaled with the pixel area at other sizes.
+    start_iterations steps (default 3 * iterations). sigma is the soft edge
+    width at 128 px, scaled with the pixel area at other sizes.
     """
     started = time.perf_counter()
     knobs = {name: value for name, value in locals().items() if name not in ("init_pose", "truth", "started")}
     start_iterations = knobs["start_iterations"] = start_iterations or 3 * iterations
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     device = torch.device(device)
 
     # 1. The input: everything that can be checked is checked before any output is touched.
-    if frames_dir is not None:
-        if init_pose is None:
-            raise UserError("--frames needs --init-pose (the pose at frame 0)")
-        paths, size = targets.list_frames(frames_dir)
-        paths = paths[:num_frames] if num_frames else paths
-        if truth is not None and len(truth) < len(paths):
-            raise UserError(f"--truth has {len(truth)} poses for {len(paths)} frames")
-    else:
-        size = (image_size, image_size)
+    if (frames_dir is not None or video_path is not None) and init_pose is None:
+        raise UserError("--frames and --video need --init-pose (the pose at frame 0)")
     mesh_path = Path(mesh_path) if mesh_path is not None else data.provision_all(data.COW_FILES)[0]
     try:
         mesh = load_objs_as_meshes([mesh_path], device=device)
@@ -319,82 +433,101 @@ def track(
     if mesh.textures is None:  # an untextured mesh is shaded in plain grey
         mesh.textures = TexturesVertex(verts_features=torch.full_like(mesh.verts_padded(), 0.7))
     knobs["mesh_path"] = mesh_path
-    output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
-
-    # 2. Renderers: the soft ones for the loss, hard Phong for targets, IoU and pictures.
-    renderers = render.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
-                                       textured_faces_per_pixel=faces_per_pixel,
-                                       sigma=sigma * (128 / min(size)) ** 2, fov=fov)
-    render.set_cpu_threads(rasterizer)
-
-    # 3. The frames, read (or rendered) one at a time as tracking reaches them.
-    if frames_dir is not None:
-        source, total = targets.folder_frames(paths, truth), len(paths)
+    if frames_dir is not None or video_path is not None:
+        source, total, size = open_frames(frames_dir, video_path, num_frames, image_size, background)
+        if truth is not None and len(truth) < total:
+            raise UserError(f"--truth has {len(truth)} poses for {total} frames")
+        output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
     else:
-        total = num_frames or 60
-        R_truth, T_truth = synthetic_poses(total, seed)
-        init_pose = (R_truth[0], T_truth[0])
-        observed = outputs.prepare_output_dir(output_dir / OBSERVED_DIR, ["frame_"])
-        outputs.write_json_atomic(observed / "init_pose.json", pose.pose_json(*init_pose))
-        poses = [pose.pose_json(R, T) for R, T in zip(R_truth, T_truth, strict=True)]
-        outputs.write_json_atomic(observed / "truth.json", poses)
-        source = synthetic_frames(renderers, mesh, R_truth, T_truth, observed)
+        output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
+        source, total, size, truth, init_pose = synthesise(num_frames, image_size, mesh, fov, seed, output_dir)
+    # The fit renders one colour per face, so the texture map need not travel with each pose of a batch.
+    plain = Meshes(verts=mesh.verts_list(), faces=mesh.faces_list())
+
+    # 2. Renderers: one soft rasterization of the front faces for a soft silhouette and a soft colour
+    #    (one albedo per face); --rasterizer stock keeps PyTorch3D's rasterizer.
+    renderers = render.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
+                                      textured_faces_per_pixel=faces_per_pixel, sigma=sigma * (128 / min(size)) ** 2,
+                                      fov=fov, albedo=render.face_colours(mesh), cull_backfaces=True)
+    mesh = plain
+    render.set_cpu_threads(rasterizer)
     knobs.update(image_size=list(size), num_frames=total, device=str(device), init_pose=pose.pose_json(*init_pose),
-                 truth="synthesised" if frames_dir is None else truth is not None)
+                 truth=truth is not None, background=background)
     record = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in knobs.items()}, "frames": []}
     outputs.write_json_atomic(output_dir / "tracking.json", record)
 
-    # 4. Frame by frame: predict, refine, check, search again if lost, record.
+    # 3. Frame by frame: predict, find the object, fit, check, search again if lost, record.
     pictures = FrameWriter(background=background_frames) if save_overlays else None
+    movie = [] if (save_overlays and video_path is not None) else None
     init = tuple(p.to(device) for p in init_pose)
-    history = []  # the estimates since the start or the last search
+    history, last_good, recent_loss = [], init, []  # estimates since the start or a search; per-pixel losses
+    silhouette = None  # the last fitted silhouette, where the next frame's object is looked for
     stopped = "done"
-    bar = tqdm(source, total=total, disable=not progress, desc="tracking", unit="frame")
+    bar = tqdm(total=total, disable=not progress, desc="tracking", unit="frame")
     try:
-        for frame in bar:
+        for raw in source:
+            if raw.index >= total:
+                break
             frame_started = time.perf_counter()
-            rgb, mask = frame.rgb.to(device)[None], frame.mask.to(device)[None].float()
-            if len(history) >= 2:
-                R_start, T_start = predict(history, extrapolate)
-                steps = iterations
-            else:
-                R_start, T_start = history[-1] if history else init
-                steps = start_iterations
-            R, T, _ = refine(renderers, mesh, R_start[None], T_start[None], rgb, mask,
-                             iterations=steps, lr=lr, lr_end=lr_end, weight_colour=weight_colour)
-            with torch.no_grad():
-                _, estimate_mask = render.hard_render(renderers, mesh, R, T)
-            iou = pose.silhouette_iou(estimate_mask[0], mask[0])
-
-            recovered = iou < lost_iou
-            if recovered:
-                candidates = [(R[0], T[0]), (R_start, T_start)] + ([history[-1]] if history else [])
-                R, T, more = search(renderers, mesh, candidates, rgb, mask, generator, degrees=search_degrees,
-                                    shift=search_shift, iterations=search_iterations,
-                                    final_iterations=start_iterations, lr=2 * lr, lr_end=lr_end,
-                                    weight_colour=weight_colour)
-                with torch.no_grad():
-                    _, estimate_mask = render.hard_render(renderers, mesh, R, T)
-                iou = pose.silhouette_iou(estimate_mask[0], mask[0])
-                steps += more
-                history = []  # the motion before a jump says nothing about the motion after it
+            R_start, T_start = predict(history, extrapolate) if len(history) >= 2 else (
+                history[-1] if history else init)
+            if raw.pixels is None:  # undecodable: keep the prediction, say so, carry on
+                print(f"warning: frame {raw.index} could not be decoded ({raw.error}): skipped", file=sys.stderr)
+                entry = {"index": raw.index, "file": raw.file, **pose.pose_json(R_start, T_start), "skipped": True,
+                         "recovered": False, "lost": False, "iou": None, "iterations": 0, "seconds": 0.0}
+                record["frames"].append(entry)
+                outputs.write_json_atomic(output_dir / "tracking.json", record)
+                bar.update(1)
+                continue
+            if silhouette is None:  # no fitted silhouette to look near: the start's
+                silhouette = hard_silhouette(renderers, mesh, R_start[None], T_start[None])
+            frame = Observed(raw, size, background, silhouette)
+            steps = iterations if len(history) >= 2 else start_iterations
+            R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
+                                   lr_end=lr_end, weight_colour=weight_colour,
+                                   prior_weight=prior_weight if len(history) >= 2 else 0.0)
+            silhouette = hard_silhouette(renderers, mesh, R, T)
+            iou = pose.silhouette_iou(silhouette, frame.mask)
+            per_pixel = float(loss[0]) / frame.mask.numel()
+            jumped = len(recent_loss) >= 5 and per_pixel > LOSS_JUMP * float(np.median(recent_loss))
+            recovered = lost = False
+            if iou < lost_iou or jumped or not math.isfinite(per_pixel):
+                recovered = True
+                frame, R, T, _ = reacquire(renderers, mesh, raw, size, background, fov, last_good,
+                                              degrees=search_degrees, starts=search_starts,
+                                              iterations=search_iterations, final_iterations=2 * start_iterations,
+                                              lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour)
+                silhouette = hard_silhouette(renderers, mesh, R, T)
+                iou = pose.silhouette_iou(silhouette, frame.mask)
+                lost = iou < lost_iou
+                steps += search_iterations + 2 * start_iterations
+                history, recent_loss = [], []  # the motion before a jump says nothing about the motion after it
+            if not lost:
+                last_good = (R[0], T[0])
+                recent_loss = (recent_loss + [per_pixel])[-10:]
             history = (history + [(R[0], T[0])])[-2:]
 
-            entry = {"index": frame.index, "file": frame.file, **pose.pose_json(R[0], T[0]), "iou": iou,
-                     "iterations": steps, "seconds": time.perf_counter() - frame_started, "recovered": recovered}
-            title = f"frame {frame.index}: IoU {iou:.3f}"
-            if frame.truth is not None:
-                entry["rotation_error_deg"] = pose.rotation_error_deg(R[0].cpu(), frame.truth[0])
-                entry["translation_error"] = float(torch.linalg.norm(T[0].cpu() - frame.truth[1]))
-                entry["distance"] = float(torch.linalg.norm(frame.truth[1]))
+            entry = {"index": raw.index, "file": raw.file, **pose.pose_json(R[0], T[0]), "iou": iou,
+                     "iterations": steps, "seconds": time.perf_counter() - frame_started, "recovered": recovered,
+                     "lost": lost}
+            title = f"frame {raw.index}: IoU {iou:.3f}"
+            if truth is not None:
+                R_true, T_true = truth[raw.index]
+                entry["rotation_error_deg"] = pose.rotation_error_deg(R[0].cpu(), R_true)
+                entry["translation_error"] = float(torch.linalg.norm(T[0].cpu() - T_true))
+                entry["distance"] = float(torch.linalg.norm(T_true))
+                entry.update({f"true_{k}": v for k, v in pose.pose_json(R_true, T_true).items()})
                 title += f", {entry['rotation_error_deg']:.1f} deg off"
             record["frames"].append(entry)
             outputs.write_json_atomic(output_dir / "tracking.json", record)
             if pictures is not None:
-                pictures.frame(overlay(frame.rgb, estimate_mask[0]), title + (" (searched)" if recovered else ""),
-                               output_dir / f"overlay_{frame.index}.png", to_gif=True)
-            errors = {"deg": f"{entry['rotation_error_deg']:.2f}"} if frame.truth is not None else {}
-            bar.set_postfix(iou=f"{iou:.3f}", **errors)
+                picture = overlay(frame.original, silhouette)
+                pictures.frame(picture, title + (" (searched)" if recovered else ""),
+                               output_dir / f"overlay_{raw.index}.png", to_gif=True)
+                if movie is not None:
+                    movie.append(picture)
+            bar.update(1)
+            bar.set_postfix(iou=f"{iou:.3f}", **({"deg": f"{entry['rotation_error_deg']:.2f}"} if truth else {}))
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
@@ -404,6 +537,10 @@ def track(
                 pictures.gif(output_dir / "tracking.gif")
             for message in pictures.close():
                 print(f"warning: a picture could not be written: {message}", file=sys.stderr)
+    if movie:
+        video.write_mp4(movie, output_dir / "tracking.mp4", fps=source.fps)
+    if record["frames"] and save_overlays:
+        save_path_plot(record["frames"], output_dir / "path.png")
     return dict(record, stopped=stopped, seconds=time.perf_counter() - started)
 
 
@@ -414,8 +551,8 @@ def track(
 
 def summary_line(record: dict, output_dir: Path) -> str:
     """Frames, errors (with a truth), IoU, searches and speed, on one line."""
-    frames, seconds = record["frames"], record["seconds"]
-    n = len(frames)
+    frames, seconds = [f for f in record["frames"] if not f.get("skipped")], record["seconds"]
+    n, skipped = len(frames), len(record["frames"]) - len(frames)
     parts = [f"tracked {n} frame{'' if n == 1 else 's'} in {seconds:.1f} s ({n / seconds if seconds else 0.0:.2f} fps)"]
     if n and "rotation_error_deg" in frames[0]:
         rotation = [f["rotation_error_deg"] for f in frames]
@@ -425,7 +562,9 @@ def summary_line(record: dict, output_dir: Path) -> str:
         parts.append(f"translation error mean {translation:.4f} ({100 * translation / distance:.2f}% of the distance)")
     if n:
         parts.append(f"IoU mean {sum(f['iou'] for f in frames) / n:.3f}, min {min(f['iou'] for f in frames):.3f}")
-        parts.append(f"{sum(f['recovered'] for f in frames)} searched again")
+        parts.append(f"{sum(f['recovered'] for f in frames)} searched again, {sum(f['lost'] for f in frames)} lost")
+    if skipped:
+        parts.append(f"{skipped} skipped (undecodable)")
     return ", ".join(parts) + f"; results in {output_dir}"
 
 
@@ -434,39 +573,49 @@ def main() -> int:
                                                  "by differentiable rendering (an extension of chapter 4).")
     add = parser.add_argument
     add("--frames", type=Path, default=None, metavar="DIR",
-        help="PNG frames (RGB on white, or RGBA), taken in natural name order (default: synthesise a cow sequence)")
+        help="PNG or JPEG frames, taken in natural name order (default: synthesise a cow sequence); RGBA frames "
+             "use alpha as the mask, photos are told from their backdrop")
+    add("--video", type=Path, default=None, metavar="FILE",
+        help="a video file (any container ffmpeg reads) instead of --frames")
     add("--init-pose", type=Path, default=None, metavar="FILE",
-        help='the pose at frame 0, JSON {"R": [[...], [...], [...]], "T": [...]} (required with --frames)')
+        help='the pose at frame 0, JSON {"R": [[...], [...], [...]], "T": [...]} (required with --frames/--video)')
     add("--truth", type=Path, default=None, metavar="FILE",
-        help="the true poses, a JSON list of {R, T}, one per frame, to report errors (with --frames)")
+        help="the true poses, a JSON list of {R, T}, one per frame, to report errors (with --frames/--video)")
     add("--mesh", type=Path, default=None, help="the object's .obj (default: the cow, data/cow_mesh/cow.obj)")
     add("--num-frames", type=cli.positive_int, default=None,
-        help="frames to synthesise (default 60); with --frames, track only the first N")
-    add("--image-size", type=cli.image_side, default=128,
-        help="size of the synthesised frames in pixels (default 128); --frames are tracked at their own size")
-    add("--iterations", type=cli.positive_int, default=6,
-        help="Adam steps per frame (default 6; three times as many while there is no motion to extrapolate)")
+        help="frames to synthesise (default 60); with --frames/--video, track only the first N")
+    add("--image-size", type=cli.image_side, default=WORKING_SIDE,
+        help=f"the shorter side frames are tracked at (default {WORKING_SIDE}; larger frames are scaled down, "
+             "overlays drawn on the frames as they came)")
+    add("--iterations", type=cli.positive_int, default=4,
+        help="Adam steps per frame (default 4; three times as many while there is no motion to extrapolate)")
     add("--lr", type=cli.positive_float, default=0.008,
         help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.008)")
     add("--faces-per-pixel", type=cli.positive_int, default=8,
         help="faces blended per pixel by the soft renderers (default 8)")
     add("--weight-colour", type=cli.non_negative_float, default=1.0,
-        help="weight of the summed squared RGB error against the silhouette's (default 1.0)")
-    add("--lost-iou", type=cli.non_negative_float, default=0.9,
-        help="a frame whose hard-silhouette IoU with the observed mask is below this after its steps is searched "
-             "again from a dozen turned starts and marked recovered (default 0.9: tracked frames score 0.95-0.99 "
-             "at 64-128 px, a pose 30 degrees off about 0.85)")
-    add("--no-overlays", action="store_true", help="write no overlay pictures and no GIF")
-    cli.add_common(parser, DEFAULT_OUTPUT)  # --output-dir, --device, --seed (the path, the search's shifts), --fov
+        help="weight of the colour error against the silhouette's (default 1.0)")
+    add("--background", nargs=3, type=cli.byte, default=None, metavar=("R", "G", "B"),
+        help="the backdrop's colour in the frames, 0-255 (default: learnt from each frame's border)")
+    add("--lost-iou", type=cli.non_negative_float, default=0.85,
+        help="a frame whose silhouette IoU with its mask is below this after its steps (or whose loss jumps) is "
+             "searched again near the last good pose and marked recovered, or lost if still below (default 0.85)")
+    add("--rasterizer", choices=["fast", "stock"], default="fast", help="the soft rasterizer (default fast)")
+    add("--no-overlays", action="store_true", help="write no overlay pictures, GIF, MP4 or path plot")
+    cli.add_common(parser, DEFAULT_OUTPUT)  # --output-dir, --device, --seed (the synthesised path), --fov
     args = parser.parse_args()
-    if args.frames is None and (args.init_pose is not None or args.truth is not None):
-        parser.error("--init-pose and --truth go with --frames")
-    if args.frames is not None and args.init_pose is None:
-        parser.error("--frames needs --init-pose (the pose at frame 0)")
+    if args.frames is not None and args.video is not None:
+        parser.error("--frames and --video: give one of them")
+    given = args.frames is not None or args.video is not None
+    if not given and (args.init_pose is not None or args.truth is not None):
+        parser.error("--init-pose and --truth go with --frames or --video")
+    if given and args.init_pose is None:
+        parser.error("--frames and --video need --init-pose (the pose at frame 0)")
     cli.resolve_device(parser, args)
     record = track(
         output_dir=args.output_dir,
         frames_dir=args.frames,
+        video_path=args.video,
         init_pose=pose.load_pose(args.init_pose) if args.init_pose else None,
         truth=load_truth(args.truth) if args.truth else None,
         mesh_path=args.mesh,
@@ -476,8 +625,10 @@ def main() -> int:
         lr=args.lr,
         faces_per_pixel=args.faces_per_pixel,
         weight_colour=args.weight_colour,
+        background=args.background,
         fov=args.fov,
         lost_iou=args.lost_iou,
+        rasterizer=args.rasterizer,
         device=args.device,
         seed=args.seed,
         save_overlays=not args.no_overlays,

@@ -142,18 +142,33 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
 
 
 def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
-                  rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG):
-    """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3) and their IoUs."""
+                  rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG,
+                  near=None):
+    """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3) and their IoUs.
+
+    near: (R, degrees): only views and rolls within that angle of R's (a lost track's neighbourhood).
+    """
     device = mesh.device
     centre, radius = mesh_centre_radius(mesh)
     t = math.tan(math.radians(fov) / 2)
     distance = radius / math.sin(math.atan(FILL * t))
     directions = view_directions(views).to(device)
-    R_views, silhouettes = render_views(mesh, directions, fov, side, distance, centre)
     angles = torch.arange(rolls, dtype=torch.float32, device=device) * (2 * math.pi / rolls)
+    if near is not None:
+        R_near, degrees = near
+        # The direction from the object to the camera, in mesh coordinates, is -(0, 0, 1) @ R^T.
+        seen_from = -R_near.to(device)[:, 2]
+        directions = directions[directions @ seen_from >= math.cos(math.radians(degrees))]
+        if len(directions) == 0:
+            directions = seen_from[None]
+    R_views, silhouettes = render_views(mesh, directions, fov, side, distance, centre)
     iou, scale, where = score_grid(silhouettes, mask.float(), angles)
     # The rotation of every (view, roll): the view's, then the roll about the optical axis.
     R_all = R_views[:, None] @ roll_matrices(angles)[None]  # (V, rolls, 3, 3)
+    if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out
+        cos_near = math.cos(math.radians(near[1]))
+        trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
+        iou = torch.where((trace - 1) / 2 >= cos_near, iou, torch.full_like(iou, -1.0))
     order = torch.argsort(iou.reshape(-1), descending=True)
     picked = []
     cos_limit = math.cos(math.radians(min_separation_deg))

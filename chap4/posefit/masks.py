@@ -107,11 +107,14 @@ RENDER_TOLERANCE = 24 / 255  # a clean render's object differs from its flat bac
 
 def clean_render_mask(rgb: np.ndarray, background=None) -> np.ndarray:
     """A noiseless image (a render on a flat backdrop): the object is what differs from the backdrop's colour
-    (the border's median, or `background`, 0-255) by more than RENDER_TOLERANCE in some channel."""
+    (the border's median, or `background`, 0-255) by more than RENDER_TOLERANCE in some channel; on pure
+    white, the book's rule: every pixel that is not pure white."""
     if background is None:
         colour = np.median(np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]]), axis=0)
     else:
         colour = np.asarray(background, np.float32) / 255.0
+    if (colour >= 1.0).all():
+        return rgb.max(-1) != 1
     return np.abs(rgb - colour).max(-1) > RENDER_TOLERANCE
 
 

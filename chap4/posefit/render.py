@@ -17,6 +17,7 @@ from pytorch3d.renderer import (
     RasterizationSettings,
     SoftPhongShader,
     SoftSilhouetteShader,
+    TexturesUV,
 )
 
 from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse
@@ -79,11 +80,17 @@ def make_renderers(
     faces_per_pixel: int = 100,
     textured_faces_per_pixel: int | None = None,
     fov: float = 60.0,
+    albedo: torch.Tensor | None = None,
+    cull_backfaces: bool = False,
 ) -> Renderers:
     """The chapter's renderers; image_size is an int (square) or (H, W).
 
     For a non-square image PyTorch3D spans [-1, 1] across the shorter side,
-    so `fov` is the field of view across the shorter side.
+    so `fov` is the field of view across the shorter side. albedo (F, 3): the
+    colour renderer blends these per-face colours (FaceColourShader) instead
+    of lighting the texture with the book's Phong shading. cull_backfaces:
+    the soft rasterizers skip faces turned away from the camera (a closed
+    mesh's silhouette is its front faces'), about half the work.
     """
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)
@@ -91,7 +98,8 @@ def make_renderers(
     lights = PointLights(device=device, location=((2.0, 2.0, -2.0),))
     blend_params = BlendParams(sigma=sigma, gamma=gamma)
     soft = RasterizationSettings(
-        image_size=image_size, blur_radius=book_blur_radius(sigma), faces_per_pixel=faces_per_pixel
+        image_size=image_size, blur_radius=book_blur_radius(sigma), faces_per_pixel=faces_per_pixel,
+        cull_backfaces=cull_backfaces,
     )
     # The colour pass rasterizes the same faces from the same camera with the same blur as the silhouette
     # pass, with fewer faces per pixel: it takes the first of the silhouette pass's (FragmentReuse).
@@ -111,12 +119,15 @@ def make_renderers(
             image_size=image_size,
             blur_radius=book_blur_radius(sigma),
             faces_per_pixel=textured_faces_per_pixel,
+            cull_backfaces=cull_backfaces,
         )
-        shader_cls = SparseSoftPhongShader if rasterizer == "fast" else SoftPhongShader
+        if albedo is not None:
+            shader = FaceColourShader(albedo, BlendParams(sigma=sigma, gamma=gamma))
+        else:
+            shader_cls = SparseSoftPhongShader if rasterizer == "fast" else SoftPhongShader
+            shader = shader_cls(device=device, cameras=cameras, lights=lights)
         textured = MeshRenderer(
-            rasterizer=make_rasterizer(rasterizer, cameras, soft_textured, take_from=reuse),
-            shader=shader_cls(device=device, cameras=cameras, lights=lights),
-        )
+            rasterizer=make_rasterizer(rasterizer, cameras, soft_textured, take_from=reuse), shader=shader)
     return Renderers(cameras, lights, silhouette, phong, textured)
 
 
@@ -136,3 +147,58 @@ def hard_render(renderers: Renderers, mesh, R, T):
     fragments = renderers.phong.rasterizer(mesh, R=R, T=T)
     image = renderers.phong.shader(fragments, mesh, R=R, T=T)
     return image, fragments.pix_to_face[..., 0] >= 0
+
+
+# ---------------------------------------------------------------------------
+# Albedo per face: a cheap colour for tracking
+# ---------------------------------------------------------------------------
+
+
+def face_colours(mesh) -> torch.Tensor:
+    """One colour per face (F, 3): the texture map at the face's UV centroid, a vertex-coloured face's mean
+    colour, or light grey for a mesh without colours. At tracking sizes a face covers about a pixel, so
+    one colour per face is the texture as the camera sees it."""
+    textures = mesh.textures
+    faces = mesh.faces_packed()
+    if isinstance(textures, TexturesUV):
+        uv = textures.verts_uvs_padded()[0][textures.faces_uvs_padded()[0]].mean(1)
+        image = textures.maps_padded()[0]
+        H, W = image.shape[:2]
+        x = (uv[:, 0] * (W - 1)).round().long().clamp(0, W - 1)
+        y = ((1 - uv[:, 1]) * (H - 1)).round().long().clamp(0, H - 1)
+        return image[y, x, :3].float()
+    if textures is not None and hasattr(textures, "verts_features_packed"):
+        return textures.verts_features_packed()[faces].mean(1)[:, :3].float()
+    return torch.full((len(faces), 3), 0.8, device=faces.device)
+
+
+class FaceColourShader(torch.nn.Module):
+    """Soft colour from one albedo per face: PyTorch3D's softmax_rgb_blend (white background) of the K faces of
+    each pixel, computed only on the pixels that hold a face (the rest is background), with no lighting: a
+    photo's light is matched by a gain and offset instead (posefit.targets.relight). Returns (N, H, W, 3)."""
+
+    def __init__(self, colours: torch.Tensor, blend_params: BlendParams, znear: float = 1.0, zfar: float = 100.0):
+        super().__init__()
+        self.colours, self.blend_params, self.znear, self.zfar = colours, blend_params, znear, zfar
+
+    def forward(self, fragments, meshes, **kwargs) -> torch.Tensor:
+        faces = fragments.pix_to_face  # packed over the batch: each mesh's faces follow the last's
+        N, H, W, K = faces.shape
+        # The pixels that hold a face (filled entries come first, nearest first) and their K entries.
+        pixels = torch.nonzero(faces[..., 0].reshape(-1) >= 0).squeeze(1)
+        faces = faces.reshape(-1, K).index_select(0, pixels)
+        dists = fragments.dists.reshape(-1, K).index_select(0, pixels)
+        zbuf = fragments.zbuf.reshape(-1, K).index_select(0, pixels)
+        filled = faces >= 0
+        colours = self.colours[faces.clamp(min=0) % len(self.colours)]
+        background = torch.as_tensor(self.blend_params.background_color, dtype=colours.dtype, device=colours.device)
+        # softmax_rgb_blend's arithmetic, entry for entry.
+        eps, gamma = 1e-10, self.blend_params.gamma
+        probability = torch.sigmoid(-dists / self.blend_params.sigma) * filled
+        z_inv = (self.zfar - zbuf) / (self.zfar - self.znear) * filled
+        z_inv_max = torch.max(z_inv, dim=-1).values[..., None].clamp(min=eps)
+        weights = probability * torch.exp((z_inv - z_inv_max) / gamma)
+        delta = torch.exp((eps - z_inv_max) / gamma).clamp(min=eps)
+        blended = ((weights[..., None] * colours).sum(dim=-2) + delta * background) / (weights.sum(-1)[..., None] + delta)
+        image = background.expand(N * H * W, 3).index_put((pixels,), blended)
+        return image.reshape(N, H, W, 3)
