@@ -183,7 +183,8 @@ class Observed:
                 mask = masks.clean_render_mask(rgb, background)
             elif silhouette is not None:
                 # Where the object was predicted to be: edges decide near its outline.
-                mask = masks.refine_with_silhouette(rgb, None, silhouette.cpu().numpy())
+                mask = masks.refine_with_silhouette(rgb, silhouette.cpu().numpy(),
+                                                    background_mask=masks.backdrop(rgb, background)[0])
             else:
                 mask = masks.photo_mask(rgb, background)
             rgb = np.where(mask[..., None], rgb, 1.0)
@@ -263,21 +264,40 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
     return R, T, loss.detach(), silhouette
 
 
-def reacquire(renderers, mesh, raw, size, background, fov, last_good, *, degrees: float, starts: int,
+def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degrees: float, starts: int,
               iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float):
     """A lost frame searched again: the 6-DoF initialisation (posefit.initial) over the views within `degrees`
-    of the last good pose, on the frame's own mask (not one drawn from a prediction), and the last good pose
-    itself; all refined together, the lowest loss refined further. Returns the frame as observed, the pose,
-    its silhouette."""
+    of the first candidate (the last good pose), on the frame's own mask (not one drawn from a prediction),
+    and the candidates themselves (the last good pose, the frame's own fit); all refined together, the lowest
+    loss refined further. Returns the frame as observed, the pose, its silhouette."""
     frame = Observed(raw, size, background)
-    R0, T0, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(last_good[0], degrees))
-    R0, T0 = torch.cat([last_good[0][None], R0]), torch.cat([last_good[1][None], T0])
+    R0, T0, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(candidates[0][0], degrees))
+    R0 = torch.cat([torch.stack([R for R, _ in candidates]), R0])
+    T0 = torch.cat([torch.stack([T for _, T in candidates]), T0])
     R, T, loss, _ = fit(renderers, mesh.extend(len(R0)), R0, T0, frame, iterations=iterations, lr=lr,
                         lr_end=lr_end, weight_colour=weight_colour)
     best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
     R, T, _, silhouette = fit(renderers, mesh, R[best : best + 1], T[best : best + 1], frame,
                               iterations=final_iterations, lr=lr, lr_end=lr_end, weight_colour=weight_colour)
     return frame, R, T, silhouette
+
+
+def predicted_silhouette(renderers, mesh, R, T) -> torch.Tensor:
+    return hard_silhouette(renderers, mesh, R[None], T[None])
+
+
+def recentre(T: torch.Tensor, silhouette: torch.Tensor, mask: torch.Tensor, fov: float) -> torch.Tensor:
+    """T moved so that the silhouette's centroid and area become the mask's: the camera's pan and its
+    approach, read off the image at once instead of crawled to by gradient steps."""
+    if silhouette.sum() < 4 or mask.sum() < 4:
+        return T
+    (c_sil, c_mask), (a_sil, a_mask) = (initial.moments(torch.stack([silhouette.float(), mask.float()])))
+    depth = float(T[2]) * float(torch.sqrt(a_sil / a_mask))
+    t = math.tan(math.radians(fov) / 2)
+    # The object's centre moves with the centroid, at the new depth (x_ndc = x / (z tan(fov / 2))).
+    shift = (c_mask - c_sil) * t
+    return torch.stack([T[0] * depth / float(T[2]) + shift[0] * depth, T[1] * depth / float(T[2]) + shift[1] * depth,
+                        torch.tensor(depth, dtype=T.dtype)])
 
 
 def hard_silhouette(renderers, mesh, R, T) -> torch.Tensor:
@@ -381,7 +401,7 @@ def track(
     mesh_path=None,
     num_frames: int | None = None,
     image_size: int = WORKING_SIDE,
-    iterations: int = 4,
+    iterations: int = 6,
     start_iterations: int | None = None,
     lr: float = 0.008,
     lr_end: float = 0.2,
@@ -482,6 +502,8 @@ def track(
             if silhouette is None:  # no fitted silhouette to look near: the start's
                 silhouette = hard_silhouette(renderers, mesh, R_start[None], T_start[None])
             frame = Observed(raw, size, background, silhouette)
+            if len(history) >= 1:  # move the start onto the object's centroid and size in this frame
+                T_start = recentre(T_start, predicted_silhouette(renderers, mesh, R_start, T_start), frame.mask, fov)
             steps = iterations if len(history) >= 2 else start_iterations
             R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
                                    lr_end=lr_end, weight_colour=weight_colour,
@@ -493,7 +515,7 @@ def track(
             recovered = lost = False
             if iou < lost_iou or jumped or not math.isfinite(per_pixel):
                 recovered = True
-                frame, R, T, _ = reacquire(renderers, mesh, raw, size, background, fov, last_good,
+                frame, R, T, _ = reacquire(renderers, mesh, raw, size, background, fov, [last_good, (R[0], T[0])],
                                               degrees=search_degrees, starts=search_starts,
                                               iterations=search_iterations, final_iterations=2 * start_iterations,
                                               lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour)
@@ -587,8 +609,8 @@ def main() -> int:
     add("--image-size", type=cli.image_side, default=WORKING_SIDE,
         help=f"the shorter side frames are tracked at (default {WORKING_SIDE}; larger frames are scaled down, "
              "overlays drawn on the frames as they came)")
-    add("--iterations", type=cli.positive_int, default=4,
-        help="Adam steps per frame (default 4; three times as many while there is no motion to extrapolate)")
+    add("--iterations", type=cli.positive_int, default=6,
+        help="Adam steps per frame (default 6; three times as many while there is no motion to extrapolate)")
     add("--lr", type=cli.positive_float, default=0.008,
         help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.008)")
     add("--faces-per-pixel", type=cli.positive_int, default=8,

@@ -58,3 +58,23 @@ def test_photo_benchmark_fits_each_case_as_the_readme_says(tmp_path, meshes_read
     summary = json.loads((tmp_path / "fits" / "fit_00" / "summary.json").read_text())
     assert summary["settings"]["pose_mode"] == "6dof" and summary["settings"]["restarts"] == 8
     assert torch.tensor(summary["R"]).shape == (3, 3)
+
+
+def test_tracking_benchmark_runs_a_prepared_sequence(tmp_path, meshes_ready):
+    """bench_tracking on a short sequence drawn by PyTorch3D (its make_test_sequence; no Mitsuba): the
+    two timed commands, the table, the rows."""
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_tracking
+
+    bench_tracking.make_test_sequence(tmp_path / "cases" / "test_seq", frames=8, size=(48, 64), kind="occluded")
+    rows = tmp_path / "rows.json"
+    result = run_benchmark("bench_tracking.py", "--cases", tmp_path / "cases", "--num-frames", 6, "--fps-base", 3,
+                           "--json", rows, "--plot", tmp_path / "errors.png", "--gif", tmp_path / "occluded.gif")
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert "| test_seq |" in result.stdout and "fps" in result.stdout
+    (row,) = json.loads(rows.read_text())
+    assert row["frames"] == 6 and row["tracked"] == 6 and 0 <= row["rotation_mean"] <= row["rotation_max"] < 180
+    assert row["fps"] > 0 and row["wall_n"] > row["wall_base"] > 0
+    assert (tmp_path / "errors.png").exists()

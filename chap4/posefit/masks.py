@@ -52,6 +52,7 @@ SHADOW_RATIO = 0.1  # the floor's pixels may be this dark relative to its darkes
 OBJECT_CHROMA = 1.5  # sure object: chromaticity this many tolerances away from every surface
 OBJECT_BRIGHTNESS = 1.25  # ... or, on a grey floor, this much brighter than its brightest border pixel
 GREY = 0.035  # a floor whose colour direction is this close to (1, 1, 1) / sqrt(3) is grey
+PRIOR_ODDS = 3.0  # a band pixel goes against the silhouette only if the other side's colour is this much nearer
 KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
 MIN_SPECK = 0.0005  # smaller blobs are specks (share of the image)
 MAX_HOLE = 0.001  # holes smaller than this share of the image are filled
@@ -123,14 +124,14 @@ def is_photo(rgb: np.ndarray) -> bool:
     return _spread(rgb, border_band(*rgb.shape[:2])) >= FLAT
 
 
-def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
-    """The object's pixels in an (H, W, 3) photo with values in [0, 1]; background: its colour (0-255) if known."""
+def backdrop(rgb: np.ndarray, background=None) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-3 for an (H, W, 3) photo in [0, 1]: (sure background, sure object) masks, before the edges decide.
+
+    background: the backdrop's colour (0-255) if known, else learnt from the border.
+    """
     H, W, _ = rgb.shape
     border = border_band(H, W)
-    if not is_photo(rgb):
-        return clean_render_mask(rgb, background)
-    # A photo's colours are smoothed before they are compared, and its sure regions kept off the
-    # boundary, which the edges then decide.
+    # A photo's colours are smoothed before they are compared (sensor noise, JPEG blocks).
     smooth = np.stack([ndimage.gaussian_filter(rgb[..., c], SMOOTHING) for c in range(3)], -1)
     brightness = smooth.mean(-1) + 2e-3
     chroma = (smooth / (smooth.sum(-1, keepdims=True) + 6e-3))[..., :2]
@@ -178,29 +179,59 @@ def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
     grey_floor = np.abs(floor_direction - 1 / np.sqrt(3)).max() < GREY
     brighter = floor_along > OBJECT_BRIGHTNESS * floor_high
     sure_object = (score > OBJECT_CHROMA) | (brighter & (grey_floor | (score > 1.0)))
-    sure_object = biggest_blobs(sure_object & ~background_mask & ~border)
-    sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border
-    sure_object = ndimage.binary_erosion(sure_object, iterations=2)
+    return background_mask | border, sure_object & ~background_mask & ~border
+
+
+def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
+    """The object's pixels in an (H, W, 3) photo with values in [0, 1]; background: its colour (0-255) if known."""
+    if not is_photo(rgb):
+        return clean_render_mask(rgb, background)
+    background_mask, sure_object = backdrop(rgb, background)
+    # The sure regions are kept off the boundary, which the edges then decide.
+    sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border_band(*rgb.shape[:2])
+    sure_object = ndimage.binary_erosion(biggest_blobs(sure_object), iterations=2)
     if not sure_object.any():
-        return np.zeros((H, W), bool)
+        return np.zeros(rgb.shape[:2], bool)
     return clean(_watershed(rgb, sure_object, sure_background))
 
 
-def refine_with_silhouette(rgb: np.ndarray, mask: np.ndarray, silhouette: np.ndarray, margin: float = 0.12) -> np.ndarray:
-    """The mask redone around a fitted silhouette: sure object well inside it, sure background well outside.
+def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: float = 0.12,
+                           background_mask: np.ndarray | None = None, samples: int = 400) -> np.ndarray:
+    """The object's pixels found around a fitted (or predicted) silhouette.
 
-    margin: the width of the undecided band on each side of the silhouette's outline, as a share of the
-    silhouette's size (the square root of its area). Inside the band the image's edges decide.
+    Well inside it (the silhouette eroded by the margin) is the object, well outside (dilated by it) the
+    background; a pixel of the band between goes to whichever of the two its colour is nearer to (its
+    nearest neighbour among `samples` pixels of each, colours lightly smoothed): the object's own colours,
+    black patches and all, against the floor's and the shadow's right there. margin: the band's half-width
+    as a share of the silhouette's size (the square root of its area). background_mask: pixels the backdrop
+    model (`backdrop`) is sure of, background outside the silhouette (the shadow by the feet).
     """
-    H, W = mask.shape
+    H, W = silhouette.shape
     if not silhouette.any():
-        return mask
+        return silhouette
     width = max(1, int(round(margin * np.sqrt(silhouette.sum()))))
     inside = ndimage.binary_erosion(silhouette, iterations=width)
     outside = ~ndimage.binary_dilation(silhouette, iterations=width)
-    # An object pixel far outside the silhouette (an occluder's, a lamp's bright patch) leaves the mask.
-    sure_object = inside
-    sure_background = outside | border_band(H, W)
-    if not sure_object.any():
-        return mask
-    return clean(_watershed(rgb, sure_object, sure_background))
+    if not inside.any():  # a thin silhouette: its own pixels stand for the object's colours
+        inside = silhouette
+    if background_mask is not None:
+        outside = outside | (background_mask & ~silhouette)
+    band = ~inside & ~outside
+    smooth = np.stack([ndimage.gaussian_filter(rgb[..., c], 0.7) for c in range(3)], -1)
+    ring = outside & ndimage.binary_dilation(silhouette, iterations=3 * width)  # the background right there
+    rng = np.random.default_rng(0)
+
+    def sample(region):
+        colours = smooth[region]
+        return colours[rng.choice(len(colours), min(samples, len(colours)), replace=False)] if len(colours) else colours
+
+    object_colours, background_colours = sample(inside), sample(ring if ring.any() else outside)
+    mask = inside.copy()
+    if band.any() and len(background_colours):
+        colours = smooth[band]
+        nearest_object = ((colours[:, None] - object_colours[None]) ** 2).sum(-1).min(1)
+        nearest_background = ((colours[:, None] - background_colours[None]) ** 2).sum(-1).min(1)
+        # The prior: where the silhouette says object, the background must be clearly nearer, and back.
+        bias = np.where(silhouette[band], PRIOR_ODDS, 1.0 / PRIOR_ODDS)
+        mask[band] = nearest_object < bias * nearest_background
+    return clean(mask)

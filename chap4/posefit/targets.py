@@ -109,7 +109,7 @@ class Target:
         if self.photo is None:
             return self
         photo = self.photo.cpu().numpy()
-        mask = masks.refine_with_silhouette(photo, self.hard_mask.cpu().numpy(), silhouette.cpu().numpy())
+        mask = masks.refine_with_silhouette(photo, silhouette.cpu().numpy())
         mask = torch.from_numpy(mask).to(self.mask.device)
         rgb = torch.where(mask[..., None], self.photo, torch.ones_like(self.photo))
         return replace(self, mask=mask.float(), hard_mask=mask, silhouette=mask.float(), rgb=rgb)
