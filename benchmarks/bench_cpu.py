@@ -63,7 +63,7 @@ class Stages:
 def setup(experiment, kind, size):
     mesh = diff_render.load_teapot("cpu") if experiment == "teapot" else diff_render_texture.load_cow("cpu")
     textured = 50 if experiment == "cow" else None
-    render.set_cpu_threads(kind)  # as the scripts do: one thread for fast, torch's default for stock
+    render.set_up_cpu(kind)  # as the scripts do: one thread and glibc keeping large blocks for fast; stock as is
     renderers = render.make_renderers("cpu", size, rasterizer=kind, textured_faces_per_pixel=textured)
     R_t, T_t, _ = pose.view_camera(3.0, 50.0, 0.0, "cpu")
     with torch.no_grad():
@@ -174,25 +174,9 @@ def trajectories(size, kinds=("stock", "fast")):
             for kind, label, s, seconds in rows]
 
 
-def keep_large_blocks() -> None:
-    """glibc: keep freed blocks up to 1 GiB in the heap instead of returning them to the OS (the A/B's variant).
-
-    Each iteration allocates and frees the same dense (N, H, W, K) tensors, 26
-    to 78 MB each at the book's settings; by default glibc maps every block
-    above 32 MB from the OS and unmaps it on free, so the next iteration pays
-    the page faults again.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
-
-
 def malloc_ab(repeats: int, size: int, iterations: int) -> dict:
-    """The fast path's seconds per iteration with glibc's defaults and with keep_large_blocks, each variant
-    in its own child process, alternated (ABBA...), `repeats` times per variant and experiment."""
+    """The fast path's seconds per iteration with glibc's defaults and with render.keep_large_blocks, each
+    variant in its own child process, alternated (ABBA...), `repeats` times per variant and experiment."""
     seconds = {(e, v): [] for e in ("teapot", "cow") for v in ("default", "tuned")}
     for r in range(repeats):
         for experiment in ("teapot", "cow"):
@@ -201,7 +185,7 @@ def malloc_ab(repeats: int, size: int, iterations: int) -> dict:
                 with tempfile.NamedTemporaryFile(suffix=".json") as out:
                     command = [sys.executable, __file__, "--experiment", experiment, "--paths", "fast",
                                "--size", str(size), "--repeats", str(iterations), "--no-rss", "--json", out.name]
-                    command += ["--tune-malloc"] if variant == "tuned" else []
+                    command += ["--no-malloc-tuning"] if variant == "default" else []
                     subprocess.run(command, check=True, capture_output=True)
                     stages = json.loads(Path(out.name).read_text())[experiment]["stages"]["fast"]
                 seconds[experiment, variant].append(sum(stages.values()))
@@ -231,7 +215,8 @@ def main():
     parser.add_argument("--paths", nargs="+", choices=["stock", "fast"], default=["stock", "fast"],
                         help="which rasterizers the stage table measures (default both)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
-    parser.add_argument("--tune-malloc", action="store_true", help="call keep_large_blocks() first")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc's malloc as it is (the fast path's set-up opts in to keep_large_blocks)")
     parser.add_argument("--malloc-ab", type=int, default=0, metavar="REPEATS",
                         help="only the malloc A/B: REPEATS child processes per variant and experiment, alternated")
     args = parser.parse_args()
@@ -241,8 +226,8 @@ def main():
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
         return
-    if args.tune_malloc:
-        keep_large_blocks()
+    if args.no_malloc_tuning:
+        render.keep_large_blocks = lambda: None  # the set-up's opt-in, switched off for the A/B's other side
     torch.set_num_threads(torch.get_num_threads())
     results = {}
     experiments = {"both": ["teapot", "cow"], "none": []}.get(args.experiment, [args.experiment])

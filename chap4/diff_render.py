@@ -35,8 +35,9 @@ from pytorch3d.structures import Meshes
 from posefit import cli, data, outputs, render, search, targets
 from posefit.errors import UserError
 from posefit.frames import FrameWriter
-from posefit.run import FitLoop
+from posefit.run import FitLoop, FitOptions
 
+DESCRIPTION = "Fit the camera position to a teapot silhouette (book chapter 4)."
 RESULTS = data.REPO / "result_teapot"
 FRAME_PREFIXES = ["fitting_"]
 
@@ -82,55 +83,22 @@ class Model(nn.Module):
         return loss, image
 
 
-def fit(
-    output_dir=RESULTS,
-    iterations: int = 200,
-    lr: float = 0.05,
-    image_size: int = 256,
-    loss_threshold: float = 500.0,
-    init_position=(3.0, 6.9, 2.5),
-    target_distance: float = 3.0,
-    target_elevation: float = 50.0,
-    target_azimuth: float = 0.0,
-    device: str = "cpu",
-    save_every: int = 1,
-    rasterizer: str = "fast",
-    seed: int = 0,
-    settings: dict | None = None,
-    progress: bool = True,
-    background_frames: bool = True,
-    restarts: int = 1,
-    target_image=None,
-    background=None,
-    fov: float | None = None,
-    pose_mode: str = "lookat",
-    prune_schedule=search.PRUNE_SCHEDULE,
-    explore_scale: float = search.EXPLORE_SCALE,
-    explore_lr_factor: float = search.EXPLORE_LR_FACTOR,
-    refine_share: float = search.REFINE_SHARE,
-    refine_sigma: float = search.REFINE_SIGMA,
-    lr_final_factor: float = search.LR_FINAL_FACTOR,
-) -> dict:
+def fit(output_dir=RESULTS, loss_threshold: float = 500.0, **options) -> dict:
     """Run the book's teapot fit; return what summary.json holds.
 
-    restarts > 1 fits that many starting cameras together: they explore at
-    explore_scale of the image size and explore_lr_factor * lr, pruned as
-    prune_schedule says ((share of the iterations done, keep), ...); the last
-    refine_share of the iterations are at full size, with sigma falling to
-    refine_sigma and the learning rate to lr * lr_final_factor
-    (posefit.search.Hypotheses).
-    target_image (a path) replaces the synthesised target; the fit then runs
-    at the image's size, scaled down so that its shorter side is at most
-    image_size. fov: degrees across the shorter side (None: the book's 60, or
-    a photo's EXIF). pose_mode "6dof" fits the object's full pose, started
-    from a coarse grid of views (posefit.initial), instead of the book's
-    look-at camera.
+    options: posefit.run.FitOptions's keywords, the book's values by default
+    (200 iterations, lr 0.05, 256 px, the start (3.0, 6.9, 2.5), the target
+    from distance 3, elevation 50, azimuth 0). target_image (a path) replaces
+    the synthesised target; restarts > 1 fits that many starting cameras
+    together; pose_mode "6dof" fits the object's full pose from a coarse grid
+    of views (posefit.initial) instead of the book's look-at camera.
     """
-    torch.manual_seed(seed)
-    device = torch.device(device)
+    o = FitOptions(**options)
+    torch.manual_seed(o.seed)
+    device = torch.device(o.device)
     # An observed image is read first, so that a bad one is refused before anything is written.
-    observed = targets.load_target_image(target_image, background, image_size, fov) if target_image else None
-    image_size, fov = (observed.size, observed.fov) if observed else (image_size, fov or targets.DEFAULT_FOV)
+    observed = targets.load_target_image(o.target_image, o.background, o.image_size, o.fov) if o.target_image else None
+    image_size, fov = (observed.size, observed.fov) if observed else (o.image_size, o.fov or targets.DEFAULT_FOV)
 
     # 1. The mesh.
     mesh = load_teapot(device)
@@ -138,23 +106,18 @@ def fit(
 
     # 2. The renderers: soft silhouette to optimise, hard Phong for pictures.
     if device.type == "cpu":
-        render.set_cpu_threads(rasterizer)
-    renderers = render.make_renderers(device, image_size, rasterizer=rasterizer, fov=fov,
-                                      **search.renderer_settings(pose_mode))
+        render.set_up_cpu(o.rasterizer)  # one thread; glibc keeps large blocks (process-wide)
+    settings = search.renderer_settings(o.pose_mode)
+    renderers = render.make_renderers(device, image_size, rasterizer=o.rasterizer, fov=fov, **settings)
 
     # 3. The target: a hard Phong render and the mask of its non-white pixels (or the observed image).
-    target = observed.to(device) if observed else targets.book_target(
-        renderers, mesh, target_distance, target_elevation, target_azimuth)
-    frames = FrameWriter(background=background_frames)
-    frames.frame(outputs.numpy_image(target.silhouette), "target silhouette", output_dir / "target_silhouette.png")
-    frames.frame(outputs.numpy_image(target.shown), "target", output_dir / "target_rgb.png")
+    target = targets.fit_target(o, observed, renderers, mesh)
+    frames = FrameWriter(background=o.background_frames)
+    outputs.save_target_pictures(frames, target, output_dir)
 
     # 4. The model and its parameter, the camera position: the book's start, or several (--restarts);
     #    or the object's full pose (--pose 6dof), from the best views of a coarse grid.
-    hypotheses = search.start(
-        pose_mode, mesh, target, fov, init_position=init_position, restarts=restarts, iterations=iterations,
-        lr=lr, prune_schedule=prune_schedule, explore_scale=explore_scale, explore_lr_factor=explore_lr_factor,
-        refine_share=refine_share, refine_sigma=refine_sigma, lr_final_factor=lr_final_factor)
+    hypotheses = search.start_fit(o, mesh, target, fov)
     model = Model(meshes=mesh, renderer=renderers.silhouette, image_ref=target.mask, camera=hypotheses.poses)
     with torch.no_grad():
         _, image_init = model()
@@ -164,10 +127,10 @@ def fit(
     # 5. Adam until the loss is below the threshold, a picture of every step. (With several starts
     #    the schedule explores at a smaller size first: posefit.search.)
     hypotheses.prepare(model, mesh, renderers, target, lambda size: render.make_renderers(
-        device, size, rasterizer=rasterizer, fov=fov, **search.renderer_settings(pose_mode)))
+        device, size, rasterizer=o.rasterizer, fov=fov, **settings))
     optimizer = torch.optim.Adam(model.parameters(), lr=hypotheses.lr_at(0))  # lr itself with one start
-    with FitLoop(hypotheses.iterations, loss_threshold, desc="teapot", save_every=save_every,
-                 progress=progress) as loop:
+    with FitLoop(hypotheses.iterations, loss_threshold, desc="teapot", save_every=o.save_every,
+                 progress=o.progress) as loop:
         for i in loop:
             optimizer.zero_grad()
             loss, _ = model()
@@ -185,15 +148,13 @@ def fit(
             if loop.done:
                 break
 
+    # The fitted pose measured, summary.json, final.png, loss.png, the GIF.
     return outputs.finish_run(loop, renderers, mesh, hypotheses, hypotheses.target, frames, output_dir,
-                              loss_threshold=loss_threshold, settings=settings, device=device)
+                              loss_threshold=loss_threshold, settings=o.settings, device=device)
 
 
 def main() -> int:
-    parser = cli.fit_parser("Fit the camera position to a teapot silhouette (book chapter 4).",
-                            loss_threshold=500.0, output_dir=RESULTS)
-    args = cli.finish_fit_args(parser, parser.parse_args())
-    return outputs.report(fit(**cli.fit_arguments(args)), args.output_dir)
+    return cli.fit_main(cli.fit_parser(DESCRIPTION, loss_threshold=500.0, output_dir=RESULTS), fit)
 
 
 if __name__ == "__main__":

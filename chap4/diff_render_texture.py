@@ -33,7 +33,7 @@ from pytorch3d.io import load_objs_as_meshes
 from posefit import cli, data, outputs, render, search, targets
 from posefit.errors import UserError
 from posefit.frames import FrameWriter
-from posefit.run import FitLoop
+from posefit.run import FitLoop, FitOptions
 
 RESULTS = data.REPO / "result_cow"
 FRAME_PREFIXES = ["soft_silhouette_", "soft_texture_", "hard_silhouette_", "hard_texture_"]
@@ -107,64 +107,26 @@ def save_frames(frames, renderers, mesh, hypotheses, image_silhouette, image_tex
     frames.frame(outputs.numpy_image(image[0, ..., :3]), title, output_dir / f"hard_texture_{i}.png", to_gif=True)
 
 
-def fit(
-    output_dir=RESULTS,
-    iterations: int = 200,
-    lr: float = 0.05,
-    image_size: int = 256,
-    loss_threshold: float = 800.0,
-    init_position=(3.0, 6.9, 2.5),
-    target_distance: float = 3.0,
-    target_elevation: float = 50.0,
-    target_azimuth: float = 0.0,
-    weight_silhouette: float = 1.0,
-    weight_texture: float = 0.1,
-    device: str = "cpu",
-    save_every: int = 1,
-    rasterizer: str = "fast",
-    seed: int = 0,
-    settings: dict | None = None,
-    progress: bool = True,
-    background_frames: bool = True,
-    restarts: int = 1,
-    target_image=None,
-    background=None,
-    fov: float | None = None,
-    pose_mode: str = "lookat",
-    prune_schedule=search.PRUNE_SCHEDULE,
-    explore_scale: float = search.EXPLORE_SCALE,
-    explore_lr_factor: float = search.EXPLORE_LR_FACTOR,
-    refine_share: float = search.REFINE_SHARE,
-    refine_sigma: float = search.REFINE_SIGMA,
-    lr_final_factor: float = search.LR_FINAL_FACTOR,
-    explore_with_texture: bool = False,
-) -> dict:
+def fit(output_dir=RESULTS, loss_threshold: float = 800.0, weight_silhouette: float = 1.0,
+        weight_texture: float = 0.1, **options) -> dict:
     """Run the book's cow fit; return what summary.json holds.
 
-    restarts > 1 fits that many starting cameras together: they explore at
-    explore_scale of the image size and explore_lr_factor * lr, pruned as
-    prune_schedule says ((share of the iterations done, keep), ...); the last
-    refine_share of the iterations are at full size, with sigma falling to
-    refine_sigma and the learning rate to lr * lr_final_factor
-    (posefit.search.Hypotheses).
-    Unless explore_with_texture, the starts explore on the silhouette alone
-    and the colour term joins in the refinement: the soft Phong render costs
-    about four times the silhouette, and the silhouette finds the basin.
-    target_image (a path) replaces the synthesised target; the fit then runs
-    at the image's size (scaled down so that its shorter side is at most
-    image_size), on its mask and colours; a photo's colours are compared
-    after a per-channel gain and offset (posefit.targets.relight), and so
-    are an RGBA file's with pose_mode "6dof". fov: degrees across the
-    shorter side (None: the book's 60, or a photo's EXIF). pose_mode "6dof"
-    fits the object's full pose, started from a coarse grid of views
-    (posefit.initial), instead of the book's look-at camera.
+    options: posefit.run.FitOptions's keywords, the book's values by default.
+    With several starts (restarts > 1) they explore on the silhouette alone
+    and the colour term joins in the refinement (schedule {"explore_colour":
+    True} keeps it throughout): the soft Phong render costs four times the
+    silhouette's. target_image (a path) replaces the synthesised target, its
+    mask and colours; a photo's colours are compared after a per-channel gain
+    and offset (posefit.targets.relight), and so are an RGBA file's with
+    pose_mode "6dof" (the object's full pose, from a coarse grid of views).
     """
-    torch.manual_seed(seed)
-    device = torch.device(device)
+    o = FitOptions(**options)
+    torch.manual_seed(o.seed)
+    device = torch.device(o.device)
     # An observed image is read first, so that a bad one is refused before anything is written.
-    observed = targets.load_target_image(target_image, background, image_size, fov,
-                                         relight=pose_mode == "6dof") if target_image else None
-    image_size, fov = (observed.size, observed.fov) if observed else (image_size, fov or targets.DEFAULT_FOV)
+    observed = targets.load_target_image(o.target_image, o.background, o.image_size, o.fov,
+                                         relight=o.pose_mode == "6dof") if o.target_image else None
+    image_size, fov = (observed.size, observed.fov) if observed else (o.image_size, o.fov or targets.DEFAULT_FOV)
     if observed and observed.rgb is None and weight_texture:
         print(f"note: {observed.path} is a mask, with no colours to compare: fitting the silhouette only",
               file=sys.stderr)
@@ -176,24 +138,18 @@ def fit(
 
     # 2. Soft silhouette (100 faces per pixel), soft Phong (50), hard Phong.
     if device.type == "cpu":
-        render.set_cpu_threads(rasterizer)
-    renderers = render.make_renderers(device, image_size, rasterizer=rasterizer, fov=fov,
-                                      **search.renderer_settings(pose_mode, textured=True))
+        render.set_up_cpu(o.rasterizer)  # one thread; glibc keeps large blocks (process-wide)
+    settings = search.renderer_settings(o.pose_mode, textured=True)
+    renderers = render.make_renderers(device, image_size, rasterizer=o.rasterizer, fov=fov, **settings)
 
     # 3. The target: a hard Phong render, its non-white mask and its colours (or the observed image).
-    target = observed.to(device) if observed else targets.book_target(
-        renderers, mesh, target_distance, target_elevation, target_azimuth)
-    frames = FrameWriter(background=background_frames)
-    frames.frame(outputs.numpy_image(target.silhouette), "target silhouette", output_dir / "target_silhouette.png")
-    frames.frame(outputs.numpy_image(target.shown), "target", output_dir / "target_rgb.png")
+    target = targets.fit_target(o, observed, renderers, mesh)
+    frames = FrameWriter(background=o.background_frames)
+    outputs.save_target_pictures(frames, target, output_dir)
 
     # 4. The model and its parameter, the camera position: the book's start, or several (--restarts);
     #    or the object's full pose (--pose 6dof), from the best views of a coarse grid.
-    hypotheses = search.start(
-        pose_mode, mesh, target, fov, init_position=init_position, restarts=restarts, iterations=iterations,
-        lr=lr, prune_schedule=prune_schedule, explore_scale=explore_scale, explore_lr_factor=explore_lr_factor,
-        refine_share=refine_share, refine_sigma=refine_sigma, lr_final_factor=lr_final_factor,
-        explore_colour=explore_with_texture)
+    hypotheses = search.start_fit(o, mesh, target, fov, explore_colour=False)  # the colour term: see Model.use
     model = Model(meshes=mesh, renderer_silhouette=renderers.silhouette, renderer_textured=renderers.textured,
                   image_ref_silhouette=target.mask, image_ref_textured=target.colours,
                   weight_silhouette=weight_silhouette, weight_texture=weight_texture, camera=hypotheses.poses)
@@ -207,10 +163,10 @@ def fit(
     # 5. Adam until the loss is below the threshold, pictures of every step. (With several starts
     #    the schedule explores at a smaller size and on the silhouette first: posefit.search.)
     hypotheses.prepare(model, mesh, renderers, target, lambda size: render.make_renderers(
-        device, size, rasterizer=rasterizer, fov=fov, **search.renderer_settings(pose_mode, textured=True)))
+        device, size, rasterizer=o.rasterizer, fov=fov, **settings))
     optimizer = torch.optim.Adam(model.parameters(), lr=hypotheses.lr_at(0))  # lr itself with one start
-    with FitLoop(hypotheses.iterations, loss_threshold, desc="cow", save_every=save_every,
-                 progress=progress) as loop:
+    with FitLoop(hypotheses.iterations, loss_threshold, desc="cow", save_every=o.save_every,
+                 progress=o.progress) as loop:
         for i in loop:
             optimizer.zero_grad()
             loss, image_silhouette, image_textured = model()
@@ -226,7 +182,7 @@ def fit(
                 break
 
     return outputs.finish_run(loop, renderers, mesh, hypotheses, hypotheses.target, frames, output_dir,
-                              loss_threshold=loss_threshold, settings=settings, device=device)
+                              loss_threshold=loss_threshold, settings=o.settings, device=device)
 
 
 def main() -> int:
@@ -236,8 +192,7 @@ def main() -> int:
                         help="weight of the summed squared silhouette error (default 1.0)")
     parser.add_argument("--weight-texture", type=cli.non_negative_float, default=0.1,
                         help="weight of the summed squared RGB error (default 0.1)")
-    args = cli.finish_fit_args(parser, parser.parse_args())
-    return outputs.report(fit(**cli.fit_arguments(args)), args.output_dir)
+    return cli.fit_main(parser, fit)
 
 
 if __name__ == "__main__":

@@ -470,7 +470,7 @@ def track(
                                       textured_faces_per_pixel=faces_per_pixel, sigma=sigma * (128 / min(size)) ** 2,
                                       fov=fov, albedo=render.face_colours(mesh), cull_backfaces=True)
     mesh = plain
-    render.set_cpu_threads(rasterizer)
+    render.set_up_cpu(rasterizer)  # one thread; glibc keeps large blocks (process-wide)
     knobs.update(image_size=list(size), num_frames=total, device=str(device), init_pose=pose.pose_json(*init_pose),
                  truth=truth is not None, background=background)
     record = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in knobs.items()}, "frames": []}

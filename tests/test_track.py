@@ -13,7 +13,7 @@ from pytorch3d.io import load_objs_as_meshes
 from pytorch3d.transforms import axis_angle_to_matrix
 
 import track_pose
-from posefit import data, pose, render, targets
+from posefit import data, pose, render, video
 
 # Stated accuracy at 64 px over the first 8 frames of the default path (the
 # benchmark's targets, at 128 px over 60 frames, are 2 / 5 degrees and 2%).
@@ -101,7 +101,7 @@ def test_synthesised_path_keeps_to_the_stated_speeds():
 
 def test_natural_order():
     names = ["shot10.png", "shot2.png", "Shot1.png", "shot2b.png", "a.png"]
-    ordered = sorted((Path(n) for n in names), key=targets.natural_key)
+    ordered = sorted((Path(n) for n in names), key=video.natural_key)
     assert [p.name for p in ordered] == ["a.png", "Shot1.png", "shot2.png", "shot2b.png", "shot10.png"]
 
 

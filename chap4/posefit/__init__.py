@@ -10,10 +10,11 @@ From the bottom up:
 - render: the chapter's renderers (book settings), fast or stock rasterizer.
 - pose: the book's look-at camera and the 6-DoF pose as batches of parameters; R, T; pose files; errors.
 - masks: which pixels of a photo are the object (a backdrop model from the border, edges).
-- targets: what is fitted: the book's target, an image file, a tracked frame; the book's mask rule.
+- targets: what is fitted: the book's target, an image file; the book's mask rule; a photo's colours relit.
 - initial: where a 6-DoF fit starts: a coarse grid of views scored against the mask.
 - search: several hypotheses at once: starts, schedule, pruning, the best, ambiguity.
-- run: run control of a fit: progress bar, stop rule, NaN, Ctrl-C.
+- run: a fit's options (the book's defaults) and its run control: progress bar, stop rule, NaN, Ctrl-C.
+- video: the frames of a sequence to track: a folder of PNG or JPEG files, or a video file.
 - frames: the pictures, written by a background process.
 - outputs: output folder, summary.json, final.png, loss.png, the result line.
 - cli: the shared flags and their validation.

@@ -188,6 +188,14 @@ def fit_arguments(args) -> dict:
             "settings": settings_of(args)}
 
 
+def fit_main(parser: argparse.ArgumentParser, fit) -> int:
+    """A fitting script's command: parse and check the flags, fit, print the result line; the exit code."""
+    from posefit import outputs
+
+    args = finish_fit_args(parser, parser.parse_args())
+    return outputs.report(fit(**fit_arguments(args)), args.output_dir)
+
+
 def run_main(main) -> None:
     """Run a script's main(): user errors become one line on stderr and an exit code."""
     try:

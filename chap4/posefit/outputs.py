@@ -48,6 +48,12 @@ def numpy_image(image: torch.Tensor) -> np.ndarray:
     return image.detach().cpu().numpy()
 
 
+def save_target_pictures(frames, target, output_dir: Path) -> None:
+    """The book's first two pictures: the target's silhouette and the target itself."""
+    frames.frame(numpy_image(target.silhouette), "target silhouette", output_dir / "target_silhouette.png")
+    frames.frame(numpy_image(target.shown), "target", output_dir / "target_rgb.png")
+
+
 def save_loss_plot(loss_history, path: Path, threshold: float | None = None) -> None:
     import matplotlib
 

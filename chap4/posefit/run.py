@@ -3,8 +3,42 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What the two fitting scripts' fit() take besides their own knobs; the book's values are the defaults.
+
+    image_size: the render size; with target_image, the largest shorter side the image is fitted at.
+    fov: degrees across the shorter side (None: 60, or a photo's EXIF). pose_mode: "lookat" (the book's
+    camera position) or "6dof" (the object's full pose). restarts: starting poses fitted together, on
+    posefit.search.Hypotheses's schedule, whose keywords `schedule` overrides. settings: the command line's,
+    for summary.json. progress and background_frames: the progress bar, the picture writer's own process.
+    """
+
+    iterations: int = 200
+    lr: float = 0.05
+    image_size: int | tuple = 256
+    init_position: tuple = (3.0, 6.9, 2.5)
+    target_distance: float = 3.0
+    target_elevation: float = 50.0
+    target_azimuth: float = 0.0
+    device: str = "cpu"
+    save_every: int = 1
+    rasterizer: str = "fast"
+    seed: int = 0
+    restarts: int = 1
+    target_image: object = None
+    background: object = None
+    fov: float | None = None
+    pose_mode: str = "lookat"
+    schedule: dict | None = None
+    settings: dict | None = None
+    progress: bool = True
+    background_frames: bool = True
 
 
 class FitLoop:

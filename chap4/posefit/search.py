@@ -363,6 +363,14 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
                       scheduled=True, rank_with_colour=True, **schedule)
 
 
+def start_fit(options, mesh, target: targets.Target, fov: float, **schedule) -> Hypotheses:
+    """start() with a fit's options (posefit.run.FitOptions): its pose mode, start, restarts, iterations, rate,
+    and its schedule keywords over `schedule`'s."""
+    return start(options.pose_mode, mesh, target, fov, init_position=options.init_position,
+                 restarts=options.restarts, iterations=options.iterations, lr=options.lr,
+                 **{**schedule, **(options.schedule or {})})
+
+
 def keep_rows(poses: pose.PoseBatch, optimizer, rows) -> None:
     """Keep only these rows of the poses' parameters, with their optimiser state."""
     old = list(poses.parameters())

@@ -1,4 +1,4 @@
-"""What is fitted: the book's synthesised target, an observed image file, a tracked frame.
+"""What is fitted: the book's synthesised target, or an observed image file.
 
 Every target is a `Target`: the mask the silhouette term compares with (the
 book's rule for its own render: every pixel that is not pure white), the
@@ -10,7 +10,6 @@ there is one. The fitting loop consumes them all the same way.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -132,6 +131,14 @@ def book_target(renderers: render.Renderers, mesh, distance: float, elevation: f
         image, hard_mask = render.hard_render(renderers, mesh, R, T)
     return Target(kind="book", mask=book_mask(image[0]), rgb=image[0, ..., :3], shown=image[0, ..., :3],
                   silhouette=silhouette, hard_mask=hard_mask[0], R=R[0], T=T[0], camera_position=position)
+
+
+def fit_target(options, observed: Target | None, renderers: render.Renderers, mesh) -> Target:
+    """A fit's target: the observed image (moved to the mesh's device), or the book's render from
+    options.target_distance, target_elevation and target_azimuth (posefit.run.FitOptions)."""
+    if observed is not None:
+        return observed.to(mesh.device)
+    return book_target(renderers, mesh, options.target_distance, options.target_elevation, options.target_azimuth)
 
 
 # ---------------------------------------------------------------------------
@@ -297,71 +304,3 @@ def _check_mask(mask: np.ndarray, where: str, kind: str) -> None:
     if mask.mean() < MIN_OBJECT_SHARE:
         raise UserError(f"{where}: the object covers {100 * mask.mean():.3f}% of the image, less than "
                         f"{100 * MIN_OBJECT_SHARE:g}%: move closer, or crop ({rule})")
-
-
-# ---------------------------------------------------------------------------
-# Frames of a sequence (the tracker)
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class Frame:
-    index: int
-    file: str | None
-    rgb: torch.Tensor  # (H, W, 3) in [0, 1], on white
-    mask: torch.Tensor  # (H, W) bool: the object
-    truth: tuple | None = None  # (R, T) when known
-
-
-def natural_key(path: Path):
-    """frame2 before frame10: digit runs compare as numbers."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", path.name)]
-
-
-def list_frames(folder: Path) -> tuple[list[Path], tuple[int, int]]:
-    """The PNG files of `folder` in natural order, all checked to have one size."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--frames {folder}: not a folder")
-    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=natural_key)
-    if not paths:
-        raise UserError(f"--frames {folder}: no PNG frames in this folder")
-    size = None
-    for path in paths:  # the headers only: cheap, and bad files are found before any work
-        try:
-            with Image.open(path) as image:
-                this = (image.height, image.width)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise UserError(f"cannot read frame {path}: {exc}") from None
-        if size is None:
-            size = this
-        elif this != size:
-            raise UserError(
-                f"frames differ in size: {paths[0].name} is {size[1]}x{size[0]}, {path.name} is {this[1]}x{this[0]}"
-            )
-    return paths, size
-
-
-def read_frame(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGB on white (mask: non-white pixels) or RGBA (mask: alpha >= 0.5, composited on white)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            has_alpha = "A" in image.getbands() or "transparency" in image.info
-            pixels = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise UserError(f"cannot read frame {path}: {exc}") from None
-    rgb = torch.from_numpy(pixels[..., :3].copy())
-    if has_alpha:
-        alpha = torch.from_numpy(pixels[..., 3].copy())[..., None]
-        return rgb * alpha + (1 - alpha), alpha[..., 0] >= 0.5
-    return rgb, book_mask(rgb).bool()
-
-
-def folder_frames(paths, truth):
-    for i, path in enumerate(paths):
-        rgb, mask = read_frame(path)
-        yield Frame(i, str(path), rgb, mask, truth[i] if truth else None)
