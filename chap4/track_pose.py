@@ -61,6 +61,11 @@ FRAME_PREFIXES = ["overlay_"]
 OBSERVED_DIR = "observed"  # where the synthesised frames are saved, as a --frames folder
 WORKING_SIDE = 120  # frames are tracked at this shorter side at most (--image-size)
 LOSS_JUMP = 4.0  # a frame whose loss per pixel is this many times the recent median's is searched again
+# The colour term's weight. The silhouette pins the outline, but for an out-of-plane turn of a few degrees
+# it hardly changes, and a mask a pixel off (a photo's) turns the pose a little every frame; the texture's
+# patches hold the turn. Measured on the default sequence: weight 1, mean 1.20 deg (max 3.18); 16, 0.65
+# (1.83); on benchmarks/bench_tracking.py's first Mitsuba sequence, with the outline weights: 1, 10.8; 16, 5.5.
+WEIGHT_COLOUR = 16.0
 COLOUR_OUTLIER = 0.15  # the colour residual at which a pixel's weight has halved (Cauchy weights)
 
 
@@ -160,7 +165,8 @@ def save_png(pixels: np.ndarray, path: Path) -> None:
 
 
 class Observed:
-    """A frame as the fit sees it: colours (h, w, 3) on white where it is not the object, and its mask."""
+    """A frame as the fit sees it: colours (h, w, 3) on white where it is not the object, its mask, and the
+    pixels' weights (None: all count; in a photo, the mask's outline does not: masks.outline_weights)."""
 
     def __init__(self, raw: video.RawFrame, size, background=None, silhouette: torch.Tensor | None = None):
         from PIL import Image
@@ -190,6 +196,7 @@ class Observed:
             rgb = np.where(mask[..., None], rgb, 1.0)
         self.rgb = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
         self.mask = torch.from_numpy(mask.astype(np.float32))
+        self.weight = torch.from_numpy(masks.outline_weights(mask)) if self.photo else None
 
 
 # ---------------------------------------------------------------------------
@@ -209,12 +216,17 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     """
     fragments = renderers.textured.rasterizer(meshes, R=R, T=T)
     silhouette = renderers.silhouette.shader(fragments, meshes, R=R, T=T)[..., 3]
-    loss = ((silhouette - frame.mask) ** 2).sum(dim=(1, 2))
+    error = (silhouette - frame.mask) ** 2
+    if frame.weight is not None:
+        error = error * frame.weight
+    loss = error.sum(dim=(1, 2))
     if weight_colour:
         colour = renderers.textured.shader(fragments, meshes, R=R, T=T)[..., :3]
         residual = targets.relight(colour, frame.rgb, frame.mask) - frame.rgb
         with torch.no_grad():
             weight = 1.0 / (1.0 + (residual.norm(dim=-1, keepdim=True) / COLOUR_OUTLIER) ** 2)
+            if frame.weight is not None:
+                weight = weight * frame.weight[..., None]
         loss = loss + weight_colour * (weight * residual**2).sum(dim=(1, 2, 3))
     if prior is not None:
         loss = loss + prior()
@@ -405,7 +417,7 @@ def track(
     start_iterations: int | None = None,
     lr: float = 0.008,
     lr_end: float = 0.2,
-    weight_colour: float = 1.0,
+    weight_colour: float = WEIGHT_COLOUR,
     faces_per_pixel: int = 8,
     sigma: float = 5e-6,
     extrapolate: float = 1.0,
@@ -615,8 +627,8 @@ def main() -> int:
         help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.008)")
     add("--faces-per-pixel", type=cli.positive_int, default=8,
         help="faces blended per pixel by the soft renderers (default 8)")
-    add("--weight-colour", type=cli.non_negative_float, default=1.0,
-        help="weight of the colour error against the silhouette's (default 1.0)")
+    add("--weight-colour", type=cli.non_negative_float, default=WEIGHT_COLOUR,
+        help=f"weight of the colour error against the silhouette's (default {WEIGHT_COLOUR:g})")
     add("--background", nargs=3, type=cli.byte, default=None, metavar=("R", "G", "B"),
         help="the backdrop's colour in the frames, 0-255 (default: learnt from each frame's border)")
     add("--lost-iou", type=cli.non_negative_float, default=0.85,

@@ -241,3 +241,22 @@ def test_a_frame_that_cannot_be_decoded_is_skipped_and_tracking_goes_on(tmp_path
     pose.check_pose(skipped["R"], skipped["T"], "skipped frame")  # the prediction: a valid pose
     check_accuracy([f for f in record["frames"] if not f.get("skipped")])
     assert "1 skipped" in result.stdout
+
+
+def test_a_photo_frame_leaves_its_outline_out_and_a_render_does_not():
+    # A noisy frame (a photo): the pixels on the mask's outline weigh nothing, those a pixel further in and
+    # out count fully. A clean render's mask is exact: every pixel counts.
+    rng = np.random.default_rng(0)
+    pixels = np.full((40, 50, 3), (180, 90, 60), np.float32)
+    pixels[10:30, 15:35] = (240, 240, 240)
+    noisy = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+    frame = track_pose.Observed(video.RawFrame(0, None, noisy), (40, 50))
+    assert frame.photo and frame.weight is not None
+    mask = frame.mask.numpy() > 0.5
+    weight = frame.weight.numpy()
+    assert mask[12:28, 17:33].all() and not mask[:8].any()
+    edge = mask & ~np.roll(mask, 1, axis=0)  # the top row of the object
+    assert (weight[edge] == 0).all() and (weight[np.roll(edge, -1, axis=0)] == 0).all()
+    assert weight[20, 25] == 1 and weight[2, 2] == 1
+    clean = track_pose.Observed(video.RawFrame(0, None, pixels.astype(np.uint8)), (40, 50))
+    assert not clean.photo and clean.weight is None
