@@ -312,6 +312,19 @@ def recentre(T: torch.Tensor, silhouette: torch.Tensor, mask: torch.Tensor, fov:
                         torch.tensor(depth, dtype=T.dtype)])
 
 
+class Stopwatch:
+    """Seconds per stage of one frame, for tracking.json's "timing" (where a frame's time goes)."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = self.laps.get(stage, 0.0) + now - self.last
+        self.last = now
+
+
 def hard_silhouette(renderers, mesh, R, T) -> torch.Tensor:
     """The hard silhouette (one face per pixel, no blur) of one pose: the IoU's, the overlay's, and where the
     next frame's object is looked for."""
@@ -497,10 +510,12 @@ def track(
     stopped = "done"
     bar = tqdm(total=total, disable=not progress, desc="tracking", unit="frame")
     try:
+        clock = Stopwatch()  # where each frame's time goes, from the end of the last frame
         for raw in source:
             if raw.index >= total:
                 break
             frame_started = time.perf_counter()
+            clock.lap("read")  # decoding the frame
             R_start, T_start = predict(history, extrapolate) if len(history) >= 2 else (
                 history[-1] if history else init)
             if raw.pixels is None:  # undecodable: keep the prediction, say so, carry on
@@ -510,16 +525,19 @@ def track(
                 record["frames"].append(entry)
                 outputs.write_json_atomic(output_dir / "tracking.json", record)
                 bar.update(1)
+                clock = Stopwatch()
                 continue
             if silhouette is None:  # no fitted silhouette to look near: the start's
                 silhouette = hard_silhouette(renderers, mesh, R_start[None], T_start[None])
             frame = Observed(raw, size, background, silhouette)
+            clock.lap("mask")
             if len(history) >= 1:  # move the start onto the object's centroid and size in this frame
                 T_start = recentre(T_start, predicted_silhouette(renderers, mesh, R_start, T_start), frame.mask, fov)
             steps = iterations if len(history) >= 2 else start_iterations
             R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
                                    lr_end=lr_end, weight_colour=weight_colour,
                                    prior_weight=prior_weight if len(history) >= 2 else 0.0)
+            clock.lap("fit")
             silhouette = hard_silhouette(renderers, mesh, R, T)
             iou = pose.silhouette_iou(silhouette, frame.mask)
             per_pixel = float(loss[0]) / frame.mask.numel()
@@ -536,10 +554,12 @@ def track(
                 lost = iou < lost_iou
                 steps += search_iterations + 2 * start_iterations
                 history, recent_loss = [], []  # the motion before a jump says nothing about the motion after it
+                clock.lap("search")
             if not lost:
                 last_good = (R[0], T[0])
                 recent_loss = (recent_loss + [per_pixel])[-10:]
             history = (history + [(R[0], T[0])])[-2:]
+            clock.lap("check")
 
             entry = {"index": raw.index, "file": raw.file, **pose.pose_json(R[0], T[0]), "iou": iou,
                      "iterations": steps, "seconds": time.perf_counter() - frame_started, "recovered": recovered,
@@ -552,14 +572,18 @@ def track(
                 entry["distance"] = float(torch.linalg.norm(T_true))
                 entry.update({f"true_{k}": v for k, v in pose.pose_json(R_true, T_true).items()})
                 title += f", {entry['rotation_error_deg']:.1f} deg off"
-            record["frames"].append(entry)
-            outputs.write_json_atomic(output_dir / "tracking.json", record)
             if pictures is not None:
                 picture = overlay(frame.original, silhouette)
                 pictures.frame(picture, title + (" (searched)" if recovered else ""),
                                output_dir / f"overlay_{raw.index}.png", to_gif=True)
                 if movie is not None:
                     movie.append(picture)
+            clock.lap("pictures")
+            record["frames"].append(entry)
+            outputs.write_json_atomic(output_dir / "tracking.json", record)
+            clock.lap("record")
+            entry["timing"] = clock.laps  # seconds per stage, written with the next frame's and at the end
+            clock = Stopwatch()
             bar.update(1)
             bar.set_postfix(iou=f"{iou:.3f}", **({"deg": f"{entry['rotation_error_deg']:.2f}"} if truth else {}))
     except KeyboardInterrupt:
@@ -573,6 +597,8 @@ def track(
                 print(f"warning: a picture could not be written: {message}", file=sys.stderr)
     if movie:
         video.write_mp4(movie, output_dir / "tracking.mp4", fps=source.fps)
+    if record["frames"]:
+        outputs.write_json_atomic(output_dir / "tracking.json", record)  # the last frame's timing
     if record["frames"] and save_overlays:
         save_path_plot(record["frames"], output_dir / "path.png")
     return dict(record, stopped=stopped, seconds=time.perf_counter() - started)
