@@ -496,6 +496,8 @@ def track(
                                       fov=fov, albedo=render.face_colours(mesh), cull_backfaces=True)
     mesh = plain
     render.set_up_cpu(rasterizer)  # one thread; glibc keeps large blocks (process-wide)
+    # torch's first optimizer imports torch._dynamo (about 2 s): at start-up, not in frame 0's time.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     knobs.update(image_size=list(size), num_frames=total, device=str(device), init_pose=pose.pose_json(*init_pose),
                  truth=truth is not None, background=background)
     record = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in knobs.items()}, "frames": []}
@@ -547,12 +549,12 @@ def track(
                 recovered = True
                 frame, R, T, _ = reacquire(renderers, mesh, raw, size, background, fov, [last_good, (R[0], T[0])],
                                               degrees=search_degrees, starts=search_starts,
-                                              iterations=search_iterations, final_iterations=2 * start_iterations,
+                                              iterations=search_iterations, final_iterations=start_iterations,
                                               lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour)
                 silhouette = hard_silhouette(renderers, mesh, R, T)
                 iou = pose.silhouette_iou(silhouette, frame.mask)
                 lost = iou < lost_iou
-                steps += search_iterations + 2 * start_iterations
+                steps += search_iterations + start_iterations
                 history, recent_loss = [], []  # the motion before a jump says nothing about the motion after it
                 clock.lap("search")
             if not lost:
