@@ -8,7 +8,9 @@ Every case runs a script as a user would (a child process, the command line,
 results in a temporary folder) and keeps what the fit computed, not how long
 it took. The recording, benchmarks/behaviour_reference.json, was first made
 at the commit before the pose library replaced posefit.py, so the comparison
-says whether a refactoring changed behaviour:
+says whether a refactoring changed behaviour (a case re-recorded since,
+because its behaviour was changed on purpose, is named with the reason in
+the recording's "rerecorded"):
 
 - default runs of both scripts (book settings): iterations, stop reason,
   final loss, final camera;
