@@ -440,7 +440,7 @@ def track(
     lost_iou: float = 0.85,
     search_degrees: float = 45.0,
     search_starts: int = 4,
-    search_iterations: int = 10,
+    search_iterations: int = 6,
     device: str = "cpu",
     rasterizer: str = "fast",
     seed: int = 0,
