@@ -21,7 +21,8 @@ t-1's estimate carried forward with the last velocity:
    6-DoF pose), scored by the summed squared silhouette error, the colour
    error after the frame's own gain and offset (a photo's light is not the
    renderer's), each pixel weighted down the more it disagrees (something in
-   front of the object), and a small pull towards the prediction;
+   front of the object), in a photo the mask's outline left out (it is a
+   pixel off there), and a small pull towards the prediction;
 4. check the fit: when its silhouette covers less than --lost-iou of the
    mask (IoU), or its loss jumps, the frame is searched again with the 6-DoF
    initialisation of posefit.initial, limited to views near the last good
