@@ -205,6 +205,14 @@ def outline_weights(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return (~band).astype(np.float32)
 
 
+def _nearest_squared_distance(points: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """Each point's squared distance to its nearest sample, as |p|^2 + |s|^2 - 2 p.s (one matrix product
+    instead of a (points, samples, 3) array; in float64, so the rounding stays far below the colours' noise)."""
+    samples = samples.astype(np.float64)
+    squared = (points**2).sum(1)[:, None] + (samples**2).sum(1)[None] - 2.0 * points @ samples.T
+    return np.maximum(squared.min(1), 0.0)
+
+
 def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: float = 0.12,
                            background_mask: np.ndarray | None = None, samples: int = 400) -> np.ndarray:
     """The object's pixels found around a fitted (or predicted) silhouette.
@@ -238,9 +246,9 @@ def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: floa
     object_colours, background_colours = sample(inside), sample(ring if ring.any() else outside)
     mask = inside.copy()
     if band.any() and len(background_colours):
-        colours = smooth[band]
-        nearest_object = ((colours[:, None] - object_colours[None]) ** 2).sum(-1).min(1)
-        nearest_background = ((colours[:, None] - background_colours[None]) ** 2).sum(-1).min(1)
+        colours = smooth[band].astype(np.float64)
+        nearest_object = _nearest_squared_distance(colours, object_colours)
+        nearest_background = _nearest_squared_distance(colours, background_colours)
         # The prior: where the silhouette says object, the background must be clearly nearer, and back.
         bias = np.where(silhouette[band], PRIOR_ODDS, 1.0 / PRIOR_ODDS)
         mask[band] = nearest_object < bias * nearest_background
