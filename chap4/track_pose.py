@@ -295,10 +295,6 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     return frame, R, T, silhouette
 
 
-def predicted_silhouette(renderers, mesh, R, T) -> torch.Tensor:
-    return hard_silhouette(renderers, mesh, R[None], T[None])
-
-
 def recentre(T: torch.Tensor, silhouette: torch.Tensor, mask: torch.Tensor, fov: float) -> torch.Tensor:
     """T moved so that the silhouette's centroid and area become the mask's: the camera's pan and its
     approach, read off the image at once instead of crawled to by gradient steps."""
@@ -535,7 +531,8 @@ def track(
             frame = Observed(raw, size, background, silhouette)
             clock.lap("mask")
             if len(history) >= 1:  # move the start onto the object's centroid and size in this frame
-                T_start = recentre(T_start, predicted_silhouette(renderers, mesh, R_start, T_start), frame.mask, fov)
+                T_start = recentre(T_start, hard_silhouette(renderers, mesh, R_start[None], T_start[None]),
+                                   frame.mask, fov)
             steps = iterations if len(history) >= 2 else start_iterations
             R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
                                    lr_end=lr_end, weight_colour=weight_colour,

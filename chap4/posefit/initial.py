@@ -58,13 +58,23 @@ def moments(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centroid, count * (2.0 / min(H, W)) ** 2
 
 
-def view_directions(n: int) -> torch.Tensor:
-    """n unit vectors evenly over the whole sphere (a Fibonacci lattice)."""
+def fibonacci_directions(n: int, margin_deg: float = 0.0) -> np.ndarray:
+    """n unit vectors spread evenly over the sphere (+Y up), none within margin_deg of +-Y.
+
+    The Fibonacci lattice: equal steps in height, the golden angle between
+    neighbours in azimuth; its heights are squeezed into the band that keeps
+    the margin from both poles.
+    """
     k = np.arange(n) + 0.5
-    y = 1.0 - 2.0 * k / n
+    y = math.cos(math.radians(margin_deg)) * (1.0 - 2.0 * k / n)
     ring = np.sqrt(1.0 - y * y)
     azimuth = k * math.pi * (3.0 - math.sqrt(5.0))
-    return torch.tensor(np.stack([ring * np.sin(azimuth), y, ring * np.cos(azimuth)], 1), dtype=torch.float32)
+    return np.stack([ring * np.sin(azimuth), y, ring * np.cos(azimuth)], axis=1)
+
+
+def view_directions(n: int) -> torch.Tensor:
+    """n unit vectors evenly over the whole sphere (the Fibonacci lattice, no margin)."""
+    return torch.tensor(fibonacci_directions(n), dtype=torch.float32)
 
 
 def roll_matrices(angles: torch.Tensor) -> torch.Tensor:

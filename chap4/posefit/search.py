@@ -75,20 +75,6 @@ MIN_DEPTH_RADII = 1.2
 REFINE_MASK_MIN_IOU = 0.75  # a photo's mask is redone around the best pose only if that pose fits it this well
 
 
-def fibonacci_directions(n: int, margin_deg: float = UP_AXIS_MARGIN_DEG) -> np.ndarray:
-    """n unit vectors spread evenly over the sphere (+Y up), none within margin_deg of +-Y.
-
-    The Fibonacci lattice: equal steps in height, the golden angle between
-    neighbours in azimuth; its heights are squeezed into the band that keeps
-    the margin from both poles.
-    """
-    k = np.arange(n) + 0.5
-    y = math.cos(math.radians(margin_deg)) * (1.0 - 2.0 * k / n)
-    ring = np.sqrt(1.0 - y * y)
-    azimuth = k * math.pi * (3.0 - math.sqrt(5.0))
-    return np.stack([ring * np.sin(azimuth), y, ring * np.cos(azimuth)], axis=1)
-
-
 def starting_positions(init_position, n: int) -> list[list[float]]:
     """Hypothesis 0 is init_position; the other n - 1 lie at its distance on the lattice.
 
@@ -99,7 +85,7 @@ def starting_positions(init_position, n: int) -> list[list[float]]:
     starts = [[float(v) for v in init]]
     if n > 1:
         distance = float(np.linalg.norm(init))
-        lattice = fibonacci_directions(n)
+        lattice = initial.fibonacci_directions(n, UP_AXIS_MARGIN_DEG)
         nearest = int(np.argmax(lattice @ (init / distance)))
         starts += [[float(v) for v in p * distance] for p in np.delete(lattice, nearest, axis=0)]
     return starts
