@@ -40,9 +40,11 @@ returns them).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,7 @@ FRAME_PREFIXES = ["overlay_"]
 OBSERVED_DIR = "observed"  # where the synthesised frames are saved, as a --frames folder
 WORKING_SIDE = 120  # frames are tracked at this shorter side at most (--image-size)
 LOSS_JUMP = 4.0  # a frame whose loss per pixel is this many times the recent median's is searched again
+RECORD_EVERY_S = 1.0  # tracking.json is rewritten at most this often while tracking (and at the end)
 # The colour term's weight. The silhouette pins the outline, but for an out-of-plane turn of a few degrees
 # it hardly changes, and a mask a pixel off (a photo's) turns the pose a little every frame; the texture's
 # patches hold the turn. Measured on the default sequence: weight 1, mean 1.20 deg (max 3.18); 16, 0.65
@@ -165,33 +168,55 @@ def save_png(pixels: np.ndarray, path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class Prepared:
+    """What a frame's mask needs that does not depend on the pose: its pixels at the working size, whether it
+    is a photo, and (for a photo) the backdrop model's sure background. Made ahead, in the read-ahead thread."""
+
+    raw: video.RawFrame
+    values: np.ndarray | None  # (h, w, 3 or 4) float32 in [0, 1]; None: the frame could not be decoded
+    photo: bool = False
+    background_mask: np.ndarray | None = None
+
+
+def prepare(raw: video.RawFrame, size, background=None) -> Prepared:
+    """The frame scaled to the working size and, for a photo, its backdrop model (masks.backdrop)."""
+    from PIL import Image
+
+    if raw.pixels is None:
+        return Prepared(raw, None)
+    pixels = raw.pixels
+    H, W = size
+    if pixels.shape[:2] != (H, W):
+        mode = "RGBa" if pixels.shape[-1] == 4 else "RGB"
+        image = Image.fromarray(pixels, "RGBA" if mode == "RGBa" else "RGB").convert(mode)
+        pixels = np.asarray(image.resize((W, H), Image.Resampling.BOX).convert(mode.upper()))
+    values = pixels.astype(np.float32) / 255.0
+    if values.shape[-1] == 4 or not masks.is_photo(values):
+        return Prepared(raw, values)
+    return Prepared(raw, values, True, masks.backdrop(values, background)[0])
+
+
 class Observed:
     """A frame as the fit sees it: colours (h, w, 3) on white where it is not the object, its mask, and the
-    pixels' weights (None: all count; in a photo, the mask's outline does not: masks.outline_weights)."""
+    pixels' weights (None: all count; in a photo, the mask's outline does not: masks.outline_weights).
+    frame: a RawFrame, or the Prepared one."""
 
-    def __init__(self, raw: video.RawFrame, size, background=None, silhouette: torch.Tensor | None = None):
-        from PIL import Image
-
-        pixels = raw.pixels
-        H, W = size
-        if pixels.shape[:2] != (H, W):
-            mode = "RGBa" if pixels.shape[-1] == 4 else "RGB"
-            image = Image.fromarray(pixels, "RGBA" if mode == "RGBa" else "RGB").convert(mode)
-            pixels = np.asarray(image.resize((W, H), Image.Resampling.BOX).convert(mode.upper()))
-        values = pixels.astype(np.float32) / 255.0
-        self.original, self.photo = raw.pixels[..., :3], False
+    def __init__(self, frame, size, background=None, silhouette: torch.Tensor | None = None):
+        prepared = frame if isinstance(frame, Prepared) else prepare(frame, size, background)
+        values = prepared.values
+        self.original, self.photo = prepared.raw.pixels[..., :3], prepared.photo
         if values.shape[-1] == 4:  # a cut-out: alpha is the mask, composited on white
             alpha = values[..., 3:]
             rgb, mask = values[..., :3] * alpha + (1 - alpha), alpha[..., 0] >= 0.5
         else:
             rgb = values
-            self.photo = masks.is_photo(rgb)
             if not self.photo:
                 mask = masks.clean_render_mask(rgb, background)
             elif silhouette is not None:
                 # Where the object was predicted to be: edges decide near its outline.
                 mask = masks.refine_with_silhouette(rgb, silhouette.cpu().numpy(),
-                                                    background_mask=masks.backdrop(rgb, background)[0])
+                                                    background_mask=prepared.background_mask)
             else:
                 mask = masks.photo_mask(rgb, background)
             rgb = np.where(mask[..., None], rgb, 1.0)
@@ -216,7 +241,7 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     loss per pose and the soft silhouettes.
     """
     fragments = renderers.textured.rasterizer(meshes, R=R, T=T)
-    silhouette = renderers.silhouette.shader(fragments, meshes, R=R, T=T)[..., 3]
+    silhouette = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
     error = (silhouette - frame.mask) ** 2
     if frame.weight is not None:
         error = error * frame.weight
@@ -501,20 +526,23 @@ def track(
     outputs.write_json_atomic(output_dir / "tracking.json", record)
 
     # 3. Frame by frame: predict, find the object, fit, check, search again if lost, record.
-    pictures = FrameWriter(background=background_frames) if save_overlays else None
+    pictures = FrameWriter(background=background_frames, captions="plain") if save_overlays else None
     movie = [] if (save_overlays and video_path is not None) else None
     init = tuple(p.to(device) for p in init_pose)
     history, last_good, recent_loss = [], init, []  # estimates since the start or a search; per-pixel losses
     silhouette = None  # the last fitted silhouette, where the next frame's object is looked for
     stopped = "done"
     bar = tqdm(total=total, disable=not progress, desc="tracking", unit="frame")
+    # The next frames are read, scaled and their backdrops found in a background thread, while this one is
+    # fitted; only the mask's last step, around the predicted silhouette, waits for the prediction.
+    ahead = video.read_ahead(itertools.islice(source, total), lambda raw: prepare(raw, size, background))
+    written = time.perf_counter()  # when tracking.json was last written
     try:
         clock = Stopwatch()  # where each frame's time goes, from the end of the last frame
-        for raw in source:
-            if raw.index >= total:
-                break
+        for prepared in ahead:
+            raw = prepared.raw
             frame_started = time.perf_counter()
-            clock.lap("read")  # decoding the frame
+            clock.lap("read")  # waiting for the frame (decoded and prepared in the background)
             R_start, T_start = predict(history, extrapolate) if len(history) >= 2 else (
                 history[-1] if history else init)
             if raw.pixels is None:  # undecodable: keep the prediction, say so, carry on
@@ -528,7 +556,7 @@ def track(
                 continue
             if silhouette is None:  # no fitted silhouette to look near: the start's
                 silhouette = hard_silhouette(renderers, mesh, R_start[None], T_start[None])
-            frame = Observed(raw, size, background, silhouette)
+            frame = Observed(prepared, size, background, silhouette)
             clock.lap("mask")
             if len(history) >= 1:  # move the start onto the object's centroid and size in this frame
                 T_start = recentre(T_start, hard_silhouette(renderers, mesh, R_start[None], T_start[None]),
@@ -545,7 +573,7 @@ def track(
             recovered = lost = False
             if iou < lost_iou or jumped or not math.isfinite(per_pixel):
                 recovered = True
-                frame, R, T, _ = reacquire(renderers, mesh, raw, size, background, fov, [last_good, (R[0], T[0])],
+                frame, R, T, _ = reacquire(renderers, mesh, prepared, size, background, fov, [last_good, (R[0], T[0])],
                                               degrees=search_degrees, starts=search_starts,
                                               iterations=search_iterations, final_iterations=start_iterations,
                                               lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour)
@@ -580,7 +608,9 @@ def track(
                     movie.append(picture)
             clock.lap("pictures")
             record["frames"].append(entry)
-            outputs.write_json_atomic(output_dir / "tracking.json", record)
+            if time.perf_counter() - written >= RECORD_EVERY_S:  # the whole record each time: not every frame
+                outputs.write_json_atomic(output_dir / "tracking.json", record)
+                written = time.perf_counter()
             clock.lap("record")
             entry["timing"] = clock.laps  # seconds per stage, written with the next frame's and at the end
             clock = Stopwatch()
@@ -589,6 +619,7 @@ def track(
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
+        ahead.close()
         bar.close()
         if pictures is not None:
             if record["frames"]:

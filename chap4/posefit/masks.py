@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 from scipy.cluster.vq import kmeans2
+from scipy.spatial import cKDTree
 from skimage import filters, measure, morphology, segmentation
 
 BORDER_BAND = 0.03  # the band along the image border that shows the backdrop, as a share of the shorter side
@@ -206,11 +207,9 @@ def outline_weights(mask: np.ndarray, width: int = 1) -> np.ndarray:
 
 
 def _nearest_squared_distance(points: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """Each point's squared distance to its nearest sample, as |p|^2 + |s|^2 - 2 p.s (one matrix product
-    instead of a (points, samples, 3) array; in float64, so the rounding stays far below the colours' noise)."""
-    samples = samples.astype(np.float64)
-    squared = (points**2).sum(1)[:, None] + (samples**2).sum(1)[None] - 2.0 * points @ samples.T
-    return np.maximum(squared.min(1), 0.0)
+    """Each point's squared distance to its nearest sample (scipy's k-d tree, in float64)."""
+    distance, _ = cKDTree(samples.astype(np.float64)).query(points, k=1)
+    return distance**2
 
 
 def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: float = 0.12,

@@ -5,7 +5,8 @@ thousand filled entries) the vectorised torch form of the same work spent
 its time in the overhead of a few hundred small tensor operations, not in
 arithmetic. A loop compiled once does the same float32 arithmetic, in the
 same order, as fast_raster's torch formulas (and PyTorch3D's C++ kernel),
-without that overhead. fast_raster.py owns the interface, the per-face
+without that overhead. The loops release the GIL (nogil), so a tracker's
+read-ahead thread runs beside them. fast_raster.py owns the interface, the per-face
 terms and the validation; this module only fills the output arrays.
 
 Every formula is written operation by operation in float32 (numba keeps
@@ -34,7 +35,7 @@ def _segment_dist2(px, py, ax, ay, dx, dy, l2_guarded):
     return qx * qx + qy * qy
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _first_at_least(centres, value):
     """torch.searchsorted(centres, value): the first index whose centre is >= value (len when none)."""
     lo, hi = 0, len(centres)
@@ -47,7 +48,7 @@ def _first_at_least(centres, value):
     return lo
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _first_above(centres, value):
     """torch.searchsorted(centres, value, right=True): the first index whose centre is > value."""
     lo, hi = 0, len(centres)
@@ -60,7 +61,7 @@ def _first_above(centres, value):
     return lo
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective_correct,
               clip_barycentric_coords, cull_backfaces, pix_to_face, zbuf, bary, dists, filled):
     """Every face against the pixel centres in its blur-expanded box; the K nearest kept per pixel.
@@ -176,7 +177,7 @@ def rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective
                     filled[p] = count + 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def filled_entries(pix_to_face, filled):
     """The flat (pixel, k) index of every filled entry, in that order, and its face."""
     K = pix_to_face.shape[1]
@@ -204,7 +205,7 @@ def _edge_grad(g, px, py, ax, ay, bx, by, grad, a, b):
     grad[b, 1] += g * (px - ax)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def rasterize_backward(face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary,
                        perspective_correct, clip_barycentric_coords, grad_face_verts):
     """Add the gradient of sum(g_zbuf * zbuf + g_dists * dists + g_bary * bary) to grad_face_verts (F, 3, 3).

@@ -19,6 +19,7 @@ from pytorch3d.renderer import (
     SoftSilhouetteShader,
     TexturesUV,
 )
+from pytorch3d.renderer.blending import sigmoid_alpha_blend
 
 from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse
 from posefit.sparse_shading import SparseSoftPhongShader
@@ -187,6 +188,14 @@ def hard_render(renderers: Renderers, mesh, R, T):
 # ---------------------------------------------------------------------------
 # Albedo per face: a cheap colour for tracking
 # ---------------------------------------------------------------------------
+
+
+def soft_silhouette(fragments, blend_params: BlendParams) -> torch.Tensor:
+    """The soft silhouette (N, H, W) of SoftSilhouetteShader, the same numbers, without the (N, H, W, K, 3)
+    tensor of ones it makes for colours nobody reads (a tracker's step spends a millisecond on those)."""
+    N, H, W, K = fragments.pix_to_face.shape
+    ones = torch.ones((), device=fragments.dists.device).expand(N, H, W, K, 3)
+    return sigmoid_alpha_blend(ones, fragments, blend_params)[..., 3]
 
 
 def face_colours(mesh) -> torch.Tensor:

@@ -140,3 +140,49 @@ def write_mp4(frames, path, fps: float) -> None:
         for frame in frames:
             writer.append_data(frame)
     os.replace(tmp, path)
+
+
+def read_ahead(items, work, depth: int = 2):
+    """work(item) for each item, computed in a background thread up to `depth` items ahead.
+
+    Decoding the next frame and finding its backdrop then overlap the fit of
+    this one on a second core (PIL, ffmpeg's pipe, numpy and scipy release the
+    GIL for their work, as do torch and the compiled rasterizer). An exception
+    in the thread is raised here, at the item where it happened. Close the
+    generator (contextlib.closing) to stop the thread early.
+    """
+    import queue
+    import threading
+
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                results.put((work(item), None))
+            results.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            results.put((None, exc))
+
+    thread = threading.Thread(target=run, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value, exc = results.get()
+            if exc is not None:
+                raise exc
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # empty the queue so that a blocked put returns and the thread sees stop
+            try:
+                results.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
