@@ -140,6 +140,10 @@ def fit(output_dir=RESULTS, loss_threshold: float = 800.0, weight_silhouette: fl
     if device.type == "cpu":
         render.set_up_cpu(o.rasterizer)  # one thread; glibc keeps large blocks (process-wide)
     settings = search.renderer_settings(o.pose_mode, textured=True)
+    if observed and observed.relit:
+        # A photo's light is not the renderer's: its colours are compared after their own gain and offset,
+        # against one albedo per face (the texture, unlit), blended on the covered pixels only.
+        settings["albedo"] = render.face_colours(mesh)
     renderers = render.make_renderers(device, image_size, rasterizer=o.rasterizer, fov=fov, **settings)
 
     # 3. The target: a hard Phong render, its non-white mask and its colours (or the observed image).

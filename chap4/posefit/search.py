@@ -64,7 +64,7 @@ AMBIGUOUS_MIN_IOU = 0.5  # if it fits at all: two poses that both miss the targe
 # at half size, prune to 2, refine at full size with the sharpening sigma and falling rate), in fewer
 # iterations: the grid starts each hypothesis within about 15 degrees of a basin. The rate is a fifth
 # of --lr: radians of rotation and mesh units of translation per step (0.01 by default).
-SIX_DOF_ITERATIONS = 100
+SIX_DOF_ITERATIONS = 200
 SIX_DOF_LR_SHARE = 0.2
 SIX_DOF_FACES_PER_PIXEL = 30  # the soft renderers' faces per pixel: sharper edges need fewer than the book's 100
 # A hypothesis's centre stays at least MIN_DEPTH_VIEW bounding radii / tan(fov / 2) in front of the camera
