@@ -260,3 +260,44 @@ def test_a_photo_frame_leaves_its_outline_out_and_a_render_does_not():
     assert weight[20, 25] == 1 and weight[2, 2] == 1
     clean = track_pose.Observed(video.RawFrame(0, None, pixels.astype(np.uint8)), (40, 50))
     assert not clean.photo and clean.weight is None
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_when_closed():
+    import threading
+
+    assert list(video.read_ahead(range(7), lambda i: i * i)) == [i * i for i in range(7)]
+
+    def work(i):
+        if i == 3:
+            raise ValueError("frame 3 is bad")
+        return i
+
+    seen = []
+    with pytest.raises(ValueError, match="frame 3 is bad"):
+        for value in video.read_ahead(range(10), work):
+            seen.append(value)
+    assert seen == [0, 1, 2]
+
+    started = threading.active_count()
+    reads = []
+    ahead = video.read_ahead(iter(range(1000)), lambda i: reads.append(i) or i, depth=2)
+    assert next(ahead) == 0
+    ahead.close()  # a tracker that stops early: the thread ends, and reads stop a few items ahead
+    assert threading.active_count() <= started
+    assert len(reads) <= 5
+
+
+def test_tracker_overlays_are_captioned_at_their_own_size(tmp_path):
+    from posefit.frames import FrameWriter
+
+    writer = FrameWriter(background=False, captions="plain")
+    picture = np.zeros((30, 40, 3), np.uint8)
+    writer.frame(picture, "frame 0: IoU 0.900", tmp_path / "overlay_0.png", to_gif=True)
+    writer.gif(tmp_path / "tracking.gif")
+    assert writer.close() == []
+    saved = np.asarray(Image.open(tmp_path / "overlay_0.png").convert("RGB"))
+    strip = saved.shape[0] - 30
+    assert saved.shape[1] == 40 and strip > 0
+    assert (saved[strip:] == 0).all()  # the picture itself, untouched, under the caption
+    assert (saved[:strip] < 128).any() and (saved[:strip] == 255).any()  # dark text on white
+    assert (tmp_path / "tracking.gif").exists()
