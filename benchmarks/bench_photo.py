@@ -1,6 +1,6 @@
 """Full 6-DoF pose from one photograph: photo-like stand-ins rendered by Mitsuba 3, fitted as the README says.
 
-    python benchmarks/bench_photo.py --seed 1                    # render 24 cases, fit each, print the table
+    python benchmarks/bench_photo.py --seed 2                    # render 24 cases, fit each, print the table
     python benchmarks/bench_photo.py --seed 0 --render-only --cases /tmp/photos0   # only render (Mitsuba)
     python benchmarks/bench_photo.py --cases /tmp/photos0 --only 3 7               # fit cases already rendered
 
@@ -13,7 +13,8 @@ degrees, 240x180 to 256x192 pixels, sensor noise and JPEG for most, about one
 in six an RGBA cut-out, up to a quarter with an object in front hiding up to
 a quarter of the silhouette. Mitsuba (`pip install mitsuba`, variant
 scalar_rgb) is needed to render, not to fit; it is not a dependency of the
-project. Tuning used seed 0; the README reports seed 1.
+project. Tuning used seed 0; the README reports seed 2 (seed 1, the report
+before, was looked at to design the twin step, so it is no longer clean).
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):
@@ -139,7 +140,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=1, help="the cases' seed (default 1; tuning used 0)")
+    parser.add_argument("--seed", type=int, default=2, help="the cases' seed (default 2, the report; tuning used 0)")
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--cases", type=Path, help="folder of rendered cases (made if missing; default: temporary)")
     parser.add_argument("--render-only", action="store_true")
