@@ -171,12 +171,13 @@ def save_png(pixels: np.ndarray, path: Path) -> None:
 @dataclass
 class Prepared:
     """What a frame's mask needs that does not depend on the pose: its pixels at the working size, whether it
-    is a photo, and (for a photo) the backdrop model's sure background. Made ahead, in the read-ahead thread."""
+    is a photo, and (for a photo) the backdrop model (masks.backdrop: sure background, sure object). Made
+    ahead, in the read-ahead thread."""
 
     raw: video.RawFrame
     values: np.ndarray | None  # (h, w, 3 or 4) float32 in [0, 1]; None: the frame could not be decoded
     photo: bool = False
-    background_mask: np.ndarray | None = None
+    backdrop: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def prepare(raw: video.RawFrame, size, background=None) -> Prepared:
@@ -194,7 +195,7 @@ def prepare(raw: video.RawFrame, size, background=None) -> Prepared:
     values = pixels.astype(np.float32) / 255.0
     if values.shape[-1] == 4 or not masks.is_photo(values):
         return Prepared(raw, values)
-    return Prepared(raw, values, True, masks.backdrop(values, background)[0])
+    return Prepared(raw, values, True, masks.backdrop(values, background))
 
 
 class Observed:
@@ -216,9 +217,9 @@ class Observed:
             elif silhouette is not None:
                 # Where the object was predicted to be: edges decide near its outline.
                 mask = masks.refine_with_silhouette(rgb, silhouette.cpu().numpy(),
-                                                    background_mask=prepared.background_mask)
+                                                    background_mask=prepared.backdrop[0])
             else:
-                mask = masks.photo_mask(rgb, background)
+                mask = masks.photo_mask(rgb, background, model=prepared.backdrop)
             rgb = np.where(mask[..., None], rgb, 1.0)
         self.rgb = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
         self.mask = torch.from_numpy(mask.astype(np.float32))

@@ -73,7 +73,7 @@ class _Caption:
         picture = Image.fromarray(image)
         canvas = Image.new(picture.mode, (picture.width, picture.height + self.STRIP), "white")
         canvas.paste(picture, (0, self.STRIP))
-        ImageDraw.Draw(canvas).text((3, 1), title, fill="black" if picture.mode == "L" else (0, 0, 0))
+        ImageDraw.Draw(canvas).text((3, 1), title, fill="black")
         _atomic_save(lambda p: canvas.save(p, format="PNG"), path)
 
 

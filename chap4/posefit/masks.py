@@ -183,11 +183,12 @@ def backdrop(rgb: np.ndarray, background=None) -> tuple[np.ndarray, np.ndarray]:
     return background_mask | border, sure_object & ~background_mask & ~border
 
 
-def photo_mask(rgb: np.ndarray, background=None) -> np.ndarray:
-    """The object's pixels in an (H, W, 3) photo with values in [0, 1]; background: its colour (0-255) if known."""
+def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The object's pixels in an (H, W, 3) photo with values in [0, 1]; background: its colour (0-255) if known.
+    model: what `backdrop` returned for this photo, if it was already found (the tracker finds it ahead)."""
     if not is_photo(rgb):
         return clean_render_mask(rgb, background)
-    background_mask, sure_object = backdrop(rgb, background)
+    background_mask, sure_object = model if model is not None else backdrop(rgb, background)
     # The sure regions are kept off the boundary, which the edges then decide.
     sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border_band(*rgb.shape[:2])
     sure_object = ndimage.binary_erosion(biggest_blobs(sure_object), iterations=2)
