@@ -159,7 +159,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
     """Autograd wrapper: vectorised forward, chunked recomputing backward."""
 
     @staticmethod
-    def forward(ctx, face_verts, mesh_to_face_first_idx, num_faces_per_mesh, image_size,
+    def forward(ctx, face_verts, num_faces_per_mesh, image_size,
                 blur_radius, faces_per_pixel, perspective_correct, clip_barycentric_coords,
                 cull_backfaces, give_to, take_from):
         settings = (tuple(num_faces_per_mesh.tolist()), image_size, blur_radius, perspective_correct,
@@ -189,7 +189,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
         face_verts, slot, slot_face = ctx.saved_tensors
         N, H, W, K = ctx.shape
         grad_face_verts = torch.zeros(face_verts.shape, dtype=torch.float32)
-        no_grads = (None,) * 10
+        no_grads = (None,) * 9
         if grad_zbuf is None and grad_bary is None and grad_dists is None:
             return (grad_face_verts,) + no_grads
         # Upstream gradients of the filled entries (zeros for an output nothing used).
@@ -275,7 +275,6 @@ def fast_rasterize_meshes(
     image_size, faces_per_pixel = _check_arguments(face_verts, image_size, faces_per_pixel, bin_size)
     return _FastRasterizeFaceVerts.apply(
         face_verts,
-        meshes.mesh_to_faces_packed_first_idx(),
         meshes.num_faces_per_mesh(),
         image_size,
         float(blur_radius),
