@@ -18,11 +18,13 @@ t-1's estimate carried forward with the last velocity:
    edges between well inside and well outside the predicted silhouette, so
    that the shadow and the backdrop stay out); run a few Adam steps on a
    small rotation and translation that correct the prediction (the library's
-   6-DoF pose), scored by the summed squared silhouette error, the colour
-   error after the frame's own gain and offset (a photo's light is not the
-   renderer's), each pixel weighted down the more it disagrees (something in
-   front of the object), in a photo the mask's outline left out (it is a
-   pixel off there), and a small pull towards the prediction;
+   6-DoF pose), scored by the summed squared silhouette error (in a photo
+   the mask's outline left out: it is a pixel off there) and the colour
+   error of the frame against the render composited over the frame's own
+   backdrop (the floor and shadow filled in behind the object), the object
+   lit by the light that best explains the frame (an ambient, a direction
+   and an offset: a photo's light is not the renderer's), each pixel
+   weighted down the more it disagrees (something in front of the object);
 4. check the fit: when its silhouette covers less than --lost-iou of the
    mask (IoU), or its loss jumps, the frame is searched again with the 6-DoF
    initialisation of posefit.initial, limited to views near the last good
@@ -53,6 +55,7 @@ from pytorch3d.io import load_objs_as_meshes
 from pytorch3d.renderer import TexturesVertex, look_at_view_transform
 from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
+from scipy import ndimage
 from tqdm import tqdm
 
 from posefit import cli, data, initial, masks, outputs, pose, render, targets, video
@@ -66,10 +69,14 @@ WORKING_SIDE = 120  # frames are tracked at this shorter side at most (--image-s
 LOSS_JUMP = 4.0  # a frame whose loss per pixel is this many times the recent median's is searched again
 RECORD_EVERY_S = 1.0  # tracking.json is rewritten at most this often while tracking (and at the end)
 # The colour term's weight. The silhouette pins the outline, but for an out-of-plane turn of a few degrees
-# it hardly changes, and a mask a pixel off (a photo's) turns the pose a little every frame; the texture's
-# patches hold the turn. Measured on the default sequence: weight 1, mean 1.20 deg (max 3.18); 16, 0.65
-# (1.83); on benchmarks/bench_tracking.py's first Mitsuba sequence, with the outline weights: 1, 10.8; 16, 5.5.
-WEIGHT_COLOUR = 16.0
+# it hardly changes, and a photo's mask is shifted by its shading (the shaded side lost to the shadow), which
+# turns the pose a little every frame; the texture's patches and the shading hold the turn, and the render
+# composited over the backdrop places the outline by the colours themselves. With the earlier colour term
+# (gain and offset, the object on white) weight 16 was best (default sequence: 1, 1.20 deg mean; 16, 0.65);
+# with this one, 480 (silhouette weight 1), on three tuning sequences (seeds 5, 6, 1): 240, 960 no better.
+WEIGHT_COLOUR = 480.0
+BACKDROP_MARGIN = 3  # the backdrop is known at the pixels at least this far from the mask
+WINDOW_MARGIN = 8  # pixels around the mask where the colour term looks (the rest is the backdrop itself)
 COLOUR_OUTLIER = 0.15  # the colour residual at which a pixel's weight has halved (Cauchy weights)
 
 
@@ -199,9 +206,10 @@ def prepare(raw: video.RawFrame, size, background=None) -> Prepared:
 
 
 class Observed:
-    """A frame as the fit sees it: colours (h, w, 3) on white where it is not the object, its mask, and the
-    pixels' weights (None: all count; in a photo, the mask's outline does not: masks.outline_weights).
-    frame: a RawFrame, or the Prepared one."""
+    """A frame as the fit sees it: its colours (h, w, 3; a cut-out's on white), its mask, the pixels' weights
+    in the silhouette term (None: all count; in a photo, the mask's outline does not: masks.outline_weights),
+    and its backdrop: the colours behind the object (masks.backdrop_behind), what the render is composited
+    over. frame: a RawFrame, or the Prepared one."""
 
     def __init__(self, frame, size, background=None, silhouette: torch.Tensor | None = None):
         prepared = frame if isinstance(frame, Prepared) else prepare(frame, size, background)
@@ -209,21 +217,27 @@ class Observed:
         self.original, self.photo = prepared.raw.pixels[..., :3], prepared.photo
         if values.shape[-1] == 4:  # a cut-out: alpha is the mask, composited on white
             alpha = values[..., 3:]
-            rgb, mask = values[..., :3] * alpha + (1 - alpha), alpha[..., 0] >= 0.5
+            colours, mask = values[..., :3] * alpha + (1 - alpha), alpha[..., 0] >= 0.5
         else:
-            rgb = values
+            colours = values
             if not self.photo:
-                mask = masks.clean_render_mask(rgb, background)
+                mask = masks.clean_render_mask(colours, background)
             elif silhouette is not None:
                 # Where the object was predicted to be: edges decide near its outline.
-                mask = masks.refine_with_silhouette(rgb, silhouette.cpu().numpy(),
+                mask = masks.refine_with_silhouette(colours, silhouette.cpu().numpy(),
                                                     background_mask=prepared.backdrop[0])
             else:
-                mask = masks.photo_mask(rgb, background, model=prepared.backdrop)
-            rgb = np.where(mask[..., None], rgb, 1.0)
-        self.rgb = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
+                mask = masks.photo_mask(colours, background, model=prepared.backdrop)
+        self.colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32))
         self.mask = torch.from_numpy(mask.astype(np.float32))
         self.weight = torch.from_numpy(masks.outline_weights(mask)) if self.photo else None
+        known = ~ndimage.binary_dilation(mask, iterations=BACKDROP_MARGIN)  # surely not the object
+        self.backdrop = torch.from_numpy(masks.backdrop_behind(colours, known))
+        # The colour term's window: beyond it the render shows nothing and the backdrop is the frame itself.
+        rows, cols = np.nonzero(mask) if mask.any() else (np.array([0, mask.shape[0] - 1]),
+                                                            np.array([0, mask.shape[1] - 1]))
+        self.window = (slice(max(0, rows.min() - WINDOW_MARGIN), rows.max() + 1 + WINDOW_MARGIN),
+                       slice(max(0, cols.min() - WINDOW_MARGIN), cols.max() + 1 + WINDOW_MARGIN))
 
 
 # ---------------------------------------------------------------------------
@@ -234,12 +248,21 @@ class Observed:
 def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior=None):
     """Per pose: summed squared silhouette error + weight_colour * robust colour error (+ the motion prior).
 
-    One soft rasterization feeds both shaders. The colours are compared after
-    the frame's own gain and offset, over its mask; each pixel's colour term
-    is weighted by 1 / (1 + (residual / COLOUR_OUTLIER)^2), held constant for
-    the gradient, so that pixels of something in front of the object, which
-    neither the render nor the backdrop explain, count for little. Returns the
-    loss per pose and the soft silhouettes.
+    One soft rasterization feeds both terms. The colour term compares the
+    frame with the render composited over the frame's backdrop (the soft
+    silhouette's share of each pixel the object's, the rest the backdrop's),
+    the object lit by the light that best explains the frame (targets.shade:
+    an ambient, a direction and an offset, solved on the pixels the object
+    covers): where the outline falls is decided by the colours themselves,
+    not only by the mask, whose outline a photo's shading shifts (a shaded
+    side is lost to a shadow, a lit side gains the pixels that mix it with
+    the floor). The light is solved again at every step (solved once a
+    frame, the errors on the tuning sequences grew by a degree). Each
+    pixel's colour error is weighted by
+    1 / (1 + (residual / COLOUR_OUTLIER)^2), held constant for the gradient,
+    so that pixels of something in front of the object, which neither the
+    render nor the backdrop explain, count for little. Returns the loss per
+    pose and the soft silhouettes.
     """
     fragments = renderers.textured.rasterizer(meshes, R=R, T=T)
     silhouette = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
@@ -248,12 +271,15 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
         error = error * frame.weight
     loss = error.sum(dim=(1, 2))
     if weight_colour:
-        colour = renderers.textured.shader(fragments, meshes, R=R, T=T)[..., :3]
-        residual = targets.relight(colour, frame.rgb, frame.mask) - frame.rgb
+        albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
+        y, x = frame.window
+        albedo, normals, share = albedo[:, y, x], normals[:, y, x], silhouette[:, y, x, None]
+        colours, mask = frame.colours[y, x], frame.mask[y, x]
+        light = targets.solve_light(albedo, normals, colours, (share.detach()[..., 0] > 0.5) * mask)
+        composite = share * targets.shade(albedo, normals, light) + (1 - share) * frame.backdrop[y, x]
+        residual = composite - colours
         with torch.no_grad():
             weight = 1.0 / (1.0 + (residual.norm(dim=-1, keepdim=True) / COLOUR_OUTLIER) ** 2)
-            if frame.weight is not None:
-                weight = weight * frame.weight[..., None]
         loss = loss + weight_colour * (weight * residual**2).sum(dim=(1, 2, 3))
     if prior is not None:
         loss = loss + prior()
@@ -308,7 +334,8 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     """A lost frame searched again: the 6-DoF initialisation (posefit.initial) over the views within `degrees`
     of the first candidate (the last good pose), on the frame's own mask (not one drawn from a prediction),
     and the candidates themselves (the last good pose, the frame's own fit); all refined together, the lowest
-    loss refined further. Returns the frame as observed, the pose, its silhouette."""
+    loss refined further on the mask drawn around it. Returns the frame as observed, the pose, its
+    silhouette."""
     frame = Observed(raw, size, background)
     R0, T0, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(candidates[0][0], degrees))
     R0 = torch.cat([torch.stack([R for R, _ in candidates]), R0])
@@ -316,8 +343,12 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     R, T, loss, _ = fit(renderers, mesh.extend(len(R0)), R0, T0, frame, iterations=iterations, lr=lr,
                         lr_end=lr_end, weight_colour=weight_colour)
     best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
-    R, T, _, silhouette = fit(renderers, mesh, R[best : best + 1], T[best : best + 1], frame,
-                              iterations=final_iterations, lr=lr, lr_end=lr_end, weight_colour=weight_colour)
+    R, T = R[best : best + 1], T[best : best + 1]
+    # The frame's mask drawn again around the pose found, as for any tracked frame: the frame's own mask
+    # holds whatever else differs from the backdrop (a post in front reaching the image's edge).
+    frame = Observed(raw, size, background, hard_silhouette(renderers, mesh, R, T))
+    R, T, _, silhouette = fit(renderers, mesh, R, T, frame, iterations=final_iterations, lr=lr, lr_end=lr_end,
+                              weight_colour=weight_colour)
     return frame, R, T, silhouette
 
 

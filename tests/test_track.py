@@ -301,3 +301,60 @@ def test_tracker_overlays_are_captioned_at_their_own_size(tmp_path):
     assert (saved[strip:] == 0).all()  # the picture itself, untouched, under the caption
     assert (saved[:strip] < 128).any() and (saved[:strip] == 255).any()  # dark text on white
     assert (tmp_path / "tracking.gif").exists()
+
+
+def test_the_fitted_light_is_the_light_that_made_the_colours():
+    # Colours made by an albedo under a known light (ambient, direction, offset) give that light back, and
+    # shade under it gives the colours back; a gain-and-offset light (no direction) cannot explain them.
+    from posefit import targets
+
+    rng = np.random.default_rng(0)
+    H, W = 12, 14
+    albedo = torch.from_numpy(rng.uniform(0.1, 0.9, (1, H, W, 3)).astype(np.float32))
+    normals = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(1, H, W, 3)).astype(np.float32)), dim=-1)
+    light = torch.tensor([[0.6, 0.5, 0.4, 0.3, -0.2, 0.25, 0.05, 0.02, 0.0]])
+    colours = targets.shade(albedo, normals, light)[0]
+    weights = torch.ones(1, H, W)
+    found = targets.solve_light(albedo, normals, colours, weights)
+    assert torch.allclose(found, light, atol=0.02)  # (the least squares are lightly regularised)
+    assert torch.allclose(targets.shade(albedo, normals, found)[0], colours, atol=0.01)
+    flat = targets.shade(albedo, torch.zeros_like(normals), targets.solve_light(albedo, torch.zeros_like(normals),
+                                                                                colours, weights))[0]
+    assert (flat - colours).abs().mean() > 10 * (targets.shade(albedo, normals, found)[0] - colours).abs().mean()
+
+
+def test_the_backdrop_behind_the_object_is_filled_from_around_it():
+    # A smooth floor (a left-to-right ramp) with an object on it: the fill behind the object follows the
+    # ramp, and the known pixels are kept as they are.
+    from posefit import masks
+
+    H, W = 40, 60
+    ramp = np.linspace(0.2, 0.8, W, dtype=np.float32)
+    floor = np.stack([np.tile(ramp, (H, 1))] * 3, -1)
+    image = floor.copy()
+    image[12:28, 20:40] = (1.0, 0.0, 0.0)
+    known = np.ones((H, W), bool)
+    known[10:30, 18:42] = False
+    behind = masks.backdrop_behind(image, known)
+    assert np.array_equal(behind[known], image[known])
+    assert np.abs(behind[~known] - floor[~known]).max() < 0.08
+    assert np.abs(behind[12:28, 20:40] - floor[12:28, 20:40]).mean() < 0.03
+
+
+def test_the_colour_shader_blends_view_normals_with_the_same_weights(meshes_ready):
+    # normals=True: the albedo as without it, and a normal per covered pixel in view coordinates: facing
+    # the camera (view +Z into the scene, so negative z) and of about unit length where one face covers it.
+    mesh = load_objs_as_meshes([data.provision_all(data.COW_FILES)[0]])
+    renderers = render.make_renderers("cpu", (48, 64), faces_per_pixel=8, textured_faces_per_pixel=8,
+                                      sigma=5e-6, albedo=render.face_colours(mesh), cull_backfaces=True)
+    R, T = track_pose.synthetic_poses(1)
+    plain = mesh.__class__(verts=mesh.verts_list(), faces=mesh.faces_list())
+    fragments = renderers.textured.rasterizer(plain, R=R[:1], T=T[:1])
+    colour = renderers.textured.shader(fragments, plain, R=R[:1], T=T[:1])
+    albedo, normals = renderers.textured.shader(fragments, plain, normals=True, R=R[:1], T=T[:1])
+    assert torch.allclose(albedo, colour, atol=1e-6)
+    covered = fragments.pix_to_face[0, ..., 0] >= 0
+    assert covered.sum() > 100 and (normals[0][~covered] == 0).all()
+    assert (normals[0][covered][:, 2] < 0.1).float().mean() > 0.95
+    length = normals[0][covered].norm(dim=-1)
+    assert length.median() > 0.9 and length.max() < 1.01

@@ -219,13 +219,17 @@ def face_colours(mesh) -> torch.Tensor:
 class FaceColourShader(torch.nn.Module):
     """Soft colour from one albedo per face: PyTorch3D's softmax_rgb_blend (white background) of the K faces of
     each pixel, computed only on the pixels that hold a face (the rest is background), with no lighting: a
-    photo's light is matched by a gain and offset instead (posefit.targets.relight). Returns (N, H, W, 3)."""
+    photo's light is matched by a gain and offset instead (posefit.targets.relight). Returns (N, H, W, 3).
+
+    With normals=True (and R) it also blends, the same way, each face's normal in view coordinates (zero on
+    the background), for a light fitted to the frame (posefit.targets.shade): returns (albedo, normals).
+    """
 
     def __init__(self, colours: torch.Tensor, blend_params: BlendParams, znear: float = 1.0, zfar: float = 100.0):
         super().__init__()
         self.colours, self.blend_params, self.znear, self.zfar = colours, blend_params, znear, zfar
 
-    def forward(self, fragments, meshes, **kwargs) -> torch.Tensor:
+    def forward(self, fragments, meshes, normals: bool = False, **kwargs):
         faces = fragments.pix_to_face  # packed over the batch: each mesh's faces follow the last's
         N, H, W, K = faces.shape
         # The pixels that hold a face (filled entries come first, nearest first) and their K entries.
@@ -236,6 +240,13 @@ class FaceColourShader(torch.nn.Module):
         filled = faces >= 0
         colours = self.colours[faces.clamp(min=0) % len(self.colours)]
         background = torch.as_tensor(self.blend_params.background_color, dtype=colours.dtype, device=colours.device)
+        if normals:
+            # x_view = x @ R: a face's normal turns with R (each mesh of the batch its own R), and the
+            # gradient goes through it: how the shading moves tells a turn as well as the outline does.
+            F = len(self.colours)
+            turned = torch.bmm(meshes.faces_normals_packed().reshape(N, F, 3), kwargs["R"]).reshape(N * F, 3)
+            colours = torch.cat([colours, turned[faces.clamp(min=0)]], -1)
+            background = torch.cat([background, background.new_zeros(3)])
         # softmax_rgb_blend's arithmetic, entry for entry.
         eps, gamma = 1e-10, self.blend_params.gamma
         probability = torch.sigmoid(-dists / self.blend_params.sigma) * filled
@@ -244,5 +255,6 @@ class FaceColourShader(torch.nn.Module):
         weights = probability * torch.exp((z_inv - z_inv_max) / gamma)
         delta = torch.exp((eps - z_inv_max) / gamma).clamp(min=eps)
         blended = ((weights[..., None] * colours).sum(dim=-2) + delta * background) / (weights.sum(-1)[..., None] + delta)
-        image = background.expand(N * H * W, 3).index_put((pixels,), blended)
-        return image.reshape(N, H, W, 3)
+        C = len(background)
+        image = background.expand(N * H * W, C).index_put((pixels,), blended).reshape(N, H, W, C)
+        return (image[..., :3], image[..., 3:]) if normals else image

@@ -55,6 +55,47 @@ def relight(rendered: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor)
     return m * (gain * rendered + offset) + (1 - m) * reference
 
 
+SHADE_RIDGE = 1e-3  # the light's least squares, regularised this much (relative to the pixels' count)
+
+
+def solve_light(albedo: torch.Tensor, normals: torch.Tensor, reference: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+    """The light (N, 9) under which albedo (N, H, W, 3) best explains the reference (H, W, 3); see `shade`.
+
+    The light is the first two terms of a smooth lighting's expansion:
+    colour_c = albedo_c * (ambient_c + d . normal) + offset_c, per image an
+    ambient and an offset per channel and one direction d (normal: the
+    surface's, in view coordinates): a lit side and a shaded side, which a
+    gain and offset (relight) cannot give. Solved in closed form (weighted
+    least squares over `weights`, (N, H, W), e.g. the pixels the object
+    covers), constant for the gradient, as relight's gain and offset.
+    """
+    N = albedo.shape[0]
+    with torch.no_grad():
+        # Only the pixels some image weighs (the object covers a tenth of a tracker's frame).
+        pixels = torch.nonzero(weights.reshape(N, -1).sum(0) > 0).squeeze(1)
+        a = albedo.reshape(N, -1, 3)[:, pixels]
+        n = normals.reshape(N, -1, 3)[:, pixels]
+        w = weights.reshape(N, -1)[:, pixels, None, None]
+        y = reference.reshape(-1, 3)[pixels].expand(N, -1, 3)
+        eye = torch.eye(3, dtype=a.dtype, device=a.device)
+        # Each pixel and channel is one equation in the 9 unknowns (ambient_rgb, d_xyz, offset_rgb).
+        rows = torch.cat([a[..., :, None] * eye, a[..., :, None] * n[..., None, :],
+                          eye.expand(*a.shape[:2], 3, 3)], -1)  # (N, P, 3, 9)
+        weighted = rows * w
+        normal_matrix = torch.einsum("npck,npcl->nkl", weighted, rows)
+        right = torch.einsum("npck,npc->nk", weighted, y)
+        count = w.sum((1, 2, 3)).clamp(min=1.0)
+        ridge = SHADE_RIDGE * count[:, None, None] * torch.eye(9, dtype=a.dtype, device=a.device)
+        return torch.linalg.solve(normal_matrix + ridge, right[..., None])[..., 0]
+
+
+def shade(albedo: torch.Tensor, normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """Colours (N, H, W, 3) of albedo (N, H, W, 3) with normals (N, H, W, 3) under light (N, 9) (solve_light)."""
+    ambient, direction, offset = light[:, None, None, :3], light[:, None, None, 3:6], light[:, None, None, 6:]
+    return albedo * (ambient + (normals * direction).sum(-1, keepdim=True)) + offset
+
+
 def colour_model(target) -> callable:
     """What the colour term compares: the rendered colours as they are (the book), or relit (a photo)."""
     if not target.relit:
