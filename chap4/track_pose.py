@@ -76,7 +76,7 @@ RECORD_EVERY_S = 1.0  # tracking.json is rewritten at most this often while trac
 # with this one, 480 (silhouette weight 1), on three tuning sequences (seeds 5, 6, 1): 240, 960 no better.
 WEIGHT_COLOUR = 480.0
 BACKDROP_MARGIN = 3  # the backdrop is known at the pixels at least this far from the mask
-WINDOW_MARGIN = 8  # pixels around the mask where the colour term looks (the rest is the backdrop itself)
+WINDOW_MARGIN = 8  # pixels around the mask and the predicted outline that a frame's fit renders (fit_window)
 COLOUR_OUTLIER = 0.15  # the colour residual at which a pixel's weight has halved (Cauchy weights)
 
 
@@ -233,11 +233,22 @@ class Observed:
         self.weight = torch.from_numpy(masks.outline_weights(mask)) if self.photo else None
         known = ~ndimage.binary_dilation(mask, iterations=BACKDROP_MARGIN)  # surely not the object
         self.backdrop = torch.from_numpy(masks.backdrop_behind(colours, known))
-        # The colour term's window: beyond it the render shows nothing and the backdrop is the frame itself.
-        rows, cols = np.nonzero(mask) if mask.any() else (np.array([0, mask.shape[0] - 1]),
-                                                            np.array([0, mask.shape[1] - 1]))
-        self.window = (slice(max(0, rows.min() - WINDOW_MARGIN), rows.max() + 1 + WINDOW_MARGIN),
-                       slice(max(0, cols.min() - WINDOW_MARGIN), cols.max() + 1 + WINDOW_MARGIN))
+        self.window = fit_window(mask, None if silhouette is None else silhouette.cpu().numpy())
+
+
+def fit_window(mask: np.ndarray, silhouette: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """The rows and columns (y0, y1, x0, x1) a frame's fit renders and compares: the box around the mask and
+    the predicted silhouette, widened by WINDOW_MARGIN pixels and a sixth of the object's size. Beyond it
+    the mask is empty and no pose of the frame's few steps reaches; the object covers a tenth of a frame,
+    and each step's cost goes with the pixels rendered."""
+    H, W = mask.shape
+    where = mask if silhouette is None else (mask | silhouette)
+    if not where.any():
+        return (0, H, 0, W)
+    rows, cols = np.nonzero(where)
+    margin = WINDOW_MARGIN + int(np.sqrt(where.sum()) / 6)
+    return (max(0, int(rows.min()) - margin), min(H, int(rows.max()) + 1 + margin),
+            max(0, int(cols.min()) - margin), min(W, int(cols.max()) + 1 + margin))
 
 
 # ---------------------------------------------------------------------------
@@ -261,21 +272,23 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     pixel's colour error is weighted by
     1 / (1 + (residual / COLOUR_OUTLIER)^2), held constant for the gradient,
     so that pixels of something in front of the object, which neither the
-    render nor the backdrop explain, count for little. Returns the loss per
-    pose and the soft silhouettes.
+    render nor the backdrop explain, count for little. Only the frame's
+    window (Observed.window) is rendered and compared. Returns the loss per
+    pose and the soft silhouettes (of the window).
     """
-    fragments = renderers.textured.rasterizer(meshes, R=R, T=T)
+    y0, y1, x0, x1 = frame.window
+    y, x = slice(y0, y1), slice(x0, x1)
+    fragments = render.rasterize_window(renderers.textured.rasterizer, meshes, frame.window, R=R, T=T)
     silhouette = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
-    error = (silhouette - frame.mask) ** 2
+    mask = frame.mask[y, x]
+    error = (silhouette - mask) ** 2
     if frame.weight is not None:
-        error = error * frame.weight
+        error = error * frame.weight[y, x]
     loss = error.sum(dim=(1, 2))
     if weight_colour:
         albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
-        y, x = frame.window
-        albedo, normals, share = albedo[:, y, x], normals[:, y, x], silhouette[:, y, x, None]
-        colours, mask = frame.colours[y, x], frame.mask[y, x]
-        light = targets.solve_light(albedo, normals, colours, (share.detach()[..., 0] > 0.5) * mask)
+        share, colours = silhouette[..., None], frame.colours[y, x]
+        light = targets.solve_light(albedo, normals, colours, (silhouette.detach() > 0.5) * mask)
         composite = share * targets.shade(albedo, normals, light) + (1 - share) * frame.backdrop[y, x]
         residual = composite - colours
         with torch.no_grad():
@@ -480,9 +493,9 @@ def track(
     mesh_path=None,
     num_frames: int | None = None,
     image_size: int = WORKING_SIDE,
-    iterations: int = 5,
+    iterations: int = 7,
     start_iterations: int | None = None,
-    lr: float = 0.008,
+    lr: float = 0.012,
     lr_end: float = 0.2,
     weight_colour: float = WEIGHT_COLOUR,
     faces_per_pixel: int = 8,
@@ -710,10 +723,10 @@ def main() -> int:
     add("--image-size", type=cli.image_side, default=WORKING_SIDE,
         help=f"the shorter side frames are tracked at (default {WORKING_SIDE}; larger frames are scaled down, "
              "overlays drawn on the frames as they came)")
-    add("--iterations", type=cli.positive_int, default=5,
-        help="Adam steps per frame (default 5; three times as many while there is no motion to extrapolate)")
-    add("--lr", type=cli.positive_float, default=0.008,
-        help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.008)")
+    add("--iterations", type=cli.positive_int, default=7,
+        help="Adam steps per frame (default 7; three times as many while there is no motion to extrapolate)")
+    add("--lr", type=cli.positive_float, default=0.012,
+        help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.012)")
     add("--faces-per-pixel", type=cli.positive_int, default=8,
         help="faces blended per pixel by the soft renderers (default 8)")
     add("--weight-colour", type=cli.non_negative_float, default=WEIGHT_COLOUR,

@@ -135,3 +135,44 @@ def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):
     # The book's start at 64 px has sliver faces whose floored entries dominate stock's gradient.
     assert stock.norm() > 100 * ours.norm()
     assert torch.isfinite(ours).all() and ours.norm() < 1e3
+
+
+@pytest.mark.parametrize("kind", ["fast", "stock"])
+def test_a_window_is_the_same_pixels_as_in_the_whole_image(cow, kind):
+    # render.rasterize_window: the window's outputs are the whole image's there, bit for bit, and the
+    # gradient of a loss on them is the gradient of the same loss on the whole image's window (the fast
+    # rasterizer with a FoV camera also projects the vertices itself: the same numbers).
+    from posefit import render
+
+    cameras = FoVPerspectiveCameras(fov=50.0)
+    settings = RasterizationSettings(image_size=(48, 64), blur_radius=2e-4, faces_per_pixel=6, cull_backfaces=True)
+    rasterizer = (FastMeshRasterizer if kind == "fast" else MeshRasterizer)(cameras=cameras, raster_settings=settings)
+    plain = Meshes(verts=cow.verts_list(), faces=cow.faces_list()).extend(2)
+    R0, T0 = pose.look_at(torch.tensor([[0.3, 0.8, 2.6], [-1.0, 0.5, 2.4]]))
+    window = (9, 40, 14, 51)
+    y, x = slice(9, 40), slice(14, 51)
+    grads = []
+    for whole in (True, False):
+        R, T = R0.clone().requires_grad_(True), T0.clone().requires_grad_(True)
+        fragments = rasterizer(plain, R=R, T=T) if whole else render.rasterize_window(rasterizer, plain, window, R=R, T=T)
+        outputs = [fragments.pix_to_face, fragments.zbuf, fragments.bary_coords, fragments.dists]
+        if whole:
+            outputs = [t[:, y, x] for t in outputs]
+            expected = outputs
+        else:
+            for got, want in zip(outputs, expected, strict=True):
+                assert got.shape == want.shape and torch.equal(got, want)
+        loss = (outputs[3].clamp(min=0) * 1e3).sum() + outputs[1].clamp(min=0).sum() + outputs[2].clamp(min=0).sum()
+        grads.append(torch.autograd.grad(loss, (R, T)))
+    for got, want in zip(grads[1], grads[0], strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_window_outside_the_image_is_refused(teapot):
+    from posefit.fast_raster import fast_rasterize_meshes
+
+    cameras = FoVPerspectiveCameras()
+    R, T = pose.look_at(torch.tensor([[0.0, 1.0, 3.0]]))
+    meshes = MeshRasterizer(cameras=cameras).transform(teapot, R=R, T=T)
+    with pytest.raises(ValueError, match="window"):
+        fast_rasterize_meshes(meshes, image_size=32, window=(0, 40, 0, 10))

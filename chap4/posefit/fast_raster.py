@@ -76,6 +76,19 @@ def pixel_centers_ndc(size: int, other: int) -> torch.Tensor:
     return -offset + (ndc_range * i + offset) / size
 
 
+def window_centers_ndc(image_size, window=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NDC of the pixel centres of the columns and rows rasterized (ascending, the kernels' order): all of
+    an (H, W) image's, or those of window = (y0, y1, x0, x1), its rows y0..y1-1 and columns x0..x1-1 (a
+    window's pixels get exactly the numbers they get in the whole image)."""
+    H, W = image_size
+    x_ndc, y_ndc = pixel_centers_ndc(W, H), pixel_centers_ndc(H, W)
+    if window is None:
+        return x_ndc, y_ndc
+    y0, y1, x0, x1 = window
+    # Column xi is centre W - 1 - xi (index 0 at +X, the left): the window's are a contiguous run.
+    return x_ndc[W - x1 : W - x0], y_ndc[H - y1 : H - y0]
+
+
 def _rasterize_forward(
     face_verts,
     num_faces_per_mesh,
@@ -85,9 +98,11 @@ def _rasterize_forward(
     perspective_correct,
     clip_barycentric_coords,
     cull_backfaces,
+    window=None,
 ):
-    """Same outputs as _C.rasterize_meshes on CPU with bin_size=0, and where the filled entries are."""
-    H, W = image_size
+    """Same outputs as _C.rasterize_meshes on CPU with bin_size=0, and where the filled entries are; with a
+    window (y0, y1, x0, x1), those outputs' rows y0..y1-1 and columns x0..x1-1 only."""
+    H, W = image_size if window is None else (window[1] - window[0], window[3] - window[2])
     K = faces_per_pixel
     N = num_faces_per_mesh.shape[0]
     F = face_verts.shape[0]
@@ -101,8 +116,9 @@ def _rasterize_forward(
         fv = face_verts.detach().contiguous().numpy()
         # Which image each packed face draws into.
         mesh_of_face = torch.repeat_interleave(torch.arange(N), num_faces_per_mesh.cpu(), output_size=F)
+        x_ndc, y_ndc = window_centers_ndc(image_size, window)
         raster_kernels.rasterize(
-            fv, mesh_of_face.numpy(), pixel_centers_ndc(W, H).numpy(), pixel_centers_ndc(H, W).numpy(),
+            fv, mesh_of_face.numpy(), x_ndc.numpy(), y_ndc.numpy(),
             H, W, K, np.float32(blur_radius), bool(perspective_correct), bool(clip_barycentric_coords),
             bool(cull_backfaces), pix_to_face.view(-1, K).numpy(), zbuf.view(-1, K).numpy(),
             bary.view(-1, K, 3).numpy(), dists.view(-1, K).numpy(), filled,
@@ -161,14 +177,14 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, face_verts, num_faces_per_mesh, image_size,
                 blur_radius, faces_per_pixel, perspective_correct, clip_barycentric_coords,
-                cull_backfaces, give_to, take_from):
+                cull_backfaces, give_to, take_from, window=None):
         settings = (tuple(num_faces_per_mesh.tolist()), image_size, blur_radius, perspective_correct,
-                    clip_barycentric_coords, cull_backfaces)
+                    clip_barycentric_coords, cull_backfaces, window)
         outputs = take_from.take(face_verts, settings, faces_per_pixel) if take_from is not None else None
         if outputs is None:
             outputs = _rasterize_forward(
                 face_verts, num_faces_per_mesh, image_size, blur_radius,
-                faces_per_pixel, perspective_correct, clip_barycentric_coords, cull_backfaces,
+                faces_per_pixel, perspective_correct, clip_barycentric_coords, cull_backfaces, window,
             )
         if give_to is not None:
             give_to.give(face_verts, settings, faces_per_pixel, outputs)
@@ -180,6 +196,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
         # None instead of dense zero tensors that cost time to fill and scan.
         ctx.set_materialize_grads(False)
         ctx.shape = pix_to_face.shape
+        ctx.centres = window_centers_ndc(image_size, window)
         ctx.perspective_correct = perspective_correct
         ctx.clip_barycentric_coords = clip_barycentric_coords
         return pix_to_face, zbuf, bary, dists
@@ -189,7 +206,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
         face_verts, slot, slot_face = ctx.saved_tensors
         N, H, W, K = ctx.shape
         grad_face_verts = torch.zeros(face_verts.shape, dtype=torch.float32)
-        no_grads = (None,) * 9
+        no_grads = (None,) * 10
         if grad_zbuf is None and grad_bary is None and grad_dists is None:
             return (grad_face_verts,) + no_grads
         # Upstream gradients of the filled entries (zeros for an output nothing used).
@@ -202,7 +219,7 @@ class _FastRasterizeFaceVerts(torch.autograd.Function):
 
         raster_kernels.rasterize_backward(
             face_verts.detach().contiguous().numpy(), slot.numpy(), slot_face.numpy(),
-            pixel_centers_ndc(W, H).numpy(), pixel_centers_ndc(H, W).numpy(), H, W, K,
+            ctx.centres[0].numpy(), ctx.centres[1].numpy(), H, W, K,
             upstream(grad_zbuf), upstream(grad_dists), upstream(grad_bary, 3),
             ctx.perspective_correct, ctx.clip_barycentric_coords, grad_face_verts.numpy(),
         )
@@ -253,25 +270,31 @@ def fast_rasterize_meshes(
     *,
     give_to: FragmentReuse | None = None,
     take_from: FragmentReuse | None = None,
+    window=None,
 ):
     """rasterize_meshes() with the fast CPU path where it applies.
 
     give_to / take_from: a FragmentReuse to leave this call's outputs in, or
     to take a slice of an earlier call's from (see FragmentReuse). Without
-    them nothing outlives the call but its outputs.
+    them nothing outlives the call but its outputs. window: (y0, y1, x0, x1),
+    only the image's rows y0..y1-1 and columns x0..x1-1 (the same numbers as
+    there in the whole image's outputs, at a fraction of the cost when the
+    object covers a small part of the image: a tracker's frame).
     """
     verts_packed = meshes.verts_packed()
     faces_packed = meshes.faces_packed()
     face_verts = verts_packed[faces_packed]
     needs_clipping = z_clip_value is not None and bool((face_verts[..., 2] < z_clip_value).any())
+    window = _check_window(window, parse_image_size(image_size))
     if verts_packed.is_cuda or cull_to_frustum or needs_clipping:
-        return rasterize_meshes(
+        outputs = rasterize_meshes(
             meshes, image_size=image_size, blur_radius=blur_radius,
             faces_per_pixel=faces_per_pixel, bin_size=bin_size,
             max_faces_per_bin=max_faces_per_bin, perspective_correct=perspective_correct,
             clip_barycentric_coords=clip_barycentric_coords, cull_backfaces=cull_backfaces,
             z_clip_value=z_clip_value, cull_to_frustum=cull_to_frustum,
         )
+        return outputs if window is None else crop_outputs(outputs, window)
     image_size, faces_per_pixel = _check_arguments(face_verts, image_size, faces_per_pixel, bin_size)
     return _FastRasterizeFaceVerts.apply(
         face_verts,
@@ -284,4 +307,35 @@ def fast_rasterize_meshes(
         bool(cull_backfaces),
         give_to,
         take_from,
+        window,
     )
+
+
+def rasterize_face_verts(face_verts, num_faces_per_mesh, image_size, *, blur_radius: float = 0.0,
+                         faces_per_pixel: int = 8, perspective_correct: bool = False,
+                         clip_barycentric_coords: bool = False, cull_backfaces: bool = False, window=None):
+    """The fast CPU rasterization of packed faces (F, 3, 3) already in NDC (no clipping: every z above the
+    near plane's clip value), as fast_rasterize_meshes gives it; for callers that project the vertices
+    themselves (posefit.render.rasterize_window)."""
+    image_size, faces_per_pixel = _check_arguments(face_verts, image_size, faces_per_pixel, None)
+    window = _check_window(window, image_size)
+    return _FastRasterizeFaceVerts.apply(face_verts, num_faces_per_mesh, image_size, float(blur_radius),
+                                         faces_per_pixel, bool(perspective_correct), bool(clip_barycentric_coords),
+                                         bool(cull_backfaces), None, None, window)
+
+
+def crop_outputs(outputs, window):
+    """Rasterization outputs (each (N, H, W, ...)) cut to window = (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = window
+    return tuple(t[:, y0:y1, x0:x1] for t in outputs)
+
+
+def _check_window(window, image_size):
+    """window as a tuple of ints inside the image and not empty, or None; a ValueError says what is wrong."""
+    if window is None:
+        return None
+    H, W = (int(v) for v in image_size)
+    y0, y1, x0, x1 = (int(v) for v in window)
+    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+        raise ValueError(f"window {tuple(window)} is not a non-empty (y0, y1, x0, x1) inside a {H}x{W} image")
+    return (y0, y1, x0, x1)

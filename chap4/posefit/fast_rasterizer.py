@@ -21,7 +21,9 @@ class FastMeshRasterizer(MeshRasterizer):
 
     give_to / take_from: an explicit FragmentReuse shared with another
     rasterizer (posefit.render hands one to the cow's two soft renderers).
-    Without one, nothing is kept between calls.
+    Without one, nothing is kept between calls. A `window=(y0, y1, x0, x1)`
+    keyword rasterizes only those rows and columns of the image
+    (fast_rasterize_meshes; render.rasterize_window does the same with stock).
     """
 
     def __init__(self, cameras=None, raster_settings=None, give_to: FragmentReuse | None = None,
@@ -59,5 +61,6 @@ class FastMeshRasterizer(MeshRasterizer):
             cull_to_frustum=raster_settings.cull_to_frustum,
             give_to=self.give_to,
             take_from=self.take_from,
+            window=kwargs.get("window"),
         )
         return Fragments(pix_to_face=pix_to_face, zbuf=zbuf, bary_coords=bary_coords, dists=dists)

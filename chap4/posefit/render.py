@@ -20,7 +20,9 @@ from pytorch3d.renderer import (
     TexturesUV,
 )
 from pytorch3d.renderer.blending import sigmoid_alpha_blend
+from pytorch3d.renderer.mesh.rasterizer import Fragments
 
+from posefit.fast_raster import crop_outputs, rasterize_face_verts
 from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse
 from posefit.sparse_shading import SparseSoftPhongShader
 
@@ -176,6 +178,55 @@ def set_sigma(renderers: Renderers, sigma: float) -> None:
         renderer.rasterizer.raster_settings = dataclasses.replace(
             renderer.rasterizer.raster_settings, blur_radius=book_blur_radius(sigma)
         )
+
+
+def rasterize_window(rasterizer, meshes, window=None, *, R, T):
+    """rasterizer(meshes, R=R, T=T)'s Fragments, only the window (y0, y1, x0, x1) of the image (None: all of
+    it): the fast rasterizer rasterizes only those pixels, stock's whole image is cut to them.
+
+    With the fast rasterizer and a FoV camera, the vertices go to NDC in one step (x @ R + T, then the
+    projection matrix) instead of through PyTorch3D's Transform3d chain: the same numbers within float
+    rounding, a millisecond less per call and as much in its backward (a tracker's step is about ten).
+    """
+    if isinstance(rasterizer, FastMeshRasterizer) and isinstance(rasterizer.cameras, FoVPerspectiveCameras):
+        fragments = _fast_fov_fragments(rasterizer, meshes, window, R, T)
+        if fragments is not None:
+            return fragments
+    if window is None:
+        return rasterizer(meshes, R=R, T=T)
+    if isinstance(rasterizer, FastMeshRasterizer):
+        return rasterizer(meshes, window=window, R=R, T=T)
+    fragments = rasterizer(meshes, R=R, T=T)
+    return Fragments(*crop_outputs((fragments.pix_to_face, fragments.zbuf, fragments.bary_coords,
+                                    fragments.dists), window))
+
+
+def _fast_fov_fragments(rasterizer, meshes, window, R, T):
+    """FastMeshRasterizer.forward for a FoV camera with the camera transform written out (see
+    rasterize_window); None where a face reaches behind the near plane's half (clipping: the caller takes
+    the stock path)."""
+    cameras, settings = rasterizer.cameras, rasterizer.raster_settings
+    projection = cameras.get_projection_transform().get_matrix()  # (1, 4, 4), row vectors: p @ M
+    view = torch.bmm(meshes.verts_padded(), R) + T[:, None]
+    clip = projection[:, :3] if projection.shape[0] == len(view) else projection[:, :3].expand(len(view), 3, 4)
+    homogeneous = torch.baddbmm(projection[:, 3:].expand(len(view), 1, 4), view, clip)
+    ndc = torch.cat([homogeneous[..., :2] / homogeneous[..., 3:], view[..., 2:]], -1)
+    z_clip = cameras.get_znear()
+    z_clip = float(z_clip.min() if isinstance(z_clip, torch.Tensor) else z_clip) / 2
+    verts = ndc.reshape(-1, 3) if meshes.verts_padded().shape[1] * len(meshes) == len(meshes.verts_packed()) \
+        else meshes.update_padded(ndc).verts_packed()
+    face_verts = verts[meshes.faces_packed()]
+    if bool((face_verts[..., 2] < z_clip).any()) or settings.cull_to_frustum or face_verts.is_cuda:
+        return None
+    clip_barycentric_coords = settings.clip_barycentric_coords
+    if clip_barycentric_coords is None:
+        clip_barycentric_coords = settings.blur_radius > 0.0
+    perspective_correct = True if settings.perspective_correct is None else settings.perspective_correct
+    pix_to_face, zbuf, bary, dists = rasterize_face_verts(
+        face_verts, meshes.num_faces_per_mesh(), settings.image_size, blur_radius=settings.blur_radius,
+        faces_per_pixel=settings.faces_per_pixel, perspective_correct=perspective_correct,
+        clip_barycentric_coords=clip_barycentric_coords, cull_backfaces=settings.cull_backfaces, window=window)
+    return Fragments(pix_to_face=pix_to_face, zbuf=zbuf, bary_coords=bary, dists=dists)
 
 
 def hard_render(renderers: Renderers, mesh, R, T):
