@@ -77,6 +77,7 @@ RECORD_EVERY_S = 1.0  # tracking.json is rewritten at most this often while trac
 WEIGHT_COLOUR = 480.0
 BACKDROP_MARGIN = 3  # the backdrop is known at the pixels at least this far from the mask
 WINDOW_MARGIN = 8  # pixels around the mask and the predicted outline that a frame's fit renders (fit_window)
+MIN_REDRAWN_SHARE = 0.5  # a search's mask drawn around its pose is kept if it covers this share of its silhouette
 COLOUR_OUTLIER = 0.15  # the colour residual at which a pixel's weight has halved (Cauchy weights)
 
 
@@ -350,6 +351,13 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     loss refined further on the mask drawn around it. Returns the frame as observed, the pose, its
     silhouette."""
     frame = Observed(raw, size, background)
+    last = hard_silhouette(renderers, mesh, candidates[0][0][None], candidates[0][1][None])
+    if frame.mask.sum() < MIN_REDRAWN_SHARE * last.sum():
+        # The frame's own mask lost the object (on a floor of its colour): search on the mask drawn around
+        # the last good pose instead.
+        frame = Observed(raw, size, background, last)
+        if not frame.mask.any():
+            return frame, candidates[0][0][None], candidates[0][1][None], None
     R0, T0, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(candidates[0][0], degrees))
     R0 = torch.cat([torch.stack([R for R, _ in candidates]), R0])
     T0 = torch.cat([torch.stack([T for _, T in candidates]), T0])
@@ -358,11 +366,22 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
     R, T = R[best : best + 1], T[best : best + 1]
     # The frame's mask drawn again around the pose found, as for any tracked frame: the frame's own mask
-    # holds whatever else differs from the backdrop (a post in front reaching the image's edge).
-    frame = Observed(raw, size, background, hard_silhouette(renderers, mesh, R, T))
+    # holds whatever else differs from the backdrop (a post in front reaching the image's edge, or a floor
+    # it could not tell from the object). Unless that mask hardly covers the pose's silhouette (the pose
+    # found shows nothing there): then the frame's own mask it is.
+    found = hard_silhouette(renderers, mesh, R, T)
+    redrawn = Observed(raw, size, background, found)
+    if found.any() and (redrawn.mask.bool() & found).sum() >= MIN_REDRAWN_SHARE * found.sum():
+        frame = redrawn
     R, T, _, silhouette = fit(renderers, mesh, R, T, frame, iterations=final_iterations, lr=lr, lr_end=lr_end,
                               weight_colour=weight_colour)
     return frame, R, T, silhouette
+
+
+def tracked_iou(silhouette: torch.Tensor, mask: torch.Tensor) -> float:
+    """The fitted silhouette's IoU with the frame's mask, 0 when the silhouette is empty: a pose that shows
+    nothing (the object behind the camera or gone far away) is lost, even against an empty mask."""
+    return pose.silhouette_iou(silhouette, mask) if silhouette.any() else 0.0
 
 
 def recentre(T: torch.Tensor, silhouette: torch.Tensor, mask: torch.Tensor, fov: float) -> torch.Tensor:
@@ -612,7 +631,7 @@ def track(
                                    prior_weight=prior_weight if len(history) >= 2 else 0.0)
             clock.lap("fit")
             silhouette = hard_silhouette(renderers, mesh, R, T)
-            iou = pose.silhouette_iou(silhouette, frame.mask)
+            iou = tracked_iou(silhouette, frame.mask)
             per_pixel = float(loss[0]) / frame.mask.numel()
             jumped = len(recent_loss) >= 5 and per_pixel > LOSS_JUMP * float(np.median(recent_loss))
             recovered = lost = False
@@ -623,7 +642,7 @@ def track(
                                               iterations=search_iterations, final_iterations=start_iterations,
                                               lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour)
                 silhouette = hard_silhouette(renderers, mesh, R, T)
-                iou = pose.silhouette_iou(silhouette, frame.mask)
+                iou = tracked_iou(silhouette, frame.mask)
                 lost = iou < lost_iou
                 steps += search_iterations + start_iterations
                 history, recent_loss = [], []  # the motion before a jump says nothing about the motion after it
