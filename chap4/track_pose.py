@@ -233,7 +233,12 @@ class Observed:
         self.mask = torch.from_numpy(mask.astype(np.float32))
         self.weight = torch.from_numpy(masks.outline_weights(mask)) if self.photo else None
         known = ~ndimage.binary_dilation(mask, iterations=BACKDROP_MARGIN)  # surely not the object
-        self.backdrop = torch.from_numpy(masks.backdrop_behind(colours, known))
+        if self.photo:
+            behind = masks.backdrop_behind(colours, known)
+        else:  # a render's flat backdrop (a cut-out's white): its one colour behind the object
+            behind = np.array(colours, dtype=np.float32)
+            behind[~known] = np.median(colours[known], 0) if known.any() else 1.0
+        self.backdrop = torch.from_numpy(behind)
         self.window = fit_window(mask, None if silhouette is None else silhouette.cpu().numpy())
 
 
@@ -512,9 +517,9 @@ def track(
     mesh_path=None,
     num_frames: int | None = None,
     image_size: int = WORKING_SIDE,
-    iterations: int = 7,
+    iterations: int = 5,
     start_iterations: int | None = None,
-    lr: float = 0.012,
+    lr: float = 0.016,
     lr_end: float = 0.2,
     weight_colour: float = WEIGHT_COLOUR,
     faces_per_pixel: int = 8,
@@ -742,10 +747,10 @@ def main() -> int:
     add("--image-size", type=cli.image_side, default=WORKING_SIDE,
         help=f"the shorter side frames are tracked at (default {WORKING_SIDE}; larger frames are scaled down, "
              "overlays drawn on the frames as they came)")
-    add("--iterations", type=cli.positive_int, default=7,
-        help="Adam steps per frame (default 7; three times as many while there is no motion to extrapolate)")
-    add("--lr", type=cli.positive_float, default=0.012,
-        help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.012)")
+    add("--iterations", type=cli.positive_int, default=5,
+        help="Adam steps per frame (default 5; three times as many while there is no motion to extrapolate)")
+    add("--lr", type=cli.positive_float, default=0.016,
+        help="Adam learning rate at each frame's first step, falling to a fifth by its last (default 0.016)")
     add("--faces-per-pixel", type=cli.positive_int, default=8,
         help="faces blended per pixel by the soft renderers (default 8)")
     add("--weight-colour", type=cli.non_negative_float, default=WEIGHT_COLOUR,

@@ -358,3 +358,14 @@ def test_the_colour_shader_blends_view_normals_with_the_same_weights(meshes_read
     assert (normals[0][covered][:, 2] < 0.1).float().mean() > 0.95
     length = normals[0][covered].norm(dim=-1)
     assert length.median() > 0.9 and length.max() < 1.01
+
+
+def test_a_pose_that_shows_nothing_is_lost_even_against_an_empty_mask():
+    # A fitted pose whose silhouette is empty (the object gone far away or behind the camera) must not pass
+    # for a perfect fit of an empty mask (IoU 1): the tracker would follow it for ever.
+    empty = torch.zeros(6, 8, dtype=torch.bool)
+    mask = empty.clone()
+    mask[2:4, 2:5] = True
+    assert track_pose.tracked_iou(empty, empty) == 0.0
+    assert track_pose.tracked_iou(empty, mask) == 0.0
+    assert track_pose.tracked_iou(mask, mask) == 1.0
