@@ -7,7 +7,25 @@ from pytorch3d.renderer.mesh.rasterizer import Fragments, MeshRasterizer
 
 from posefit.fast_raster import FragmentReuse, fast_rasterize_meshes
 
-__all__ = ["FastMeshRasterizer", "FragmentReuse"]
+__all__ = ["FastMeshRasterizer", "FragmentReuse", "resolved_settings"]
+
+
+def resolved_settings(raster_settings, cameras) -> tuple[bool, bool, float | None]:
+    """MeshRasterizer.forward's defaults for what the settings leave None: (clip_barycentric_coords,
+    perspective_correct, z_clip_value), as stock resolves them from the blur radius and the cameras."""
+    clip_barycentric_coords = raster_settings.clip_barycentric_coords
+    if clip_barycentric_coords is None:
+        clip_barycentric_coords = raster_settings.blur_radius > 0.0
+    perspective_correct = raster_settings.perspective_correct
+    if perspective_correct is None:
+        perspective_correct = cameras.is_perspective()
+    z_clip = raster_settings.z_clip_value
+    if z_clip is None:
+        znear = cameras.get_znear()
+        if isinstance(znear, torch.Tensor):
+            znear = znear.min().item()
+        z_clip = None if not perspective_correct or znear is None else znear / 2
+    return clip_barycentric_coords, perspective_correct, z_clip
 
 
 class FastMeshRasterizer(MeshRasterizer):
@@ -35,18 +53,7 @@ class FastMeshRasterizer(MeshRasterizer):
         meshes_proj = self.transform(meshes_world, **kwargs)
         raster_settings = kwargs.get("raster_settings", self.raster_settings)
         cameras = kwargs.get("cameras", self.cameras)
-        clip_barycentric_coords = raster_settings.clip_barycentric_coords
-        if clip_barycentric_coords is None:
-            clip_barycentric_coords = raster_settings.blur_radius > 0.0
-        perspective_correct = raster_settings.perspective_correct
-        if perspective_correct is None:
-            perspective_correct = cameras.is_perspective()
-        z_clip = raster_settings.z_clip_value
-        if z_clip is None:
-            znear = cameras.get_znear()
-            if isinstance(znear, torch.Tensor):
-                znear = znear.min().item()
-            z_clip = None if not perspective_correct or znear is None else znear / 2
+        clip_barycentric_coords, perspective_correct, z_clip = resolved_settings(raster_settings, cameras)
         pix_to_face, zbuf, bary_coords, dists = fast_rasterize_meshes(
             meshes_proj,
             image_size=raster_settings.image_size,

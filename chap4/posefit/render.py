@@ -23,7 +23,7 @@ from pytorch3d.renderer.blending import sigmoid_alpha_blend
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
 from posefit.fast_raster import crop_outputs, rasterize_face_verts
-from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse
+from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse, resolved_settings
 from posefit.sparse_shading import SparseSoftPhongShader
 
 
@@ -206,22 +206,19 @@ def _fast_fov_fragments(rasterizer, meshes, window, R, T):
     rasterize_window); None where a face reaches behind the near plane's half (clipping: the caller takes
     the stock path)."""
     cameras, settings = rasterizer.cameras, rasterizer.raster_settings
+    clip_barycentric_coords, perspective_correct, z_clip = resolved_settings(settings, cameras)
     projection = cameras.get_projection_transform().get_matrix()  # (1, 4, 4), row vectors: p @ M
     view = torch.bmm(meshes.verts_padded(), R) + T[:, None]
     clip = projection[:, :3] if projection.shape[0] == len(view) else projection[:, :3].expand(len(view), 3, 4)
     homogeneous = torch.baddbmm(projection[:, 3:].expand(len(view), 1, 4), view, clip)
     ndc = torch.cat([homogeneous[..., :2] / homogeneous[..., 3:], view[..., 2:]], -1)
-    z_clip = cameras.get_znear()
-    z_clip = float(z_clip.min() if isinstance(z_clip, torch.Tensor) else z_clip) / 2
-    verts = ndc.reshape(-1, 3) if meshes.verts_padded().shape[1] * len(meshes) == len(meshes.verts_packed()) \
-        else meshes.update_padded(ndc).verts_packed()
+    # Meshes of one vertex count (a tracker's batch of one mesh) pack as they pad: no new Meshes needed.
+    same_size = meshes.verts_padded().shape[1] * len(meshes) == len(meshes.verts_packed())
+    verts = ndc.reshape(-1, 3) if same_size else meshes.update_padded(ndc).verts_packed()
     face_verts = verts[meshes.faces_packed()]
-    if bool((face_verts[..., 2] < z_clip).any()) or settings.cull_to_frustum or face_verts.is_cuda:
+    needs_clipping = z_clip is not None and bool((face_verts[..., 2] < z_clip).any())
+    if needs_clipping or settings.cull_to_frustum or face_verts.is_cuda:
         return None
-    clip_barycentric_coords = settings.clip_barycentric_coords
-    if clip_barycentric_coords is None:
-        clip_barycentric_coords = settings.blur_radius > 0.0
-    perspective_correct = True if settings.perspective_correct is None else settings.perspective_correct
     pix_to_face, zbuf, bary, dists = rasterize_face_verts(
         face_verts, meshes.num_faces_per_mesh(), settings.image_size, blur_radius=settings.blur_radius,
         faces_per_pixel=settings.faces_per_pixel, perspective_correct=perspective_correct,
