@@ -192,11 +192,11 @@ def rasterize_window(rasterizer, meshes, window=None, *, R, T):
         fragments = _fast_fov_fragments(rasterizer, meshes, window, R, T)
         if fragments is not None:
             return fragments
-    if window is None:
-        return rasterizer(meshes, R=R, T=T)
     if isinstance(rasterizer, FastMeshRasterizer):
         return rasterizer(meshes, window=window, R=R, T=T)
     fragments = rasterizer(meshes, R=R, T=T)
+    if window is None:
+        return fragments
     return Fragments(*crop_outputs((fragments.pix_to_face, fragments.zbuf, fragments.bary_coords,
                                     fragments.dists), window))
 
