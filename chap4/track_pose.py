@@ -42,17 +42,15 @@ returns them).
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch3d.io import load_objs_as_meshes
-from pytorch3d.renderer import TexturesVertex, look_at_view_transform
+from pytorch3d.renderer import look_at_view_transform
 from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 from scipy import ndimage
@@ -151,69 +149,19 @@ def synthetic_poses(num_frames: int, seed: int = 0, distance: float = 3.0, eleva
     return R[:num_frames].float(), T[:num_frames].float()
 
 
-def synthetic_frames(mesh, R, T, size, fov, save_dir: Path | None):
-    """Render the sequence like the book's targets (hard Phong on white), as 8-bit frames; save PNGs if asked."""
-    renderers = render.make_renderers(mesh.device, size, fov=fov)
-    for i in range(len(R)):
-        with torch.no_grad():
-            image, _ = render.hard_render(renderers, mesh, R[i : i + 1].to(mesh.device), T[i : i + 1].to(mesh.device))
-        pixels = (image[0, ..., :3].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        path = None
-        if save_dir is not None:
-            path = save_dir / f"frame_{i}.png"
-            save_png(pixels, path)
-        yield video.RawFrame(i, None if path is None else str(path), pixels)
-
-
-def save_png(pixels: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(pixels).save(path)
-
-
 # ---------------------------------------------------------------------------
 # One frame: its pixels at the working size, and which of them are the object
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class Prepared:
-    """What a frame's mask needs that does not depend on the pose: its pixels at the working size, whether it
-    is a photo, and (for a photo) the backdrop model (masks.backdrop: sure background, sure object). Made
-    ahead, in the read-ahead thread."""
-
-    raw: video.RawFrame
-    values: np.ndarray | None  # (h, w, 3 or 4) float32 in [0, 1]; None: the frame could not be decoded
-    photo: bool = False
-    backdrop: tuple[np.ndarray, np.ndarray] | None = None
-
-
-def prepare(raw: video.RawFrame, size, background=None) -> Prepared:
-    """The frame scaled to the working size and, for a photo, its backdrop model (masks.backdrop)."""
-    from PIL import Image
-
-    if raw.pixels is None:
-        return Prepared(raw, None)
-    pixels = raw.pixels
-    H, W = size
-    if pixels.shape[:2] != (H, W):
-        mode = "RGBa" if pixels.shape[-1] == 4 else "RGB"
-        image = Image.fromarray(pixels, "RGBA" if mode == "RGBa" else "RGB").convert(mode)
-        pixels = np.asarray(image.resize((W, H), Image.Resampling.BOX).convert(mode.upper()))
-    values = pixels.astype(np.float32) / 255.0
-    if values.shape[-1] == 4 or not masks.is_photo(values):
-        return Prepared(raw, values)
-    return Prepared(raw, values, True, masks.backdrop(values, background))
 
 
 class Observed:
     """A frame as the fit sees it: its colours (h, w, 3; a cut-out's on white), its mask, the pixels' weights
     in the silhouette term (None: all count; in a photo, the mask's outline does not: masks.outline_weights),
     and its backdrop: the colours behind the object (masks.backdrop_behind), what the render is composited
-    over. frame: a RawFrame, or the Prepared one."""
+    over. frame: a RawFrame, or the video.Prepared one."""
 
     def __init__(self, frame, size, background=None, silhouette: torch.Tensor | None = None):
-        prepared = frame if isinstance(frame, Prepared) else prepare(frame, size, background)
+        prepared = frame if isinstance(frame, video.Prepared) else video.prepare(frame, size, background)
         values = prepared.values
         self.original, self.photo = prepared.raw.pixels[..., :3], prepared.photo
         if values.shape[-1] == 4:  # a cut-out: alpha is the mask, composited on white
@@ -495,9 +443,9 @@ def open_frames(frames_dir, video_path, num_frames, image_size, background):
     return source, total, size
 
 
-def synthesise(num_frames, image_size, mesh, fov, seed, output_dir):
-    """The default sequence: its frames, count, size, truth and initial pose; the frames are also saved, with
-    init_pose.json and truth.json, as a --frames folder (output_dir/observed)."""
+def synthesise(num_frames, image_size, mesh_path, fov, seed, output_dir, threads=None):
+    """The default sequence: its frames (video.SyntheticFrames), count, size, truth and initial pose; the
+    frames are also saved, with init_pose.json and truth.json, as a --frames folder (output_dir/observed)."""
     size = (image_size, round(image_size * 4 / 3))
     total = num_frames or 60
     R_truth, T_truth = synthetic_poses(total, seed)
@@ -505,7 +453,8 @@ def synthesise(num_frames, image_size, mesh, fov, seed, output_dir):
     truth = list(zip(R_truth, T_truth, strict=True))
     outputs.write_json_atomic(observed / "init_pose.json", pose.pose_json(*truth[0]))
     outputs.write_json_atomic(observed / "truth.json", [pose.pose_json(R, T) for R, T in truth])
-    return synthetic_frames(mesh, R_truth, T_truth, size, fov, observed), total, size, truth, truth[0]
+    frames = video.SyntheticFrames(mesh_path, R_truth, T_truth, size, fov, observed, threads)
+    return frames, total, size, truth, truth[0]
 
 
 def track(
@@ -562,12 +511,7 @@ def track(
     if (frames_dir is not None or video_path is not None) and init_pose is None:
         raise UserError("--frames and --video need --init-pose (the pose at frame 0)")
     mesh_path = Path(mesh_path) if mesh_path is not None else data.provision_all(data.COW_FILES)[0]
-    try:
-        mesh = load_objs_as_meshes([mesh_path], device=device)
-    except Exception as exc:
-        raise UserError(f"cannot read mesh {mesh_path}: {exc}") from None
-    if mesh.textures is None:  # an untextured mesh is shaded in plain grey
-        mesh.textures = TexturesVertex(verts_features=torch.full_like(mesh.verts_padded(), 0.7))
+    mesh = data.load_mesh(mesh_path, device)  # an untextured mesh is shaded in plain grey
     knobs["mesh_path"] = mesh_path
     if frames_dir is not None or video_path is not None:
         source, total, size = open_frames(frames_dir, video_path, num_frames, image_size, background)
@@ -576,7 +520,15 @@ def track(
         output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
     else:
         output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
-        source, total, size, truth, init_pose = synthesise(num_frames, image_size, mesh, fov, seed, output_dir)
+        source, total, size, truth, init_pose = synthesise(num_frames, image_size, mesh_path, fov, seed, output_dir,
+                                                           threads=1 if background_frames else None)
+    # The frames are read (a folder's, a video's) or rendered (the synthesised ones) and scaled, and a photo's
+    # backdrop found, ahead in a process of their own (a thread would hold the interpreter's lock that each of
+    # the fit's small tensor operations waits for), started now so that its imports overlap the set-up here.
+    # Only the mask's last step, around the predicted silhouette, waits for the prediction.
+    ahead = video.read_ahead(video.Head(source, total), functools.partial(video.prepare, size=size,
+                                                                          background=background),
+                             process=background_frames)
     # The fit renders one colour per face, so the texture map need not travel with each pose of a batch.
     plain = Meshes(verts=mesh.verts_list(), faces=mesh.faces_list())
 
@@ -602,9 +554,6 @@ def track(
     silhouette = None  # the last fitted silhouette, where the next frame's object is looked for
     stopped = "done"
     bar = tqdm(total=total, disable=not progress, desc="tracking", unit="frame")
-    # The next frames are read, scaled and their backdrops found in a background thread, while this one is
-    # fitted; only the mask's last step, around the predicted silhouette, waits for the prediction.
-    ahead = video.read_ahead(itertools.islice(source, total), lambda raw: prepare(raw, size, background))
     written = time.perf_counter()  # when tracking.json was last written
     try:
         clock = Stopwatch()  # where each frame's time goes, from the end of the last frame

@@ -144,7 +144,7 @@ def test_a_jump_is_found_by_the_search(tmp_path, meshes_ready):
     mesh = load_objs_as_meshes([data.DATA_DIR / "cow_mesh" / "cow.obj"])
     with torch.no_grad():
         image, _ = render.hard_render(renderers, mesh, R[None], T[None])
-    track_pose.save_png((image[0, ..., :3].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8), folder / "frame_3.png")
+    Image.fromarray((image[0, ..., :3].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(folder / "frame_3.png")
     record = track_pose.track(output_dir=tmp_path / "out", frames_dir=folder, init_pose=pose.load_pose(
         folder / "init.json"), save_overlays=False, progress=False)
     assert [f["recovered"] for f in record["frames"]] == [False, False, False, True]
@@ -285,6 +285,26 @@ def test_read_ahead_keeps_order_raises_in_place_and_stops_when_closed():
     ahead.close()  # a tracker that stops early: the thread ends, and reads stop a few items ahead
     assert threading.active_count() <= started
     assert len(reads) <= 5
+
+
+def test_read_ahead_in_a_process_keeps_order_raises_in_place_and_stops_when_closed():
+    import functools
+    import multiprocessing
+    import operator
+
+    square = functools.partial(pow, exp=2)  # what the process runs must pickle: no lambdas
+    assert list(video.read_ahead(range(7), square, process=True)) == [i * i for i in range(7)]
+    seen = []
+    with pytest.raises(ZeroDivisionError):
+        for value in video.read_ahead(range(-3, 3), functools.partial(operator.truediv, 6), process=True):
+            seen.append(value)
+    assert seen == [-2, -3, -6]
+    ahead = video.read_ahead(range(10**6), square, depth=2, process=True)
+    assert next(ahead) == 0
+    ahead.close()
+    assert not multiprocessing.active_children()
+    with pytest.raises(StopIteration):
+        next(ahead)
 
 
 def test_tracker_overlays_are_captioned_at_their_own_size(tmp_path):

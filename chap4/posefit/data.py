@@ -132,3 +132,19 @@ def provision(
 
 def provision_all(names, **kwargs) -> list[Path]:
     return [provision(name, **kwargs) for name in names]
+
+
+def load_mesh(path, device="cpu"):
+    """A mesh file as a Meshes of one, its texture as PyTorch3D reads it; a mesh without one is shaded plain
+    grey (0.7). A file that cannot be read: UserError."""
+    import torch
+    from pytorch3d.io import load_objs_as_meshes
+    from pytorch3d.renderer import TexturesVertex
+
+    try:
+        mesh = load_objs_as_meshes([path], device=device)
+    except Exception as exc:
+        raise UserError(f"cannot read mesh {path}: {exc}") from None
+    if mesh.textures is None:
+        mesh.textures = TexturesVertex(verts_features=torch.full_like(mesh.verts_padded(), 0.7))
+    return mesh

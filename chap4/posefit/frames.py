@@ -118,7 +118,7 @@ def _worker(jobs, results, captions: str) -> None:
     results.put(None)
 
 
-def _start_without_main(process) -> None:
+def start_without_main(process) -> None:
     """Start a spawned process without re-running the calling script in it.
 
     spawn normally imports the parent's __main__ file in the child, which for
@@ -162,7 +162,7 @@ class FrameWriter:
             self._jobs = ctx.Queue(maxsize=64)
             self._results = ctx.Queue()
             self._process = ctx.Process(target=_worker, args=(self._jobs, self._results, captions), daemon=True)
-            _start_without_main(self._process)
+            start_without_main(self._process)
         else:
             self._figure = None
             self._gif_frames = []

@@ -9,12 +9,14 @@ tracker marks it skipped and carries on.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from posefit import masks
 from posefit.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -142,47 +144,195 @@ def write_mp4(frames, path, fps: float) -> None:
     os.replace(tmp, path)
 
 
-def read_ahead(items, work, depth: int = 2):
-    """work(item) for each item, computed in a background thread up to `depth` items ahead.
+class SyntheticFrames:
+    """Frames rendered from a mesh at poses R, T (N, 3, 3), (N, 3) like the book's targets (hard Phong on
+    white), as 8-bit RawFrames: the tracker's default sequence; each also saved as save_dir/frame_<i>.png if
+    save_dir is given. Made of a mesh file and poses, so that a read-ahead process can render them (torch and
+    PyTorch3D are imported there, the mesh loaded there); `threads`, if given, is torch's thread count there.
+    """
+
+    def __init__(self, mesh_path, R, T, size, fov: float, save_dir=None, threads: int | None = None):
+        self.mesh_path, self.R, self.T, self.size, self.fov = Path(mesh_path), R, T, tuple(size), fov
+        self.save_dir, self.threads = save_dir, threads
+
+    def __len__(self) -> int:
+        return len(self.R)
+
+    def __iter__(self):
+        import torch
+        from PIL import Image
+
+        from posefit import data, render
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        mesh = data.load_mesh(self.mesh_path)
+        renderers = render.make_renderers(mesh.device, self.size, fov=self.fov)
+        for i in range(len(self.R)):
+            with torch.no_grad():
+                image, _ = render.hard_render(renderers, mesh, self.R[i : i + 1], self.T[i : i + 1])
+            pixels = (image[0, ..., :3].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            path = None
+            if self.save_dir is not None:
+                path = Path(self.save_dir) / f"frame_{i}.png"
+                Image.fromarray(pixels).save(path)
+            yield RawFrame(i, None if path is None else str(path), pixels)
+
+
+@dataclass
+class Prepared:
+    """What a frame's mask needs that does not depend on the pose: its pixels at the working size, whether it
+    is a photo, and (for a photo) the backdrop model (masks.backdrop: sure background, sure object). Made
+    ahead, while the frame before is fitted (read_ahead)."""
+
+    raw: RawFrame
+    values: np.ndarray | None  # (h, w, 3 or 4) float32 in [0, 1]; None: the frame could not be decoded
+    photo: bool = False
+    backdrop: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def prepare(raw: RawFrame, size, background=None) -> Prepared:
+    """The frame scaled to the working size (h, w) and, for a photo, its backdrop model (masks.backdrop)."""
+    from PIL import Image
+
+    if raw.pixels is None:
+        return Prepared(raw, None)
+    pixels = raw.pixels
+    H, W = size
+    if pixels.shape[:2] != (H, W):
+        mode = "RGBa" if pixels.shape[-1] == 4 else "RGB"
+        image = Image.fromarray(pixels, "RGBA" if mode == "RGBa" else "RGB").convert(mode)
+        pixels = np.asarray(image.resize((W, H), Image.Resampling.BOX).convert(mode.upper()))
+    values = pixels.astype(np.float32) / 255.0
+    if values.shape[-1] == 4 or not masks.is_photo(values):
+        return Prepared(raw, values)
+    return Prepared(raw, values, True, masks.backdrop(values, background))
+
+
+@dataclass
+class Head:
+    """The first `count` items of `items`: an islice that can be sent to another process (an islice cannot)."""
+
+    items: object
+    count: int
+
+    def __iter__(self):
+        return itertools.islice(iter(self.items), self.count)
+
+
+def read_ahead(items, work, depth: int = 2, process: bool = False) -> ReadAhead:
+    """work(item) for each item, computed in the background up to `depth` items ahead (see ReadAhead)."""
+    return ReadAhead(items, work, depth, process)
+
+
+class ReadAhead:
+    """An iterator over work(item) for each item, computed in the background up to `depth` items ahead.
 
     Decoding the next frame and finding its backdrop then overlap the fit of
-    this one on a second core (PIL, ffmpeg's pipe, numpy and scipy release the
-    GIL for their work, as do torch and the compiled rasterizer). An exception
-    in the thread is raised here, at the item where it happened. Close the
-    generator (contextlib.closing) to stop the thread early.
+    this one on a second core. In a thread (the default), or with
+    `process=True` in a process of its own, which iterates `items` itself
+    (both must pickle: a FolderFrames, VideoFrames or SyntheticFrames in a
+    Head, and a module-level work such as a functools.partial of prepare).
+    A thread shares the interpreter's lock with the fit: each of the fit's
+    few hundred small tensor operations a step waits for the lock that the
+    thread's numpy, PIL or torch calls hold between theirs, and the tracker's
+    mask and fit stages took half as long again as alone; a process does not
+    share it. The work starts at once (a process's imports overlap the
+    caller's own start-up). An exception in the background is raised here,
+    at the item where it happened. close() stops the work early.
     """
-    import queue
-    import threading
 
-    results: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+    def __init__(self, items, work, depth: int = 2, process: bool = False):
+        import queue
+        import threading
 
-    def run():
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                results.put((work(item), None))
-            results.put((done, None))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            results.put((None, exc))
+        if process:
+            import multiprocessing as mp
 
-    thread = threading.Thread(target=run, name="read-ahead", daemon=True)
-    thread.start()
-    try:
+            from posefit.frames import start_without_main
+
+            context = mp.get_context("spawn")  # not fork: this process holds torch's threads
+            self._results = context.Queue(maxsize=depth)
+            self._worker = context.Process(target=_produce, args=(items, work, self._results), name="read-ahead",
+                                           daemon=True)
+            start_without_main(self._worker)
+        else:
+            self._results = queue.Queue(maxsize=depth)
+            self._stop = threading.Event()
+            self._worker = threading.Thread(target=_produce, args=(items, work, self._results, self._stop),
+                                            name="read-ahead", daemon=True)
+            self._worker.start()
+        self._process, self._finished = process, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        kind, value = self._get()
+        if kind == "item":
+            return value
+        self.close()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def _get(self):
+        import queue
+
         while True:
-            value, exc = results.get()
-            if exc is not None:
-                raise exc
-            if value is done:
-                return
-            yield value
-    finally:
-        stop.set()
-        while thread.is_alive():  # empty the queue so that a blocked put returns and the thread sees stop
             try:
-                results.get(timeout=0.05)
+                return self._results.get(timeout=1.0)
+            except queue.Empty:
+                if self._worker.is_alive():
+                    continue
+            try:  # what it sent just before it ended may still be on its way
+                return self._results.get(timeout=1.0)
+            except queue.Empty:
+                code = getattr(self._worker, "exitcode", None)
+                return "error", RuntimeError(f"the frames' read-ahead ended without a word (exit code {code})")
+
+    def close(self) -> None:
+        """Stop the background work (at once for a process; a thread at its next item) and wait for it."""
+        import queue
+
+        if self._finished:
+            return
+        self._finished = True
+        if self._process:
+            if self._worker.is_alive():
+                self._worker.terminate()
+            self._worker.join()
+            self._results.close()
+            self._results.cancel_join_thread()
+            return
+        self._stop.set()
+        while self._worker.is_alive():  # empty the queue so that a blocked put returns and the thread sees stop
+            try:
+                self._results.get(timeout=0.05)
             except queue.Empty:
                 pass
-        thread.join()
+        self._worker.join()
+
+
+def _produce(items, work, results, stop=None) -> None:
+    """The read-ahead's worker: ("item", work(item)) for each item, then ("done", None), or ("error", exc)."""
+    import pickle
+
+    try:
+        for item in items:
+            if stop is not None and stop.is_set():
+                return
+            results.put(("item", work(item)))
+        results.put(("done", None))
+    except KeyboardInterrupt:  # Ctrl-C reaches a process too: the tracker handles it
+        if stop is not None:
+            results.put(("error", KeyboardInterrupt()))
+    except BaseException as exc:
+        if stop is None:  # to another process: an exception that cannot travel sends its type and message
+            try:
+                pickle.dumps(exc)
+            except Exception:
+                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        results.put(("error", exc))
