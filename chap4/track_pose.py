@@ -443,7 +443,7 @@ def open_frames(frames_dir, video_path, num_frames, image_size, background):
     return source, total, size
 
 
-def synthesise(num_frames, image_size, mesh_path, fov, seed, output_dir, threads=None):
+def synthesise(num_frames, image_size, mesh, fov, seed, output_dir):
     """The default sequence: its frames (video.SyntheticFrames), count, size, truth and initial pose; the
     frames are also saved, with init_pose.json and truth.json, as a --frames folder (output_dir/observed)."""
     size = (image_size, round(image_size * 4 / 3))
@@ -453,7 +453,7 @@ def synthesise(num_frames, image_size, mesh_path, fov, seed, output_dir, threads
     truth = list(zip(R_truth, T_truth, strict=True))
     outputs.write_json_atomic(observed / "init_pose.json", pose.pose_json(*truth[0]))
     outputs.write_json_atomic(observed / "truth.json", [pose.pose_json(R, T) for R, T in truth])
-    frames = video.SyntheticFrames(mesh_path, R_truth, T_truth, size, fov, observed, threads)
+    frames = video.SyntheticFrames(mesh, R_truth, T_truth, size, fov, observed)
     return frames, total, size, truth, truth[0]
 
 
@@ -520,15 +520,16 @@ def track(
         output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
     else:
         output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
-        source, total, size, truth, init_pose = synthesise(num_frames, image_size, mesh_path, fov, seed, output_dir,
-                                                           threads=1 if background_frames else None)
+        source, total, size, truth, init_pose = synthesise(num_frames, image_size, mesh, fov, seed, output_dir)
     # The frames are read (a folder's, a video's) or rendered (the synthesised ones) and scaled, and a photo's
-    # backdrop found, ahead in a process of their own (a thread would hold the interpreter's lock that each of
-    # the fit's small tensor operations waits for), started now so that its imports overlap the set-up here.
-    # Only the mask's last step, around the predicted silhouette, waits for the prediction.
+    # backdrop found, ahead in the background: a folder's or a video's in a process of their own (a thread
+    # holds the interpreter's lock that each of the fit's small tensor operations waits for), started now so
+    # that its imports overlap the set-up here; the synthesised ones in a thread (a process would import torch
+    # first: frame 0 waited 1.2 s, more than the 60 frames then gained). Only the mask's last step, around the
+    # predicted silhouette, waits for the prediction.
     ahead = video.read_ahead(video.Head(source, total), functools.partial(video.prepare, size=size,
                                                                           background=background),
-                             process=background_frames)
+                             process=background_frames and not isinstance(source, video.SyntheticFrames))
     # The fit renders one colour per face, so the texture map need not travel with each pose of a batch.
     plain = Meshes(verts=mesh.verts_list(), faces=mesh.faces_list())
 

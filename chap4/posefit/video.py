@@ -145,15 +145,12 @@ def write_mp4(frames, path, fps: float) -> None:
 
 
 class SyntheticFrames:
-    """Frames rendered from a mesh at poses R, T (N, 3, 3), (N, 3) like the book's targets (hard Phong on
-    white), as 8-bit RawFrames: the tracker's default sequence; each also saved as save_dir/frame_<i>.png if
-    save_dir is given. Made of a mesh file and poses, so that a read-ahead process can render them (torch and
-    PyTorch3D are imported there, the mesh loaded there); `threads`, if given, is torch's thread count there.
-    """
+    """Frames rendered from a mesh (a Meshes of one) at poses R, T (N, 3, 3), (N, 3) like the book's targets
+    (hard Phong on white), as 8-bit RawFrames: the tracker's default sequence; each also saved as
+    save_dir/frame_<i>.png if save_dir is given."""
 
-    def __init__(self, mesh_path, R, T, size, fov: float, save_dir=None, threads: int | None = None):
-        self.mesh_path, self.R, self.T, self.size, self.fov = Path(mesh_path), R, T, tuple(size), fov
-        self.save_dir, self.threads = save_dir, threads
+    def __init__(self, mesh, R, T, size, fov: float, save_dir=None):
+        self.mesh, self.R, self.T, self.size, self.fov, self.save_dir = mesh, R, T, tuple(size), fov, save_dir
 
     def __len__(self) -> int:
         return len(self.R)
@@ -162,15 +159,14 @@ class SyntheticFrames:
         import torch
         from PIL import Image
 
-        from posefit import data, render
+        from posefit import render
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        mesh = data.load_mesh(self.mesh_path)
+        mesh = self.mesh
         renderers = render.make_renderers(mesh.device, self.size, fov=self.fov)
         for i in range(len(self.R)):
             with torch.no_grad():
-                image, _ = render.hard_render(renderers, mesh, self.R[i : i + 1], self.T[i : i + 1])
+                image, _ = render.hard_render(renderers, mesh, self.R[i : i + 1].to(mesh.device),
+                                              self.T[i : i + 1].to(mesh.device))
             pixels = (image[0, ..., :3].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             path = None
             if self.save_dir is not None:
@@ -231,8 +227,8 @@ class ReadAhead:
     Decoding the next frame and finding its backdrop then overlap the fit of
     this one on a second core. In a thread (the default), or with
     `process=True` in a process of its own, which iterates `items` itself
-    (both must pickle: a FolderFrames, VideoFrames or SyntheticFrames in a
-    Head, and a module-level work such as a functools.partial of prepare).
+    (both must pickle: a FolderFrames or VideoFrames in a Head, and a
+    module-level work such as a functools.partial of prepare).
     A thread shares the interpreter's lock with the fit: each of the fit's
     few hundred small tensor operations a step waits for the lock that the
     thread's numpy, PIL or torch calls hold between theirs, and the tracker's
