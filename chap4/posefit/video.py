@@ -231,9 +231,9 @@ class ReadAhead:
     module-level work such as a functools.partial of prepare).
     A thread shares the interpreter's lock with the fit: each of the fit's
     few hundred small tensor operations a step waits for the lock that the
-    thread's numpy, PIL or torch calls hold between theirs, and the tracker's
-    mask and fit stages took half as long again as alone; a process does not
-    share it. The work starts at once (a process's imports overlap the
+    thread's numpy, PIL or torch calls hold between theirs (the tracker's mask
+    stage took nearly twice as long as alone, its fit a tenth longer); a
+    process does not share it. The work starts at once (a process's imports overlap the
     caller's own start-up). An exception in the background is raised here,
     at the item where it happened. close() stops the work early.
     """
