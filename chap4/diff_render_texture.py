@@ -28,10 +28,8 @@ import sys
 
 import torch
 import torch.nn as nn
-from pytorch3d.io import load_objs_as_meshes
 
 from posefit import cli, data, outputs, render, search, targets
-from posefit.errors import UserError
 from posefit.frames import FrameWriter
 from posefit.run import FitLoop, FitOptions
 
@@ -40,11 +38,7 @@ FRAME_PREFIXES = ["soft_silhouette_", "soft_texture_", "hard_silhouette_", "hard
 
 
 def load_cow(device):
-    path = data.provision_all(data.COW_FILES)[0]
-    try:
-        return load_objs_as_meshes([path], device=device)
-    except Exception as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    return data.load_mesh(data.provision_all(data.COW_FILES)[0], device)
 
 
 class Model(nn.Module):
