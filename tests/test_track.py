@@ -320,7 +320,8 @@ def test_tracker_overlays_are_captioned_at_their_own_size(tmp_path):
     assert saved.shape[1] == 40 and strip > 0
     assert (saved[strip:] == 0).all()  # the picture itself, untouched, under the caption
     assert (saved[:strip] < 128).any() and (saved[:strip] == 255).any()  # dark text on white
-    assert (tmp_path / "tracking.gif").exists()
+    with Image.open(tmp_path / "tracking.gif") as gif:
+        assert gif.size == (40, 30) and gif.info["duration"] == 100  # 10 frames a second, in milliseconds
 
 
 def test_the_fitted_light_is_the_light_that_made_the_colours():

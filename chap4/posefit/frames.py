@@ -5,8 +5,8 @@ costs more than a fast iteration itself, so one worker process owns a single
 reusable figure and encodes PNGs (and the GIF) while the loop goes on. The
 tracker's overlays, ten a second, are captioned with PIL instead (a few
 milliseconds a picture, against matplotlib's ~40, which took the second core
-from the tracker's read-ahead). This module imports only numpy, matplotlib,
-PIL and imageio, so the worker starts fast.
+from the tracker's read-ahead). This module imports only numpy, matplotlib
+and PIL, so the worker starts fast.
 """
 
 from __future__ import annotations
@@ -77,19 +77,24 @@ class _Caption:
         _atomic_save(lambda p: canvas.save(p, format="PNG"), path)
 
 
-def _gif_frame(image: np.ndarray) -> np.ndarray:
+def _gif_frame(image: np.ndarray):
+    """A GIF frame: the picture scaled down to GIF_MAX_SIDE at most, its 256 colours chosen now (median cut,
+    what PIL's GIF writer would do at the end: the writer process spreads that work over the frames)."""
+    from PIL import Image
+
     h, w = image.shape[:2]
     step = max(1, int(np.ceil(max(h, w) / GIF_MAX_SIDE)))
     small = image[::step, ::step]
     if small.ndim == 2:
         small = np.repeat(small[..., None], 3, axis=2)
-    return small
+    return Image.fromarray(np.ascontiguousarray(small)).quantize(256, method=Image.Quantize.MEDIANCUT)
 
 
 def _write_gif(frames, path: str, fps: float) -> None:
-    import imageio.v2 as imageio
-
-    _atomic_save(lambda p: imageio.mimsave(p, frames, format="GIF", duration=1.0 / fps, loop=0), path)
+    """The frames (_gif_frame) as a looping GIF, each shown 1 / fps seconds."""
+    first, rest = frames[0], frames[1:]
+    _atomic_save(lambda p: first.save(p, format="GIF", save_all=True, append_images=rest,
+                                      duration=round(1000 / fps), loop=0), path)
 
 
 def _worker(jobs, results, captions: str) -> None:
