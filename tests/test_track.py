@@ -122,6 +122,30 @@ def test_frames_folder_is_tracked_from_any_directory(tmp_path, meshes_ready):
     assert not (out / "observed").exists(), "only synthesised frames are saved"
 
 
+def test_a_video_and_its_frames_as_pngs_track_alike(tmp_path, meshes_ready):
+    # The same pixels through --video and through --frames (each read ahead in a process of its own) give
+    # the same poses; the video's overlays also come as an MP4.
+    count = 6
+    R, T = track_pose.synthetic_poses(count)
+    mesh = load_objs_as_meshes([data.DATA_DIR / "cow_mesh" / "cow.obj"])
+    with torch.no_grad():
+        images, _ = render.hard_render(render.make_renderers("cpu", (48, 64)), mesh.extend(count), R, T)
+    clip = tmp_path / "clip.mp4"
+    video.write_mp4([(images[i, ..., :3].numpy() * 255 + 0.5).astype(np.uint8) for i in range(count)], clip, 10.0)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for raw in video.VideoFrames(clip):  # the video's own decoded frames, saved losslessly
+        Image.fromarray(raw.pixels).save(folder / f"frame_{raw.index}.png")
+    init = (R[0], T[0])
+    common = dict(init_pose=init, progress=False, iterations=3)
+    from_video = track_pose.track(output_dir=tmp_path / "video", video_path=clip, **common)
+    from_frames = track_pose.track(output_dir=tmp_path / "png", frames_dir=folder, **common)
+    assert len(from_video["frames"]) == len(from_frames["frames"]) == count
+    for a, b in zip(from_video["frames"], from_frames["frames"], strict=True):
+        assert np.allclose(a["R"], b["R"], atol=1e-6) and np.allclose(a["T"], b["T"], atol=1e-6)
+    assert (tmp_path / "video" / "tracking.mp4").exists() and not (tmp_path / "png" / "tracking.mp4").exists()
+
+
 def test_lost_frames_are_searched_again(tmp_path, meshes_ready):
     # An IoU above 1 is never reached: every frame takes the multi-start search.
     record = track_pose.track(output_dir=tmp_path, num_frames=2, image_size=48, lost_iou=1.01, search_iterations=3,
