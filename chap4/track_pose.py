@@ -364,11 +364,25 @@ class Stopwatch:
         self.last = now
 
 
-def hard_silhouette(renderers, mesh, R, T) -> torch.Tensor:
+def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
     """The hard silhouette (one face per pixel, no blur) of one pose: the IoU's, the overlay's, and where the
-    next frame's object is looked for."""
+    next frame's object is looked for. With a window (y0, y1, x0, x1; a frame's fit window) only its pixels
+    are rasterized (the same numbers as in the whole image), and the whole image only if the silhouette
+    reaches the window's edge inside the image: the object is one connected mesh, so a silhouette that does
+    not reach it lies all inside."""
     with torch.no_grad():
-        return renderers.phong.rasterizer(mesh, R=R, T=T).pix_to_face[0, ..., 0] >= 0
+        rasterizer = renderers.phong.rasterizer
+        if window is not None:
+            size = rasterizer.raster_settings.image_size
+            H, W = (size, size) if isinstance(size, int) else size
+            y0, y1, x0, x1 = window
+            inside = render.rasterize_window(rasterizer, mesh, window, R=R, T=T).pix_to_face[0, ..., 0] >= 0
+            edges = [(y0 > 0, inside[0]), (y1 < H, inside[-1]), (x0 > 0, inside[:, 0]), (x1 < W, inside[:, -1])]
+            if not any(cut and bool(edge.any()) for cut, edge in edges):
+                whole = torch.zeros((H, W), dtype=torch.bool, device=inside.device)
+                whole[y0:y1, x0:x1] = inside
+                return whole
+        return rasterizer(mesh, R=R, T=T).pix_to_face[0, ..., 0] >= 0
 
 
 # ---------------------------------------------------------------------------
@@ -578,14 +592,14 @@ def track(
             frame = Observed(prepared, size, background, silhouette)
             clock.lap("mask")
             if len(history) >= 1:  # move the start onto the object's centroid and size in this frame
-                T_start = recentre(T_start, hard_silhouette(renderers, mesh, R_start[None], T_start[None]),
+                T_start = recentre(T_start, hard_silhouette(renderers, mesh, R_start[None], T_start[None], frame.window),
                                    frame.mask, fov)
             steps = iterations if len(history) >= 2 else start_iterations
             R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
                                    lr_end=lr_end, weight_colour=weight_colour,
                                    prior_weight=prior_weight if len(history) >= 2 else 0.0)
             clock.lap("fit")
-            silhouette = hard_silhouette(renderers, mesh, R, T)
+            silhouette = hard_silhouette(renderers, mesh, R, T, frame.window)
             iou = tracked_iou(silhouette, frame.mask)
             per_pixel = float(loss[0]) / frame.mask.numel()
             jumped = len(recent_loss) >= 5 and per_pixel > LOSS_JUMP * float(np.median(recent_loss))

@@ -414,3 +414,20 @@ def test_a_pose_that_shows_nothing_is_lost_even_against_an_empty_mask():
     assert track_pose.tracked_iou(empty, empty) == 0.0
     assert track_pose.tracked_iou(empty, mask) == 0.0
     assert track_pose.tracked_iou(mask, mask) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["fast", "stock"])
+def test_the_hard_silhouette_in_a_window_is_the_whole_images(meshes_ready, kind):
+    # Rendered in a window around it, or in one that cuts it (then the whole image is rasterized), the
+    # silhouette is the whole image's, pixel for pixel.
+    mesh = load_objs_as_meshes([data.provision_all(data.COW_FILES)[0]])
+    plain = mesh.__class__(verts=mesh.verts_list(), faces=mesh.faces_list())
+    renderers = render.make_renderers("cpu", (48, 64), rasterizer=kind, faces_per_pixel=8, cull_backfaces=True)
+    R, T = track_pose.synthetic_poses(1)
+    whole = track_pose.hard_silhouette(renderers, plain, R, T)
+    rows, cols = torch.nonzero(whole, as_tuple=True)
+    y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    around = (max(0, y0 - 3), min(48, y1 + 3), max(0, x0 - 3), min(64, x1 + 3))
+    cutting = (y0 + 4, y1, x0, x1)
+    for window in (around, cutting, (0, 48, 0, 64)):
+        assert torch.equal(track_pose.hard_silhouette(renderers, plain, R, T, window), whole), window
