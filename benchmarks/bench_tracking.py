@@ -5,6 +5,8 @@
     python benchmarks/bench_tracking.py --only seed2_occluded_jpeg -- --iterations 8   # flags after -- go to the tracker
     python benchmarks/bench_tracking.py --cases DIR            # sequences already prepared (make_test_sequence)
     python benchmarks/bench_tracking.py --synthetic            # the tracker's default synthesised sequence
+    git worktree add /tmp/before HEAD~1 && python benchmarks/bench_tracking.py --reference /tmp/before --repeats 3
+                                                               # side by side with an earlier commit, in turn
 
 The sequences come from benchmarks/scenes.py (sample_sequence, its
 SEQUENCE_RANGES, fixed before any result was looked at): the cow on a
@@ -318,10 +320,11 @@ def load_sequence(folder: Path) -> dict:
 # ------------------------------------------------------------------------------------- tracking
 
 
-def tracker_command(folder: Path, info: dict, num_frames: int, out: Path, extra: list[str]) -> list[str]:
+def tracker_command(folder: Path, info: dict, num_frames: int, out: Path, extra: list[str],
+                    script: Path = SCRIPT) -> list[str]:
     source = (["--video", str(folder / info.get("video", "video.mp4"))] if info["source"] == "video"
               else ["--frames", str(folder / info.get("frames_dir", "frames"))])
-    return [sys.executable, str(SCRIPT), *source, "--init-pose", str(folder / "init_pose.json"),
+    return [sys.executable, str(script), *source, "--init-pose", str(folder / "init_pose.json"),
             "--truth", str(folder / "truth.json"), "--fov", f"{info['fov']:.6f}", "--num-frames", str(num_frames),
             "--output-dir", str(out), *extra]
 
@@ -361,28 +364,48 @@ def frame_errors(frames: list[dict], truth: list[dict]) -> list[dict]:
 
 
 def benchmark_sequence(folder: Path, info: dict, num_frames: int | None, fps_base: int, out: Path,
-                       extra: list[str]) -> dict:
-    """Two whole tracker commands (N frames, fps_base frames); the errors of the N-frame run."""
+                       extra: list[str], repeats: int = 1, reference: Path | None = None) -> dict:
+    """Two whole tracker commands (N frames, fps_base frames), `repeats` times; the errors of the N-frame run.
+
+    With a reference (another checkout of this repository), its tracker's two commands follow ours in each
+    repeat, on the same machine in the same minutes: frame rates side by side. fps is the median over the
+    repeats: (N - fps_base) / (wall N - wall fps_base) per repeat.
+    """
     total = len(info["truth"])
     n = min(num_frames or total, total)
     row = {"name": info["name"], "source": info["source"], "kind": info.get("kind", "?"), "frames": n,
            "fps_base": fps_base, "size": info.get("size"), "fov": info["fov"],
            "occluded_frames": info.get("occluded_frames", []), "load_before": os.getloadavg()[0]}
-    walls = {}
-    for count in (n, fps_base):
-        command = tracker_command(folder, info, count, out / f"frames_{count}", extra)
-        print("command:", " ".join(command), flush=True)
-        walls[count], result = timed(command)
-        print(f"  {count} frames: {walls[count]:.1f} s, exit {result.returncode}", flush=True)
-        if result.returncode != 0:
-            row["error"] = failure(result)
-            return row
-        if count == n:
-            row["tracker_line"] = (result.stdout.strip().splitlines() or [""])[-1]
+    trees = {"": SCRIPT} if reference is None else {"": SCRIPT, "reference_": reference / "chap4" / "track_pose.py"}
+    walls = {prefix: {n: [], fps_base: []} for prefix in trees}
+    for _ in range(repeats):
+        for prefix, script in trees.items():
+            for count in (n, fps_base):
+                command = tracker_command(folder, info, count, out / f"{prefix}frames_{count}", extra, script)
+                print("command:", " ".join(command), flush=True)
+                wall, result = timed(command)
+                print(f"  {count} frames: {wall:.1f} s, exit {result.returncode}", flush=True)
+                if result.returncode != 0:
+                    row["error"] = f"{prefix.rstrip('_') or 'this tree'}: {failure(result)}"
+                    return row
+                walls[prefix][count].append(wall)
+                if count == n and not prefix:
+                    row["tracker_line"] = (result.stdout.strip().splitlines() or [""])[-1]
     row["load_after"] = os.getloadavg()[0]
-    row["wall_n"], row["wall_base"] = walls[n], walls[fps_base]
-    span = walls[n] - walls[fps_base]
-    row["fps"] = (n - fps_base) / span if span > 0 else math.nan
+    for prefix in trees:
+        runs = [(n - fps_base) / (wn - wb) if wn > wb else math.nan
+                for wn, wb in zip(walls[prefix][n], walls[prefix][fps_base], strict=True)]
+        row[f"{prefix}wall_n"], row[f"{prefix}wall_base"] = (float(np.median(walls[prefix][n])),
+                                                             float(np.median(walls[prefix][fps_base])))
+        row[f"{prefix}fps_runs"] = runs
+        row[f"{prefix}fps"] = float(np.median(runs))
+        if prefix:  # the reference's errors, for the side-by-side table
+            record = json.loads((out / f"{prefix}frames_{n}" / "tracking.json").read_text())
+            errors = frame_errors(record["frames"], info["truth"])
+            if errors:
+                row[f"{prefix}rotation_mean"] = float(np.mean([e["rotation_error_deg"] for e in errors]))
+                row[f"{prefix}rotation_max"] = float(np.max([e["rotation_error_deg"] for e in errors]))
+                row[f"{prefix}translation_mean"] = float(np.mean([e["translation_share"] for e in errors]))
     record = json.loads((out / f"frames_{n}" / "tracking.json").read_text())
     errors = frame_errors(record["frames"], info["truth"])
     row["per_frame"] = errors
@@ -432,8 +455,28 @@ def print_rows(rows: list[dict]) -> None:
             errors = " | | | | | "
         missed = [name for name, ok in r["met"].items() if not ok]
         frames = f"{r['tracked']}/{r['frames']}" if r["tracked"] != r["frames"] else f"{r['frames']}"
+        runs = r.get("fps_runs", [])
+        fps = f"{r['fps']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in runs)})" if len(runs) > 1 else "")
         print(f"| {r['name']} | {kind} | {frames} | {errors} | {r['wall_n']:.1f} | {r['wall_base']:.1f} | "
-              f"{r['fps']:.2f} | {'met' if not missed else '**missed: ' + ', '.join(missed) + '**'} |")
+              f"{fps} | {'met' if not missed else '**missed: ' + ', '.join(missed) + '**'} |")
+    compared = [r for r in rows if "reference_fps" in r]
+    if compared:
+        print("\n| sequence | this: rot. mean / max (deg), trans. | reference: rot. mean / max (deg), trans. | "
+              "this: fps | reference: fps |")
+        print("|---|---|---|---:|---:|")
+        for r in compared:
+            def errors(prefix, r=r):
+                if f"{prefix}rotation_mean" not in r:
+                    return ""
+                return (f"{r[prefix + 'rotation_mean']:.2f} / {r[prefix + 'rotation_max']:.2f}, "
+                        f"{100 * r[prefix + 'translation_mean']:.2f}%")
+
+            def rates(prefix, r=r):
+                runs = r[f"{prefix}fps_runs"]
+                return f"{r[prefix + 'fps']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in runs)})" if len(runs) > 1 else "")
+
+            print(f"| {r['name']} | {errors('')} | {errors('reference_')} | {rates('')} | {rates('reference_')} |")
+        print("(each repeat: this tree's two commands, then the reference's; fps: the median over the repeats)")
     print(f"\ntargets on every sequence: rotation mean < {MAX_MEAN_ROTATION_DEG:g} deg, max < {MAX_ROTATION_DEG:g} "
           f"deg, translation (mean |T - T_true| / |T_true|) < {100 * MAX_TRANSLATION_SHARE:g}%, "
           f">= {MIN_FPS:g} fps = (N - {base}) / (wall N - wall {base}), whole commands")
@@ -530,7 +573,8 @@ def run_sequences(args) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_tracking_") as scratch:
         runs = args.keep if args.keep is not None else Path(scratch)
         for folder, info in infos:
-            row = benchmark_sequence(folder, info, args.num_frames, base, runs / info["name"], args.extra)
+            row = benchmark_sequence(folder, info, args.num_frames, base, runs / info["name"], args.extra,
+                                     repeats=args.repeats, reference=args.reference)
             rows.append(row)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
@@ -673,6 +717,11 @@ def main() -> int:
         help="where the plot of errors per frame goes (default benchmarks/tracking_errors.png)")
     add("--gif", type=Path, default=REPO / "benchmarks" / "tracking_occluded.gif",
         help="where the occluded sequence's tracking.gif is copied (default benchmarks/tracking_occluded.gif)")
+    add("--repeats", type=int, default=1, metavar="K",
+        help="time each pair of commands K times; fps is the median (default 1)")
+    add("--reference", type=Path, default=None, metavar="REPO",
+        help="another checkout of this repository (e.g. a git worktree of an earlier commit): its tracker's "
+             "commands run in turn with ours, and the table shows both")
     add("--keep", type=Path, default=None, metavar="DIR",
         help="keep the tracker's outputs in DIR (<sequence>/frames_<N>/; default: a temporary folder, deleted)")
     add("--json", type=Path, default=None, help="write the rows (per-frame errors included) here")
@@ -682,6 +731,10 @@ def main() -> int:
         return run_synthetic(args)
     if args.fps_base < 1 or (args.num_frames is not None and args.num_frames <= args.fps_base):
         parser.error("--num-frames must be more than --fps-base, and --fps-base at least 1")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.reference is not None and not (args.reference / "chap4" / "track_pose.py").is_file():
+        parser.error(f"--reference {args.reference}: no chap4/track_pose.py there")
     return run_sequences(args)
 
 

@@ -70,11 +70,15 @@ def test_tracking_benchmark_runs_a_prepared_sequence(tmp_path, meshes_ready):
 
     bench_tracking.make_test_sequence(tmp_path / "cases" / "test_seq", frames=8, size=(48, 64), kind="occluded")
     rows = tmp_path / "rows.json"
+    # This checkout as its own reference, each pair timed twice: the same code tracks to the same errors.
     result = run_benchmark("bench_tracking.py", "--cases", tmp_path / "cases", "--num-frames", 6, "--fps-base", 3,
+                           "--repeats", 2, "--reference", BENCHMARKS.parent,
                            "--json", rows, "--plot", tmp_path / "errors.png", "--gif", tmp_path / "occluded.gif")
     assert result.returncode in (0, 1), result.stdout + result.stderr
-    assert "| test_seq |" in result.stdout and "fps" in result.stdout
+    assert "| test_seq |" in result.stdout and "fps" in result.stdout and "reference: fps" in result.stdout
     (row,) = json.loads(rows.read_text())
     assert row["frames"] == 6 and row["tracked"] == 6 and 0 <= row["rotation_mean"] <= row["rotation_max"] < 180
     assert row["fps"] > 0 and row["wall_n"] > row["wall_base"] > 0
+    assert len(row["fps_runs"]) == len(row["reference_fps_runs"]) == 2 and row["reference_fps"] > 0
+    assert row["reference_rotation_mean"] == row["rotation_mean"]
     assert (tmp_path / "errors.png").exists()
