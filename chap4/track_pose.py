@@ -368,8 +368,8 @@ def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
     """The hard silhouette (one face per pixel, no blur) of one pose: the IoU's, the overlay's, and where the
     next frame's object is looked for. With a window (y0, y1, x0, x1; a frame's fit window) only its pixels
     are rasterized (the same numbers as in the whole image), and the whole image only if the silhouette
-    reaches the window's edge inside the image: the object is one connected mesh, so a silhouette that does
-    not reach it lies all inside."""
+    reaches the window's edge inside the image: a connected mesh's silhouette that does not reach it lies
+    all inside (a --mesh of separate parts far apart could leave one outside the window, unseen here)."""
     with torch.no_grad():
         rasterizer = renderers.phong.rasterizer
         if window is not None:
