@@ -363,6 +363,18 @@ def frame_errors(frames: list[dict], truth: list[dict]) -> list[dict]:
     return rows
 
 
+STAGES = ("read", "mask", "fit", "check", "search", "pictures", "record")  # tracking.json's "timing"
+
+
+def stage_times(frames: list[dict]) -> dict:
+    """Milliseconds per frame in each stage of the tracker's loop (its "timing"), the mean over frames 2 on
+    (frames 0 and 1 take the starting steps), and their total."""
+    later = [f.get("timing", {}) for f in frames[2:]] or [{}]
+    times = {stage: 1000 * float(np.mean([t.get(stage, 0.0) for t in later])) for stage in STAGES}
+    times["total"] = sum(times.values())
+    return times
+
+
 def benchmark_sequence(folder: Path, info: dict, num_frames: int | None, fps_base: int, out: Path,
                        extra: list[str], repeats: int = 1, reference: Path | None = None) -> dict:
     """Two whole tracker commands (N frames, fps_base frames), `repeats` times; the errors of the N-frame run.
@@ -399,8 +411,9 @@ def benchmark_sequence(folder: Path, info: dict, num_frames: int | None, fps_bas
                                                              float(np.median(walls[prefix][fps_base])))
         row[f"{prefix}fps_runs"] = runs
         row[f"{prefix}fps"] = float(np.median(runs))
+        record = json.loads((out / f"{prefix}frames_{n}" / "tracking.json").read_text())
+        row[f"{prefix}timing_ms"] = stage_times(record["frames"])
         if prefix:  # the reference's errors, for the side-by-side table
-            record = json.loads((out / f"{prefix}frames_{n}" / "tracking.json").read_text())
             errors = frame_errors(record["frames"], info["truth"])
             if errors:
                 row[f"{prefix}rotation_mean"] = float(np.mean([e["rotation_error_deg"] for e in errors]))
@@ -477,6 +490,16 @@ def print_rows(rows: list[dict]) -> None:
 
             print(f"| {r['name']} | {errors('')} | {errors('reference_')} | {rates('')} | {rates('reference_')} |")
         print("(each repeat: this tree's two commands, then the reference's; fps: the median over the repeats)")
+    timed_rows = [r for r in rows if "timing_ms" in r]
+    if timed_rows:
+        print("\nwhere a frame's time goes (ms, mean over frames 2 on, the last N-frame run"
+              + ("; this / reference" if compared else "") + "):\n")
+        print("| stage | " + " | ".join(r["name"] for r in timed_rows) + " |")
+        print("|---|" + "---:|" * len(timed_rows))
+        for stage in (*STAGES, "total"):
+            cells = [f"{r['timing_ms'][stage]:.1f}" + (f" / {r['reference_timing_ms'][stage]:.1f}"
+                                                      if "reference_timing_ms" in r else "") for r in timed_rows]
+            print(f"| {stage} | " + " | ".join(cells) + " |")
     print(f"\ntargets on every sequence: rotation mean < {MAX_MEAN_ROTATION_DEG:g} deg, max < {MAX_ROTATION_DEG:g} "
           f"deg, translation (mean |T - T_true| / |T_true|) < {100 * MAX_TRANSLATION_SHARE:g}%, "
           f">= {MIN_FPS:g} fps = (N - {base}) / (wall N - wall {base}), whole commands")

@@ -81,4 +81,6 @@ def test_tracking_benchmark_runs_a_prepared_sequence(tmp_path, meshes_ready):
     assert row["fps"] > 0 and row["wall_n"] > row["wall_base"] > 0
     assert len(row["fps_runs"]) == len(row["reference_fps_runs"]) == 2 and row["reference_fps"] > 0
     assert row["reference_rotation_mean"] == row["rotation_mean"]
+    assert "where a frame's time goes" in result.stdout
+    assert row["timing_ms"]["fit"] > 0 and row["reference_timing_ms"]["total"] >= row["reference_timing_ms"]["fit"]
     assert (tmp_path / "errors.png").exists()
