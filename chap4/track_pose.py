@@ -563,7 +563,9 @@ def track(
 
     # 3. Frame by frame: predict, find the object, fit, check, search again if lost, record.
     pictures = FrameWriter(background=background_frames, captions="plain") if save_overlays else None
-    movie = [] if (save_overlays and video_path is not None) else None
+    movie = pictures is not None and video_path is not None  # a video's overlays as an MP4 too
+    if movie:
+        pictures.movie(output_dir / "tracking.mp4", fps=source.fps)
     init = tuple(p.to(device) for p in init_pose)
     history, last_good, recent_loss = [], init, []  # estimates since the start or a search; per-pixel losses
     silhouette = None  # the last fitted silhouette, where the next frame's object is looked for
@@ -636,9 +638,7 @@ def track(
             if pictures is not None:
                 picture = overlay(frame.original, silhouette)
                 pictures.frame(picture, title + (" (searched)" if recovered else ""),
-                               output_dir / f"overlay_{raw.index}.png", to_gif=True)
-                if movie is not None:
-                    movie.append(picture)
+                               output_dir / f"overlay_{raw.index}.png", to_gif=True, to_movie=movie)
             clock.lap("pictures")
             record["frames"].append(entry)
             if time.perf_counter() - written >= RECORD_EVERY_S:  # the whole record each time: not every frame
@@ -659,8 +659,6 @@ def track(
                 pictures.gif(output_dir / "tracking.gif")
             for message in pictures.close():
                 print(f"warning: a picture could not be written: {message}", file=sys.stderr)
-    if movie:
-        video.write_mp4(movie, output_dir / "tracking.mp4", fps=source.fps)
     if record["frames"]:
         outputs.write_json_atomic(output_dir / "tracking.json", record)  # the last frame's timing
     if record["frames"] and save_overlays:

@@ -131,7 +131,11 @@ def test_a_video_and_its_frames_as_pngs_track_alike(tmp_path, meshes_ready):
     with torch.no_grad():
         images, _ = render.hard_render(render.make_renderers("cpu", (48, 64)), mesh.extend(count), R, T)
     clip = tmp_path / "clip.mp4"
-    video.write_mp4([(images[i, ..., :3].numpy() * 255 + 0.5).astype(np.uint8) for i in range(count)], clip, 10.0)
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(clip, format="FFMPEG", fps=10, codec="libx264", macro_block_size=2) as writer:
+        for i in range(count):
+            writer.append_data((images[i, ..., :3].numpy() * 255 + 0.5).astype(np.uint8))
     folder = tmp_path / "frames"
     folder.mkdir()
     for raw in video.VideoFrames(clip):  # the video's own decoded frames, saved losslessly
@@ -143,7 +147,9 @@ def test_a_video_and_its_frames_as_pngs_track_alike(tmp_path, meshes_ready):
     assert len(from_video["frames"]) == len(from_frames["frames"]) == count
     for a, b in zip(from_video["frames"], from_frames["frames"], strict=True):
         assert np.allclose(a["R"], b["R"], atol=1e-6) and np.allclose(a["T"], b["T"], atol=1e-6)
-    assert (tmp_path / "video" / "tracking.mp4").exists() and not (tmp_path / "png" / "tracking.mp4").exists()
+    assert not (tmp_path / "png" / "tracking.mp4").exists()
+    with imageio.get_reader(tmp_path / "video" / "tracking.mp4", format="FFMPEG") as movie:
+        assert movie.count_frames() == count  # the overlays, encoded as they came
 
 
 def test_lost_frames_are_searched_again(tmp_path, meshes_ready):
@@ -346,6 +352,25 @@ def test_tracker_overlays_are_captioned_at_their_own_size(tmp_path):
     assert (saved[:strip] < 128).any() and (saved[:strip] == 255).any()  # dark text on white
     with Image.open(tmp_path / "tracking.gif") as gif:
         assert gif.size == (40, 30) and gif.info["duration"] == 100  # 10 frames a second, in milliseconds
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_the_writer_encodes_the_movie_as_the_pictures_come(tmp_path, background):
+    import imageio.v2 as imageio
+
+    from posefit.frames import FrameWriter
+
+    writer = FrameWriter(background=background, captions="plain")
+    writer.movie(tmp_path / "tracking.mp4", fps=15)
+    for shade in (0, 120, 240):
+        writer.frame(np.full((30, 40, 3), shade, np.uint8), "a frame", None, to_movie=True)
+    writer.frame(np.zeros((30, 40, 3), np.uint8), "not in the movie", tmp_path / "still.png")
+    assert writer.close() == []
+    with imageio.get_reader(tmp_path / "tracking.mp4", format="FFMPEG") as movie:
+        frames = [frame for frame in movie]
+    assert len(frames) == 3 and frames[0].shape == (30, 40, 3)
+    assert [round(float(f.mean()) / 60) for f in frames] == [0, 2, 4]  # in order
+    assert not list(tmp_path.glob("*.part*"))
 
 
 def test_the_fitted_light_is_the_light_that_made_the_colours():

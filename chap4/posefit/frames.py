@@ -97,29 +97,78 @@ def _write_gif(frames, path: str, fps: float) -> None:
                                       duration=round(1000 / fps), loop=0), path)
 
 
+class _Movie:
+    """An MP4 (H.264 by imageio's ffmpeg) written as the pictures come, under a temporary name renamed into
+    place by finish(); none at all without a picture."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.partial, self.fps, self.writer = path, f"{path}.part.mp4", fps, None
+
+    def append(self, image: np.ndarray) -> None:
+        if self.writer is None:
+            import imageio.v2 as imageio
+
+            self.writer = imageio.get_writer(self.partial, format="FFMPEG", fps=self.fps, codec="libx264",
+                                             quality=8, macro_block_size=2)
+        self.writer.append_data(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self.partial, self.path)
+
+
+class _Pictures:
+    """What the writer does with each picture, in its own process or in the caller's: the titled PNG, the
+    GIF's frame, the movie's."""
+
+    def __init__(self, captions: str):
+        self.captions, self.figure, self.gif_frames, self.movie = captions, None, [], None
+
+    def frame(self, image: np.ndarray, title: str, path: str | None, to_gif: bool, to_movie: bool) -> None:
+        if path:
+            if self.figure is None:
+                self.figure = _Figure() if self.captions == "figure" else _Caption()
+            self.figure.save(image, title, path)
+        if to_gif:
+            self.gif_frames.append(_gif_frame(image))
+        if to_movie and self.movie is not None:
+            self.movie.append(image)
+
+    def gif(self, path: str, fps: float) -> None:
+        if self.gif_frames:
+            _write_gif(self.gif_frames, path, fps)
+
+    def start_movie(self, path: str, fps: float) -> None:
+        self.movie = _Movie(path, fps)
+
+    def finish(self) -> None:
+        movie, self.movie = self.movie, None
+        if movie is not None:
+            movie.finish()
+        if isinstance(self.figure, _Figure):
+            # pyplot keeps every figure until it is closed: a process running many fits
+            # (tests, benchmarks) would pile them up.
+            import matplotlib.pyplot as plt
+
+            plt.close(self.figure.fig)
+            self.figure = None
+
+
 def _worker(jobs, results, captions: str) -> None:
-    figure = None
-    gif_frames = []
+    pictures = _Pictures(captions)
     while True:
         job = jobs.get()
-        if job is None:
-            break
         try:
-            kind = job[0]
-            if kind == "frame":
-                _, image, title, path, to_gif = job
-                if figure is None:
-                    figure = _Figure() if captions == "figure" else _Caption()
-                if path:
-                    figure.save(image, title, path)
-                if to_gif:
-                    gif_frames.append(_gif_frame(image))
-            elif kind == "gif":
-                _, path, fps = job
-                if gif_frames:
-                    _write_gif(gif_frames, path, fps)
+            if job is None:
+                pictures.finish()
+                break
+            kind, *arguments = job
+            {"frame": pictures.frame, "gif": pictures.gif, "movie": pictures.start_movie}[kind](*arguments)
         except Exception as exc:  # reported to the parent, which decides
             results.put(f"{type(exc).__name__}: {exc}")
+            if job is None:
+                break
     results.put(None)
 
 
@@ -161,7 +210,7 @@ class FrameWriter:
     def __init__(self, background: bool = True, captions: str = "figure"):
         self.errors: list[str] = []
         self._process = None
-        self._captions = captions
+        self._pictures = None
         if background:
             ctx = mp.get_context("spawn")
             self._jobs = ctx.Queue(maxsize=64)
@@ -169,31 +218,32 @@ class FrameWriter:
             self._process = ctx.Process(target=_worker, args=(self._jobs, self._results, captions), daemon=True)
             start_without_main(self._process)
         else:
-            self._figure = None
-            self._gif_frames = []
+            self._pictures = _Pictures(captions)
 
-    def frame(self, image, title: str, path: str | None, to_gif: bool = False) -> None:
-        """Save `image` (HxW mask or HxWx3, float in [0, 1] or uint8) as a titled PNG."""
-        image = _to_uint8(np.asarray(image))
-        job = ("frame", image, title, None if path is None else str(path), to_gif)
+    def _do(self, kind: str, *arguments) -> None:
         if self._process is not None:
-            self._jobs.put(job)
+            self._jobs.put((kind, *arguments))
         else:
-            if self._figure is None:
-                self._figure = _Figure() if self._captions == "figure" else _Caption()
-            if path is not None:
-                self._figure.save(image, title, str(path))
-            if to_gif:
-                self._gif_frames.append(_gif_frame(image))
+            {"frame": self._pictures.frame, "gif": self._pictures.gif,
+             "movie": self._pictures.start_movie}[kind](*arguments)
+
+    def frame(self, image, title: str, path: str | None, to_gif: bool = False, to_movie: bool = False) -> None:
+        """Save `image` (HxW mask or HxWx3, float in [0, 1] or uint8) as a titled PNG (path None: no PNG), and
+        add it to the GIF's frames and to the movie (movie()) if asked."""
+        self._do("frame", _to_uint8(np.asarray(image)), title, None if path is None else str(path), to_gif,
+                 to_movie)
 
     def gif(self, path, fps: float = 10.0) -> None:
-        if self._process is not None:
-            self._jobs.put(("gif", str(path), fps))
-        elif self._gif_frames:
-            _write_gif(self._gif_frames, str(path), fps)
+        """Write the GIF of the frames so far (to_gif=True)."""
+        self._do("gif", str(path), fps)
+
+    def movie(self, path, fps: float) -> None:
+        """Start an MP4 at path: the frames from now on with to_movie=True, encoded as they come; close()
+        finishes it."""
+        self._do("movie", str(path), fps)
 
     def close(self) -> list[str]:
-        """Finish every queued frame; return the error messages, if any."""
+        """Finish every queued frame and the movie; return the error messages, if any."""
         if self._process is not None:
             self._jobs.put(None)
             while True:
@@ -203,11 +253,10 @@ class FrameWriter:
                 self.errors.append(message)
             self._process.join()
             self._process = None
-        elif isinstance(getattr(self, "_figure", None), _Figure):
-            # pyplot keeps every figure until it is closed: a process running many fits
-            # (tests, benchmarks) would pile them up.
-            import matplotlib.pyplot as plt
-
-            plt.close(self._figure.fig)
-            self._figure = None
+        elif self._pictures is not None:
+            pictures, self._pictures = self._pictures, None
+            try:
+                pictures.finish()
+            except Exception as exc:  # as the writer process reports it
+                self.errors.append(f"{type(exc).__name__}: {exc}")
         return self.errors

@@ -131,19 +131,6 @@ class VideoFrames:
             reader.close()
 
 
-def write_mp4(frames, path, fps: float) -> None:
-    """Pictures (H, W, 3) uint8 as an MP4 (H.264 by imageio's ffmpeg), written beside and renamed into place."""
-    import os
-
-    import imageio.v2 as imageio
-
-    tmp = f"{path}.part.mp4"
-    with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=2) as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    os.replace(tmp, path)
-
-
 class SyntheticFrames:
     """Frames rendered from a mesh (a Meshes of one) at poses R, T (N, 3, 3), (N, 3) like the book's targets
     (hard Phong on white), as 8-bit RawFrames: the tracker's default sequence; each also saved as
