@@ -14,7 +14,7 @@ From the bottom up:
 - initial: where a 6-DoF fit starts: a coarse grid of views scored against the mask.
 - search: several hypotheses at once: starts, schedule, pruning, the best, ambiguity.
 - run: a fit's options (the book's defaults) and its run control: progress bar, stop rule, NaN, Ctrl-C.
-- frames: the pictures, written by a background process (started without the caller's script).
+- frames: the pictures, the GIF and the MP4, written by a background process (started without the caller's script).
 - video: the frames of a sequence to track: a folder of PNG or JPEG files, a video file, or rendered;
   read ahead in the background.
 - outputs: output folder, summary.json, final.png, loss.png, the result line.
