@@ -404,6 +404,7 @@ def benchmark_sequence(folder: Path, info: dict, num_frames: int | None, fps_bas
                 if count == n and not prefix:
                     row["tracker_line"] = (result.stdout.strip().splitlines() or [""])[-1]
     row["load_after"] = os.getloadavg()[0]
+    errors_of = {}
     for prefix in trees:
         runs = [(n - fps_base) / (wn - wb) if wn > wb else math.nan
                 for wn, wb in zip(walls[prefix][n], walls[prefix][fps_base], strict=True)]
@@ -411,23 +412,19 @@ def benchmark_sequence(folder: Path, info: dict, num_frames: int | None, fps_bas
                                                              float(np.median(walls[prefix][fps_base])))
         row[f"{prefix}fps_runs"] = runs
         row[f"{prefix}fps"] = float(np.median(runs))
-        record = json.loads((out / f"{prefix}frames_{n}" / "tracking.json").read_text())
-        row[f"{prefix}timing_ms"] = stage_times(record["frames"])
-        if prefix:  # the reference's errors, for the side-by-side table
-            errors = frame_errors(record["frames"], info["truth"])
-            if errors:
-                row[f"{prefix}rotation_mean"] = float(np.mean([e["rotation_error_deg"] for e in errors]))
-                row[f"{prefix}rotation_max"] = float(np.max([e["rotation_error_deg"] for e in errors]))
-                row[f"{prefix}translation_mean"] = float(np.mean([e["translation_share"] for e in errors]))
-    record = json.loads((out / f"frames_{n}" / "tracking.json").read_text())
-    errors = frame_errors(record["frames"], info["truth"])
+        frames = json.loads((out / f"{prefix}frames_{n}" / "tracking.json").read_text())["frames"]
+        row[f"{prefix}timing_ms"] = stage_times(frames)
+        errors = errors_of[prefix] = frame_errors(frames, info["truth"])
+        if errors:  # the summary of the errors (the reference's for the side-by-side table)
+            rotation = [e["rotation_error_deg"] for e in errors]
+            row[f"{prefix}rotation_mean"], row[f"{prefix}rotation_max"] = (float(np.mean(rotation)),
+                                                                           float(np.max(rotation)))
+            row[f"{prefix}translation_mean"] = float(np.mean([e["translation_share"] for e in errors]))
+    errors = errors_of[""]
     row["per_frame"] = errors
     row["tracked"] = len(errors)
     row["gif"] = str(out / f"frames_{n}" / "tracking.gif")
     if errors:
-        rotation = [e["rotation_error_deg"] for e in errors]
-        row["rotation_mean"], row["rotation_max"] = float(np.mean(rotation)), float(np.max(rotation))
-        row["translation_mean"] = float(np.mean([e["translation_share"] for e in errors]))
         mismatch = [abs(e["tracker_rotation_error_deg"] - e["rotation_error_deg"]) for e in errors
                     if "tracker_rotation_error_deg" in e]
         if mismatch and max(mismatch) > 0.05:
@@ -450,6 +447,12 @@ def targets_met(row: dict) -> dict:
     }
 
 
+def fps_text(row: dict, prefix: str = "") -> str:
+    """A row's frame rate (the median), and every run's when there were several."""
+    runs = row.get(f"{prefix}fps_runs", [])
+    return f"{row[prefix + 'fps']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in runs)})" if len(runs) > 1 else "")
+
+
 def print_rows(rows: list[dict]) -> None:
     base = rows[0]["fps_base"] if rows else FPS_BASE
     print(f"\n| sequence | input | frames | rot. mean (deg) | rot. max (deg) | trans. mean | lost | recovered | "
@@ -468,10 +471,8 @@ def print_rows(rows: list[dict]) -> None:
             errors = " | | | | | "
         missed = [name for name, ok in r["met"].items() if not ok]
         frames = f"{r['tracked']}/{r['frames']}" if r["tracked"] != r["frames"] else f"{r['frames']}"
-        runs = r.get("fps_runs", [])
-        fps = f"{r['fps']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in runs)})" if len(runs) > 1 else "")
         print(f"| {r['name']} | {kind} | {frames} | {errors} | {r['wall_n']:.1f} | {r['wall_base']:.1f} | "
-              f"{fps} | {'met' if not missed else '**missed: ' + ', '.join(missed) + '**'} |")
+              f"{fps_text(r)} | {'met' if not missed else '**missed: ' + ', '.join(missed) + '**'} |")
     compared = [r for r in rows if "reference_fps" in r]
     if compared:
         print("\n| sequence | this: rot. mean / max (deg), trans. | reference: rot. mean / max (deg), trans. | "
@@ -484,11 +485,8 @@ def print_rows(rows: list[dict]) -> None:
                 return (f"{r[prefix + 'rotation_mean']:.2f} / {r[prefix + 'rotation_max']:.2f}, "
                         f"{100 * r[prefix + 'translation_mean']:.2f}%")
 
-            def rates(prefix, r=r):
-                runs = r[f"{prefix}fps_runs"]
-                return f"{r[prefix + 'fps']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in runs)})" if len(runs) > 1 else "")
-
-            print(f"| {r['name']} | {errors('')} | {errors('reference_')} | {rates('')} | {rates('reference_')} |")
+            print(f"| {r['name']} | {errors('')} | {errors('reference_')} | {fps_text(r)} | "
+                  f"{fps_text(r, 'reference_')} |")
         print("(each repeat: this tree's two commands, then the reference's; fps: the median over the repeats)")
     timed_rows = [r for r in rows if "timing_ms" in r]
     if timed_rows:

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pytorch3d.renderer import look_at_view_transform
+from pytorch3d.renderer.utils import parse_image_size
 from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 from scipy import ndimage
@@ -373,8 +374,7 @@ def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
     with torch.no_grad():
         rasterizer = renderers.phong.rasterizer
         if window is not None:
-            size = rasterizer.raster_settings.image_size
-            H, W = (size, size) if isinstance(size, int) else size
+            H, W = parse_image_size(rasterizer.raster_settings.image_size)
             y0, y1, x0, x1 = window
             inside = render.rasterize_window(rasterizer, mesh, window, R=R, T=T).pix_to_face[0, ..., 0] >= 0
             edges = [(y0 > 0, inside[0]), (y1 < H, inside[-1]), (x0 > 0, inside[:, 0]), (x1 < W, inside[:, -1])]

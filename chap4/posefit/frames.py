@@ -142,6 +142,10 @@ class _Pictures:
     def start_movie(self, path: str, fps: float) -> None:
         self.movie = _Movie(path, fps)
 
+    def do(self, kind: str, *arguments) -> None:
+        """One job of FrameWriter's: "frame", "gif" or "movie" (start one), with its arguments."""
+        {"frame": self.frame, "gif": self.gif, "movie": self.start_movie}[kind](*arguments)
+
     def finish(self) -> None:
         movie, self.movie = self.movie, None
         if movie is not None:
@@ -163,8 +167,7 @@ def _worker(jobs, results, captions: str) -> None:
             if job is None:
                 pictures.finish()
                 break
-            kind, *arguments = job
-            {"frame": pictures.frame, "gif": pictures.gif, "movie": pictures.start_movie}[kind](*arguments)
+            pictures.do(*job)
         except Exception as exc:  # reported to the parent, which decides
             results.put(f"{type(exc).__name__}: {exc}")
             if job is None:
@@ -224,8 +227,7 @@ class FrameWriter:
         if self._process is not None:
             self._jobs.put((kind, *arguments))
         else:
-            {"frame": self._pictures.frame, "gif": self._pictures.gif,
-             "movie": self._pictures.start_movie}[kind](*arguments)
+            self._pictures.do(kind, *arguments)
 
     def frame(self, image, title: str, path: str | None, to_gif: bool = False, to_movie: bool = False) -> None:
         """Save `image` (HxW mask or HxWx3, float in [0, 1] or uint8) as a titled PNG (path None: no PNG), and
