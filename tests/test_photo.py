@@ -74,6 +74,53 @@ def test_a_shadowed_backdrop_stays_out_of_the_mask(meshes_ready, backdrop):
     assert pose.silhouette_iou(torch.from_numpy(mask), torch.from_numpy(truth)) > 0.9
 
 
+def grey_floor(size=(96, 128), low=0.42, high=0.48, noise=2.0, seed=1):
+    """A grey floor whose brightness runs from `low` (left) to `high` (right), with sensor noise."""
+    H, W = size
+    ramp = np.linspace(low, high, W)[None, :].repeat(H, 0)
+    return ramp, np.random.default_rng(seed).normal(0, noise / 255, (H, W, 3))
+
+
+def disk(size, centre, radius):
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def test_a_lamps_bright_patch_on_a_grey_floor_is_not_the_object():
+    # A white object, its outline sharp, and beside it a lamp's patch: as bright, but fading smoothly.
+    size = (96, 128)
+    floor, noise = grey_floor(size)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    lamp = 0.3 * np.exp(-((yy - 48) ** 2 + (xx - 92) ** 2) / (2 * 16.0**2))
+    truth = disk(size, (48, 36), 14)
+    brightness = np.where(truth, 0.85, floor + lamp)
+    photo = (brightness[..., None] + noise).clip(0, 1).astype(np.float32)
+    mask = masks.photo_mask(photo)
+    assert pose.silhouette_iou(torch.from_numpy(mask), torch.from_numpy(truth)) > 0.9
+    assert not (mask & (lamp > 0.1)).any(), "no pixel of the lamp's patch is taken for the object"
+
+
+def test_the_floor_near_the_object_stops_at_strong_edges_and_far_from_it_does_not():
+    # A grey object's shaded side matches a grey floor's colour: the backdrop model takes it for floor. Its
+    # outline is a strong edge: near the object the floor stops there. Far from the object, a piece of floor
+    # that edges of its own texture enclose stays floor; so does a hard shadow beside the object.
+    size = (96, 128)
+    lit = disk(size, (48, 40), 12)  # the sure object
+    shaded = disk(size, (48, 54), 12) & ~lit  # the object's shaded side, within its outline
+    speck = disk(size, (80, 112), 5)  # a patch of the floor's texture, far away
+    shadow = disk(size, (48, 20), 5)  # a hard shadow by the object, its edge as strong as the object's
+    ring = lambda centre, inner, outer: disk(size, centre, outer) & ~disk(size, centre, inner)  # noqa: E731
+    outline = ring((48, 48), 17, 19) | ring((80, 112), 5, 7) | ring((48, 20), 5, 7)
+    background = ~lit & ~outline
+    floor = masks.floor_cut_at_edges(background, lit, outline, shadow)
+    assert not (floor & shaded).any(), "the shaded side is left to the watershed"
+    assert floor[speck].all(), "a patch of floor far from the object stays floor"
+    assert floor[shadow].all(), "a shadow stays floor"
+    assert floor[5:20, 60:].all() and floor[:, -3:].all(), "the open floor stays floor"
+    unsure = masks.floor_cut_at_edges(background, lit, outline, np.zeros(size, bool))
+    assert not unsure[shadow].any(), "(the shadow, were it not dark, would be left to the watershed)"
+
+
 def test_three_kinds_of_file_and_an_rgb_on_white_give_the_same_mask(tmp_path, meshes_ready):
     mesh = teapot()
     R, T = off_centre_rolled_pose(mesh)

@@ -21,14 +21,23 @@ casts a soft shadow, a wall may show at the top), and the file is noisy.
    more than OBJECT_CHROMA times its tolerance, or, on a grey floor where
    hue says nothing, that are brighter than the floor's brightest border
    pixel by OBJECT_BRIGHTNESS; the biggest such blobs.
-4. The rest is split between the two by a watershed on the image's
+4. Edges: a sure-object patch with no edges around it is light on the
+   floor (a lamp's bright patch, a highlight), not the object: the sure
+   object is cut along the image's strong edges, and a piece whose rim is
+   mostly smooth (fewer than EDGE_SUPPORT of its rim pixels on a strong
+   edge) is left to step 5. And the backdrop, cut along the strong edges,
+   stays sure background only in the pieces that reach the image's border
+   or lie mostly away from the object: a grey object's shaded side matches
+   a grey floor's colour and brightness, but the object's outline parts
+   the two.
+5. The rest is split between the two by a watershed on the image's
    gradient: the boundary falls on the strongest edges (the object's
    outline), not on a shadow's or a lamp's soft fall-off.
-5. Clean-up (scikit-image): specks removed, the biggest blobs kept, holes
+6. Clean-up (scikit-image): specks removed, the biggest blobs kept, holes
    smaller than 0.1% of the image filled (a teapot's handle opening is a
    real hole).
 
-`refine_with_silhouette` redoes step 4 around a fitted pose's silhouette
+`refine_with_silhouette` redoes step 5 around a fitted pose's silhouette
 (sure object well inside it, sure background well outside, edges in
 between): once the pose is roughly known, a lamp's bright patch or a
 shadow next to the object can no longer pass for it.
@@ -53,6 +62,10 @@ SHADOW_RATIO = 0.1  # the floor's pixels may be this dark relative to its darkes
 OBJECT_CHROMA = 1.5  # sure object: chromaticity this many tolerances away from every surface
 OBJECT_BRIGHTNESS = 1.25  # ... or, on a grey floor, this much brighter than its brightest border pixel
 GREY = 0.035  # a floor whose colour direction is this close to (1, 1, 1) / sqrt(3) is grey
+STRONG_EDGE = 4.0  # a strong edge: a gradient this many times the border's 90th percentile (its noise)
+EDGE_SUPPORT = 0.35  # a sure-object piece stays sure if this share of its rim lies on strong edges
+NEAR_OBJECT = 0.5  # "near the object": within this share of the sure object's size (square root of its area)
+FAR_SHARE = 0.5  # a piece of floor cut off by strong edges stays background if this share of it is not near
 PRIOR_ODDS = 3.0  # a band pixel goes against the silhouette only if the other side's colour is this much nearer
 KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
 MIN_SPECK = 0.0005  # smaller blobs are specks (share of the image)
@@ -96,8 +109,67 @@ def _spread(rgb: np.ndarray, border: np.ndarray) -> float:
     return float(np.percentile(np.abs(pixels - np.median(pixels, 0)).max(-1), 90))
 
 
-def _watershed(rgb: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray) -> np.ndarray:
-    gradient = sum(filters.sobel(ndimage.gaussian_filter(rgb[..., c], 0.5)) for c in range(3))
+def _gradient(rgb: np.ndarray) -> np.ndarray:
+    return sum(filters.sobel(ndimage.gaussian_filter(rgb[..., c], 0.5)) for c in range(3))
+
+
+def strong_edges(gradient: np.ndarray) -> np.ndarray:
+    """Pixels on (or next to) a strong edge: a gradient STRONG_EDGE times the border's 90th percentile, its noise."""
+    H, W = gradient.shape
+    noise = float(np.percentile(gradient[border_band(H, W)], 90))
+    return ndimage.binary_dilation(gradient > STRONG_EDGE * max(noise, 1e-6), iterations=1)
+
+
+def edge_supported(sure_object: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """Step 4: sure_object without its pieces that no edge surrounds.
+
+    A lamp's bright patch on a grey floor is brighter than any of the
+    border's floor, so step 3 takes it for the object (on the tuning photos
+    it was as big as the object and joined to it, and pulled the pose
+    there); its brightness falls off smoothly, while the object's outline
+    is a strong edge. So the sure object is cut along the strong edges,
+    and a piece keeps its place only if at least EDGE_SUPPORT of its rim
+    (the pixels within two of it) lie on one.
+    """
+    pieces, count = ndimage.label(sure_object & ~strong)
+    if count == 0:
+        return sure_object
+    # Each rim pixel counts for the piece with the highest label within two pixels of it.
+    near = ndimage.maximum_filter(pieces, size=5)
+    rim = (pieces == 0) & (near > 0)
+    on_edge = np.bincount(near[rim], weights=strong[rim], minlength=count + 1)
+    total = np.bincount(near[rim], minlength=count + 1)
+    smooth = on_edge < EDGE_SUPPORT * np.maximum(total, 1)
+    smooth[0] = False
+    return sure_object & ~smooth[pieces]
+
+
+def floor_cut_at_edges(background_mask: np.ndarray, sure_object: np.ndarray, strong: np.ndarray,
+                       shadow: np.ndarray) -> np.ndarray:
+    """Step 4, the floor: background_mask cut along the strong edges into pieces; a piece that reaches the
+    image's border, lies mostly away from the sure object (beyond NEAR_OBJECT of its size, the square root
+    of its area) or mostly in `shadow` (darker than any of the border) stays background; the others, such
+    as a grey object's shaded side inside its outline, are left to the watershed. (A flood of the whole
+    floor from the border, stopped at strong edges, was tried: the floor's own texture and noise cut it
+    into pieces that then passed for the object; and a hard shadow's edge is as strong as the object's.)"""
+    if not sure_object.any():
+        return background_mask
+    H, W = background_mask.shape
+    far = ndimage.distance_transform_edt(~sure_object) > NEAR_OBJECT * np.sqrt(sure_object.sum())
+    pieces, count = ndimage.label(background_mask & ~strong)
+    sizes = np.maximum(np.bincount(pieces.ravel(), minlength=count + 1), 1)
+    share = lambda where: np.bincount(pieces.ravel(), weights=where.ravel(), minlength=count + 1) / sizes  # noqa: E731
+    kept = (share(far) >= FAR_SHARE) | (share(shadow) >= FAR_SHARE)
+    kept[np.unique(pieces[border_band(H, W)])] = True
+    kept[0] = False
+    # The strong edges' own pixels away from the object or in shadow stay background too.
+    return background_mask & (kept[pieces] | ((far | shadow) & (pieces == 0)))
+
+
+def _watershed(rgb: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray,
+               gradient: np.ndarray | None = None) -> np.ndarray:
+    if gradient is None:
+        gradient = _gradient(rgb)
     markers = np.zeros(sure_object.shape, np.int32)
     markers[sure_background] = 1
     markers[sure_object & ~sure_background] = 2
@@ -189,12 +261,18 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     if not is_photo(rgb):
         return clean_render_mask(rgb, background)
     background_mask, sure_object = model if model is not None else backdrop(rgb, background)
+    gradient = _gradient(rgb)
+    strong = strong_edges(gradient)
+    sure_object = biggest_blobs(edge_supported(sure_object, strong))
+    brightness = ndimage.gaussian_filter(rgb.mean(-1), SMOOTHING)
+    shadow = brightness < np.percentile(brightness[border_band(*brightness.shape)], 1) / 1.05
+    background_mask = floor_cut_at_edges(background_mask, sure_object, strong, shadow)
     # The sure regions are kept off the boundary, which the edges then decide.
     sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border_band(*rgb.shape[:2])
-    sure_object = ndimage.binary_erosion(biggest_blobs(sure_object), iterations=2)
+    sure_object = ndimage.binary_erosion(sure_object, iterations=2)
     if not sure_object.any():
         return np.zeros(rgb.shape[:2], bool)
-    return clean(_watershed(rgb, sure_object, sure_background))
+    return clean(_watershed(rgb, sure_object, sure_background, gradient))
 
 
 def outline_weights(mask: np.ndarray, width: int = 1) -> np.ndarray:
