@@ -1,6 +1,6 @@
 """Full 6-DoF pose from one photograph: photo-like stand-ins rendered by Mitsuba 3, fitted as the README says.
 
-    python benchmarks/bench_photo.py --seed 2                    # render 24 cases, fit each, print the table
+    python benchmarks/bench_photo.py --seed 3                    # render 24 cases, fit each, print the table
     python benchmarks/bench_photo.py --seed 0 --render-only --cases /tmp/photos0   # only render (Mitsuba)
     python benchmarks/bench_photo.py --cases /tmp/photos0 --only 3 7               # fit cases already rendered
 
@@ -13,8 +13,9 @@ degrees, 240x180 to 256x192 pixels, sensor noise and JPEG for most, about one
 in six an RGBA cut-out, up to a quarter with an object in front hiding up to
 a quarter of the silhouette. Mitsuba (`pip install mitsuba`, variant
 scalar_rgb) is needed to render, not to fit; it is not a dependency of the
-project. Tuning used seed 0; the README reports seed 2 (seed 1, the report
-before, was looked at to design the twin step, so it is no longer clean).
+project. Tuning used seeds 0 and 1 (seed 1, a report once, was looked at to
+design the twin step and the mask's edge rules); the README reports seed 3,
+and seed 2, the report of the round before.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):
@@ -114,9 +115,13 @@ def fit_case(case: dict, folder: Path, out: Path, extra: list[str]) -> dict:
                               hard_silhouette(mesh, R_true, T_true, case["fov"], case["size"]))
     success = (rotation <= ROTATION_SUCCESS_DEG and translation <= TRANSLATION_SUCCESS) or (
         case["mesh"] == "teapot" and iou >= TEAPOT_IOU_SUCCESS)
+    # The mask the fit started from (target_mask.png) against the true one: how well the photo was read.
+    used = np.asarray(Image.open(out / "target_mask.png").convert("L")) > 127
+    truth = np.asarray(Image.open(folder / f"case_{case['case']:02d}_truth_mask.png").convert("L")) > 127
+    first_mask = pose.silhouette_iou(torch.from_numpy(used), torch.from_numpy(truth))
     return {**case, "seconds": seconds, "rotation_error_deg": rotation, "translation_error": translation,
-            "silhouette_iou_true": iou, "mask_iou": summary["silhouette_iou"], "ambiguous": summary["ambiguous"],
-            "success": success}
+            "silhouette_iou_true": iou, "mask_iou": summary["silhouette_iou"], "first_mask_iou": first_mask,
+            "ambiguous": summary["ambiguous"], "success": success}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -136,17 +141,51 @@ def print_table(rows: list[dict]) -> None:
     slowest = max(r["seconds"] for r in rows)
     print(f"\n{wins} of {len(rows)} succeed; whole command: mean {sum(r['seconds'] for r in rows) / len(rows):.1f} s, "
           f"max {slowest:.1f} s")
+    masks = [r["first_mask_iou"] for r in rows if "first_mask_iou" in r and not r["cutout"]]
+    if masks:
+        print(f"the first mask's IoU with the true one, RGB photos: mean {sum(masks) / len(masks):.3f}")
+
+
+def outline_over(photo: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
+    """The photo (H, W, 3 uint8) with the silhouette's outline drawn in red, two pixels wide."""
+    from scipy import ndimage
+
+    edge = silhouette & ~ndimage.binary_erosion(silhouette, iterations=2)
+    out = photo.copy()
+    out[edge] = (255, 0, 0)
+    return out
+
+
+def save_figure(rows: list[dict], folder: Path, fits: Path, path: Path) -> None:
+    """One row per fitted case: the photo, the mask the fit used (target_mask.png), the true mask, the fitted
+    pose's outline (PyTorch3D's hard silhouette at the photo's size and fov) over the photo."""
+    pictures = []
+    for row in rows:
+        if "failed" in row:
+            continue
+        with Image.open(folder / row["file"]) as image:  # a cut-out shown on white
+            photo = np.asarray(Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+                               .convert("RGB"))
+        used = np.asarray(Image.open(fits / f"fit_{row['case']:02d}" / "target_mask.png").convert("RGB"))
+        truth = np.asarray(Image.open(folder / f"case_{row['case']:02d}_truth_mask.png").convert("RGB"))
+        summary = json.loads((fits / f"fit_{row['case']:02d}" / "summary.json").read_text())
+        fitted = hard_silhouette(load_mesh(row["mesh"]), summary["R"], summary["T"], row["fov"], row["size"]).numpy()
+        pictures.append(np.concatenate([photo, used, truth, outline_over(photo, fitted)], axis=1))
+    width = max(p.shape[1] for p in pictures)
+    Image.fromarray(np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in pictures])).save(path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=2, help="the cases' seed (default 2, the report; tuning used 0)")
+    parser.add_argument("--seed", type=int, default=3, help="the cases' seed (default 3, the report; tuning used 0, 1)")
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--cases", type=Path, help="folder of rendered cases (made if missing; default: temporary)")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--only", type=int, nargs="+", help="fit only these case numbers")
     parser.add_argument("--keep", type=Path, help="keep each fit's output folder here")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--figure", type=Path, help="draw the fitted cases here, a row each: the photo, the mask "
+                        "used, the true mask, the fitted outline (with --only: the README's picture)")
     parser.add_argument("extra", nargs="*", help="more flags for the scripts, after --")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_photo_") as tmp:
@@ -173,6 +212,8 @@ def main() -> int:
                       f"{'success' if row['success'] else 'FAIL'}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1, default=str))
+        if args.figure:
+            save_figure(rows, folder, args.keep or Path(tmp), args.figure)
     print_table(rows)
     wins = sum(r.get("success", False) for r in rows)
     met = len(rows) == 24 and wins >= SUCCESS_TARGET and max(r["seconds"] for r in rows) <= SECONDS_TARGET

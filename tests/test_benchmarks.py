@@ -42,15 +42,16 @@ def test_photo_benchmark_fits_each_case_as_the_readme_says(tmp_path, meshes_read
     folder.mkdir()
     mesh = teapot()
     R, T = off_centre_rolled_pose(mesh)
-    photo, _, _ = photograph(mesh, R, T, (120, 120, 120))
+    photo, truth, _ = photograph(mesh, R, T, (120, 120, 120))
     Image.fromarray(photo).save(folder / "case_00.jpg", quality=90)
+    Image.fromarray(truth.astype(np.uint8) * 255).save(folder / "case_00_truth_mask.png")
     case = {"case": 0, "file": "case_00.jpg", "mesh": "teapot", "R": R.tolist(), "T": T.tolist(), "fov": 50.0,
             "size": list(photo.shape[:2]), "floor": "grey", "cutout": False, "jpeg": 90, "occluded_share": 0.0,
             "roll_deg": 30.0}
     (folder / "cases.json").write_text(json.dumps({"seed": 0, "cases": [case]}))
     rows = tmp_path / "rows.json"
     result = run_benchmark("bench_photo.py", "--cases", folder, "--json", rows, "--keep", tmp_path / "fits",
-                           "--", "--iterations", "2")
+                           "--figure", tmp_path / "fits.png", "--", "--iterations", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| 0 | teapot | grey | JPEG q90 |" in result.stdout and "of 1 succeed" in result.stdout
     (row,) = json.loads(rows.read_text())
@@ -58,6 +59,12 @@ def test_photo_benchmark_fits_each_case_as_the_readme_says(tmp_path, meshes_read
     summary = json.loads((tmp_path / "fits" / "fit_00" / "summary.json").read_text())
     assert summary["settings"]["pose_mode"] == "6dof" and summary["settings"]["restarts"] == 8
     assert torch.tensor(summary["R"]).shape == (3, 3)
+    # The figure: the photo, the mask used, the true mask, the fitted outline in red over the photo.
+    figure = np.asarray(Image.open(tmp_path / "fits.png"))
+    H, W = truth.shape
+    assert figure.shape == (H, 4 * W, 3)
+    assert (figure[:, 2 * W : 3 * W, 0] > 127).sum() == truth.sum()
+    assert ((figure[:, 3 * W :] == (255, 0, 0)).all(-1)).any()
 
 
 def test_tracking_benchmark_runs_a_prepared_sequence(tmp_path, meshes_ready):

@@ -26,10 +26,10 @@ casts a soft shadow, a wall may show at the top), and the file is noisy.
    object is cut along the image's strong edges, and a piece whose rim is
    mostly smooth (fewer than EDGE_SUPPORT of its rim pixels on a strong
    edge) is left to step 5. And the backdrop, cut along the strong edges,
-   stays sure background only in the pieces that reach the image's border
-   or lie mostly away from the object: a grey object's shaded side matches
-   a grey floor's colour and brightness, but the object's outline parts
-   the two.
+   stays sure background only in the pieces that reach the image's border,
+   lie mostly away from the object or in shadow: a grey object's shaded
+   side matches a grey floor's colour and brightness, but the object's
+   outline parts the two.
 5. The rest is split between the two by a watershed on the image's
    gradient: the boundary falls on the strongest edges (the object's
    outline), not on a shadow's or a lamp's soft fall-off.
@@ -158,7 +158,10 @@ def floor_cut_at_edges(background_mask: np.ndarray, sure_object: np.ndarray, str
     far = ndimage.distance_transform_edt(~sure_object) > NEAR_OBJECT * np.sqrt(sure_object.sum())
     pieces, count = ndimage.label(background_mask & ~strong)
     sizes = np.maximum(np.bincount(pieces.ravel(), minlength=count + 1), 1)
-    share = lambda where: np.bincount(pieces.ravel(), weights=where.ravel(), minlength=count + 1) / sizes  # noqa: E731
+
+    def share(where: np.ndarray) -> np.ndarray:  # of each piece's pixels
+        return np.bincount(pieces.ravel(), weights=where.ravel(), minlength=count + 1) / sizes
+
     kept = (share(far) >= FAR_SHARE) | (share(shadow) >= FAR_SHARE)
     kept[np.unique(pieces[border_band(H, W)])] = True
     kept[0] = False
@@ -166,10 +169,7 @@ def floor_cut_at_edges(background_mask: np.ndarray, sure_object: np.ndarray, str
     return background_mask & (kept[pieces] | ((far | shadow) & (pieces == 0)))
 
 
-def _watershed(rgb: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray,
-               gradient: np.ndarray | None = None) -> np.ndarray:
-    if gradient is None:
-        gradient = _gradient(rgb)
+def _watershed(gradient: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray) -> np.ndarray:
     markers = np.zeros(sure_object.shape, np.int32)
     markers[sure_background] = 1
     markers[sure_object & ~sure_background] = 2
@@ -264,6 +264,7 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     gradient = _gradient(rgb)
     strong = strong_edges(gradient)
     sure_object = biggest_blobs(edge_supported(sure_object, strong))
+    # Darker than (nearly) all of the border: a shadow, whose edge may be as strong as the object's.
     brightness = ndimage.gaussian_filter(rgb.mean(-1), SMOOTHING)
     shadow = brightness < np.percentile(brightness[border_band(*brightness.shape)], 1) / 1.05
     background_mask = floor_cut_at_edges(background_mask, sure_object, strong, shadow)
@@ -272,7 +273,7 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     sure_object = ndimage.binary_erosion(sure_object, iterations=2)
     if not sure_object.any():
         return np.zeros(rgb.shape[:2], bool)
-    return clean(_watershed(rgb, sure_object, sure_background, gradient))
+    return clean(_watershed(gradient, sure_object, sure_background))
 
 
 def outline_weights(mask: np.ndarray, width: int = 1) -> np.ndarray:
