@@ -33,6 +33,7 @@ count when PyTorch3D's hard silhouettes at the fitted and at the true pose
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def hard_silhouette(mesh, R, T, fov, size) -> torch.Tensor:
     return fragments.pix_to_face[0, ..., 0] >= 0
 
 
+@functools.cache  # once per mesh: every case's errors and the figure's rows use it
 def load_mesh(name: str):
     from pytorch3d.io import load_objs_as_meshes
 
