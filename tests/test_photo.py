@@ -121,6 +121,51 @@ def test_the_floor_near_the_object_stops_at_strong_edges_and_far_from_it_does_no
     assert not unsure[shadow].any(), "(the shadow, were it not dark, would be left to the watershed)"
 
 
+def rolled(R, T, degrees):
+    """The same camera turned about its optical axis: x @ R @ Rz + T @ Rz, its centre where it was."""
+    Rz = initial.roll_matrices(torch.tensor([math.radians(degrees)]))[0]
+    return R @ Rz, T @ Rz
+
+
+def test_upright_wants_the_camera_above_the_floor_level_enough_and_not_upside_down(meshes_ready):
+    mesh = cow()
+    upright = initial.Upright.of(mesh)
+    assert upright.floor_y == pytest.approx(float(mesh.verts_packed()[:, 1].min()))
+
+    def allowed(R, T):
+        return bool(upright.allows(R, pose.camera_centre(R, T)[:, 1])[0])
+
+    R, T, _ = pose.view_camera(3.0, 10.0, 40.0, "cpu")  # nearly level: the roll tilts its x axis as much
+    assert allowed(R, T) and allowed(*rolled(R, T, 40.0)) and allowed(*rolled(R, T, -55.0))
+    assert not allowed(*rolled(R, T, 70.0)) and not allowed(*rolled(R, T, 180.0))  # too far, upside down
+    assert not allowed(*pose.view_camera(3.0, -30.0, 40.0, "cpu")[:2])  # under the floor
+    assert allowed(*rolled(*pose.view_camera(3.0, 50.0, 40.0, "cpu")[:2], 70.0))  # its x axis 37 degrees off level
+    # Looking straight down the camera may face any way; with --max-roll 90 or more any roll will do.
+    assert allowed(*rolled(*pose.view_camera(3.0, 89.0, 0.0, "cpu")[:2], 180.0))
+    any_roll = initial.Upright(upright.floor_y, max_roll_deg=90.0)
+    R_flipped, T_flipped = rolled(R, T, 180.0)
+    assert bool(any_roll.allows(R_flipped, pose.camera_centre(R_flipped, T_flipped)[:, 1])[0])
+
+
+def test_the_grid_keeps_to_upright_poses_whose_mirror_twins_come_from_below(meshes_ready):
+    mesh = cow()
+    R, T = pose.view_camera(3.0, 35.0, 120.0, "cpu")[:2]
+    R, T = rolled(R[0], T[0], 20.0)
+    renderers = render.make_renderers("cpu", SIZE, fov=FOV)
+    with torch.no_grad():
+        _, mask = render.hard_render(renderers, mesh, R[None], T[None])
+    upright = initial.Upright.of(mesh)
+
+    def allowed(Rs, Ts):
+        return upright.allows(Rs, pose.camera_centre(Rs, Ts)[:, 1])
+
+    R_any, T_any, _ = initial.initial_poses(mesh, mask[0], FOV, 8)
+    R_up, T_up, _ = initial.initial_poses(mesh, mask[0], FOV, 8, upright=upright)
+    assert not bool(allowed(R_any, T_any).all())  # the silhouette's twins from below score as well
+    assert bool(allowed(R_up, T_up).all())
+    assert min(pose.rotation_error_deg(r, R) for r in R_up) < 20.0
+
+
 def test_three_kinds_of_file_and_an_rgb_on_white_give_the_same_mask(tmp_path, meshes_ready):
     mesh = teapot()
     R, T = off_centre_rolled_pose(mesh)
@@ -193,6 +238,7 @@ def test_a_large_photo_is_scaled_down_and_its_exif_read(tmp_path, meshes_ready):
 BAD = {
     "pose not a mode": (["--pose", "free"], "invalid choice"),
     "6dof with --init-position": (["--pose", "6dof", "--init-position", "1", "2", "3"], "--init-position"),
+    "roll out of range": (["--pose", "6dof", "--max-roll", "200"], "--max-roll"),
 }
 
 

@@ -61,6 +61,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def roll_degrees(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 180:
+        raise argparse.ArgumentTypeError(f"must be an angle from 0 to 180 degrees, got {text}")
+    return value
+
+
 def finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -142,6 +149,13 @@ def fit_parser(description: str, loss_threshold: float, output_dir: Path) -> arg
         help="lookat: the book's camera position, looking at the origin (default); 6dof: the object's full "
         "pose (rotation and translation: off-centre, rolled), started from a coarse grid of views. Either way "
         "summary.json holds R and T, PyTorch3D's (x_view = x_mesh @ R + T, +X left, +Y up, +Z forward)")
+    add("--upright", action=argparse.BooleanOptionalAction, default=True,
+        help="with --pose 6dof: the object stands on a floor (the plane of the mesh's lowest vertex, +Y up) and "
+        "the camera is above it, as in a photograph of an object on a table: poses from under the floor, or "
+        "rolled more than --max-roll, come last. A silhouette alone cannot tell a view from its mirror twin "
+        "seen from below (default on; --no-upright for any orientation)")
+    add("--max-roll", type=roll_degrees, default=60.0, metavar="DEG",
+        help="with --upright: the camera's largest roll off the floor's level, degrees (default 60)")
     add_common(parser, output_dir, fov_default=None)
     parser.set_defaults(book_loss_threshold=loss_threshold)
     return parser

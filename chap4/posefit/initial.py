@@ -16,6 +16,7 @@ mask's centroid, at the depth its area implies.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +32,42 @@ GRID_ROLLS = 24  # in-plane rotations, 15 degrees apart
 SCORE_SIDE = 64  # pixels a side of the views' renders
 FILL = 0.75  # the bounding sphere's share of the views' field of view
 MIN_SEPARATION_DEG = 25.0  # hypotheses kept are at least this far apart (geodesic angle)
+MAX_ROLL_DEG = 60.0  # Upright: the camera's roll off the floor's horizontal (a hand-held photo's is within +-40)
+STRAIGHT_DOWN_DEG = 10.0  # Upright: within this of looking straight down a camera may face any way
+
+
+@dataclass(frozen=True)
+class Upright:
+    """The object stands on a floor and the camera is above it, not rolled far: a photograph's prior.
+
+    The floor is the plane y = floor_y of the mesh's coordinates (its lowest vertex, +Y up: both of the
+    chapter's meshes stand so). A pose is allowed when its camera centre is above that plane, its x axis is
+    at most max_roll_deg out of level, and it is not upside down (its y axis pointing into the floor; a
+    camera looking nearly straight down may turn any way). Why it matters: for an object with a vertical
+    plane of symmetry (the cow, the teapot) the view from d and the view from d mirrored in that plane and
+    turned half a turn show the same silhouette, and that second view is from below the floor, or upside
+    down; a silhouette alone cannot tell them apart, the floor can.
+    """
+
+    floor_y: float
+    max_roll_deg: float = MAX_ROLL_DEG
+
+    @classmethod
+    def of(cls, mesh, max_roll_deg: float = MAX_ROLL_DEG) -> Upright:
+        """The floor under this mesh (its lowest vertex)."""
+        return cls(float(mesh.verts_packed()[:, 1].min()), max_roll_deg)
+
+    def allows(self, R: torch.Tensor, camera_y: torch.Tensor) -> torch.Tensor:
+        """Per pose (R (..., 3, 3), its camera centre's height (...)): above the floor, level enough, upright.
+
+        The camera's x and y axes in mesh coordinates are R's first two columns: R[1, 0] is the sine of
+        the x axis's tilt out of level (the roll), R[1, 1] < 0 a y axis pointing down.
+        """
+        if self.max_roll_deg >= 90.0:
+            return camera_y > self.floor_y
+        level = R[..., 1, 0].abs() <= math.sin(math.radians(self.max_roll_deg))
+        not_upside_down = R[..., 1, 1] >= -math.sin(math.radians(STRAIGHT_DOWN_DEG))
+        return (camera_y > self.floor_y) & level & not_upside_down
 
 
 def mesh_centre_radius(mesh) -> tuple[torch.Tensor, float]:
@@ -153,10 +190,11 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
 
 def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
                   rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG,
-                  near=None):
+                  near=None, upright: Upright | None = None):
     """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3) and their IoUs.
 
     near: (R, degrees): only views and rolls within that angle of R's (a lost track's neighbourhood).
+    upright: only poses it allows (if none is, the grid's best regardless).
     """
     device = mesh.device
     centre, radius = mesh_centre_radius(mesh)
@@ -179,6 +217,13 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
         cos_near = math.cos(math.radians(near[1]))
         trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
         iou = torch.where((trace - 1) / 2 >= cos_near, iou, torch.full_like(iou, -1.0))
+    if upright is not None:
+        # The camera sits at the view's depth along its direction from the centre, whatever the roll and
+        # wherever the object is put on the image (the turn onto the centroid's ray keeps the camera).
+        camera_y = centre[1] + distance / scale * directions[:, 1]  # (V,)
+        allowed = upright.allows(R_all, camera_y[:, None].expand(-1, rolls))
+        if bool(allowed.any()):
+            iou = torch.where(allowed, iou, iou - 2.0)  # after every allowed one, in their own order
     order = torch.argsort(iou.reshape(-1), descending=True)
     picked = []
     cos_limit = math.cos(math.radians(min_separation_deg))

@@ -14,7 +14,8 @@ class FitOptions:
 
     image_size: the render size; with target_image, the largest shorter side the image is fitted at.
     fov: degrees across the shorter side (None: 60, or a photo's EXIF). pose_mode: "lookat" (the book's
-    camera position) or "6dof" (the object's full pose). restarts: starting poses fitted together, on
+    camera position) or "6dof" (the object's full pose); upright, max_roll (6dof): the object stands on a
+    floor, the camera above it rolled at most max_roll degrees (posefit.initial.Upright). restarts: starting poses fitted together, on
     posefit.search.Hypotheses's schedule, whose keywords `schedule` overrides. settings: the command line's,
     for summary.json. progress and background_frames: the progress bar, the picture writer's own process.
     """
@@ -35,6 +36,8 @@ class FitOptions:
     background: object = None
     fov: float | None = None
     pose_mode: str = "lookat"
+    upright: bool = True
+    max_roll: float = 60.0
     schedule: dict | None = None
     settings: dict | None = None
     progress: bool = True

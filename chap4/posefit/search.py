@@ -104,11 +104,16 @@ class Hypotheses:
                  explore_lr_factor: float = EXPLORE_LR_FACTOR, refine_share: float = REFINE_SHARE,
                  refine_sigma: float = REFINE_SIGMA, lr_final_factor: float = LR_FINAL_FACTOR,
                  explore_colour: bool | None = None, scheduled: bool | None = None,
-                 rank_with_colour: bool = False, flip_twins: bool = False):
+                 rank_with_colour: bool = False, flip_twins: bool = False,
+                 upright: initial.Upright | None = None):
         self.poses = poses
         # flip_twins (6-DoF): at the pruning, the best of the pruned is replaced by the best survivor turned
-        # half a turn about the camera's vertical axis through the object (see flip_twin).
+        # half a turn about the camera's vertical axis through the object (see flip_twin), or with
+        # `upright` about the floor's vertical.
         self.flip_twins = flip_twins
+        # upright (6-DoF, a photo's prior, posefit.initial.Upright): the pruning keeps the poses it allows
+        # before any other, and the answer is one of them if any is left.
+        self.upright = upright
         n = len(poses)
         # The book's run (one look-at camera) has no schedule; several starts, or a 6-DoF fit, do.
         self.single = not scheduled if scheduled is not None else n == 1
@@ -259,7 +264,8 @@ class Hypotheses:
         keep = good
         if i in self.prune_schedule and len(keep) > self.prune_schedule[i]:
             ranking = self._colour_losses() if self.rank_with_colour and self.model is not None else values
-            ranked = sorted(keep, key=lambda r: ranking[r])
+            allowed = self._allowed_rows()
+            ranked = sorted(keep, key=lambda r: (not allowed[r], ranking[r]))
             keep = ranked[: self.prune_schedule[i]]
             if self.flip_twins:
                 spare = ranked[len(keep)]  # the best of the pruned becomes the best survivor's twin
@@ -273,23 +279,35 @@ class Hypotheses:
         self._next_iteration(i + 1, optimizer)
         return self.best_loss, self.best_position
 
+    def _allowed_rows(self) -> list[bool]:
+        """Per row: does the prior (upright) allow its pose now? All True without one."""
+        if self.upright is None:
+            return [True] * len(self.active)
+        R, T = self.poses.current()
+        return self.upright.allows(R, pose.camera_centre(R, T)[:, 1]).tolist()
+
     def flip_twin(self, row: int, source: int, optimizer) -> None:
         """Row `row` starts again from row `source`'s pose turned half a turn about the camera's vertical axis
-        through the object's centre, with fresh optimiser moments.
+        through the object's centre (with `upright`, about the floor's vertical), with fresh optimiser moments.
 
         Seen from the other side, a nearly symmetric object (the cow from behind, the teapot with its spout
         and handle swapped) shows nearly the mirror image of its silhouette, which a rolled view of the
         other side matches as well: on the photo benchmark's seed 1 the cow seen from behind and fitted
         from the front ended 172-173 degrees off, the rotation that takes those answers to the truth a
         half turn about the view's vertical axis (within 10 degrees). The grid's best starts often hold
-        only one of the two; this puts the other in.
+        only one of the two; this puts the other in. With a floor, the camera's vertical would put the
+        camera under it (unless it looks along the floor, where the two axes agree); about the floor's
+        vertical the teapot's spout and handle swap at any height (its silhouette nearly the same).
         """
         poses = self.poses
         with torch.no_grad():
             R, T = poses()
             centre = poses.centre
             half_turn = torch.diag(torch.tensor([-1.0, 1.0, -1.0], device=R.device))
-            R_twin = pose.orthonormal(R[source] @ half_turn)
+            if self.upright is None:
+                R_twin = pose.orthonormal(R[source] @ half_turn)
+            else:  # x @ R_twin = (x turned about the mesh's +Y) @ R
+                R_twin = pose.orthonormal(half_turn @ R[source])
             T_twin = centre @ R[source] + T[source] - centre @ R_twin  # the centre stays where it is seen
             poses.R0[row], poses.T0[row] = R_twin, T_twin
             poses.rotation[row] = 0.0
@@ -322,6 +340,10 @@ class Hypotheses:
         another loss: the cow's exploration leaves out the colour term.)
         """
         scored = [k for k in self.active if self.final_loss[k] is not None]
+        if self.upright is not None:
+            allowed = [k for k in scored
+                       if bool(self.upright.allows(self.R[k], pose.camera_centre(self.R[k], self.T[k])[0, 1]))]
+            scored = allowed or scored
         return min(scored, key=lambda k: self.final_loss[k]) if scored else self.active[0]
 
     def summary(self, ious) -> dict:
@@ -368,29 +390,30 @@ def renderer_settings(pose_mode: str, textured: bool = False) -> dict:
 
 
 def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_position, restarts: int,
-          iterations: int, lr: float, **schedule) -> Hypotheses:
+          iterations: int, lr: float, upright: initial.Upright | None = None, **schedule) -> Hypotheses:
     """The hypotheses a fit starts from.
 
     lookat: the book's camera at init_position (with restarts > 1, more at its distance, spread evenly over
     the sphere). 6dof: the `restarts` best poses of the coarse grid (posefit.initial) for the target's mask,
-    on the 6-DoF schedule (SIX_DOF_ITERATIONS at most, a fifth of the rate).
+    on the 6-DoF schedule (SIX_DOF_ITERATIONS at most, a fifth of the rate), those `upright` allows first.
     """
     if pose_mode == "lookat":
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
                           iterations=iterations, lr=lr, **schedule)
-    R, T, _ = initial.initial_poses(mesh, target.hard_mask, fov, restarts)
+    R, T, _ = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright)
     centre, radius = initial.mesh_centre_radius(mesh)
     min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
     poses = pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
     return Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
-                      scheduled=True, rank_with_colour=True, flip_twins=True, **schedule)
+                      scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright, **schedule)
 
 
 def start_fit(options, mesh, target: targets.Target, fov: float, **schedule) -> Hypotheses:
     """start() with a fit's options (posefit.run.FitOptions): its pose mode, start, restarts, iterations, rate,
     and its schedule keywords over `schedule`'s."""
+    upright = initial.Upright.of(mesh, options.max_roll) if options.upright else None
     return start(options.pose_mode, mesh, target, fov, init_position=options.init_position,
-                 restarts=options.restarts, iterations=options.iterations, lr=options.lr,
+                 restarts=options.restarts, iterations=options.iterations, lr=options.lr, upright=upright,
                  **{**schedule, **(options.schedule or {})})
 
 
