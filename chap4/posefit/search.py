@@ -67,6 +67,12 @@ AMBIGUOUS_MIN_IOU = 0.5  # if it fits at all: two poses that both miss the targe
 SIX_DOF_ITERATIONS = 200
 SIX_DOF_LR_SHARE = 0.2
 SIX_DOF_FACES_PER_PIXEL = 30  # the soft renderers' faces per pixel: sharper edges need fewer than the book's 100
+# The exploration's sigma: a tenth of the book's. The book's sigma widens the basin for a start far away
+# (its look-at camera starts anywhere); the grid starts within about 15 degrees, and at half size the
+# book's blur moves the loss's minimum itself: on a cow cut-out (a perfect mask) the minimum lay 11
+# degrees from the truth, whose loss was higher by half, and the start 11 degrees off went 50 degrees
+# away while exploring; at a tenth, 4 degrees off, where the refinement takes over.
+SIX_DOF_EXPLORE_SIGMA = 1e-5
 # A hypothesis's centre stays at least MIN_DEPTH_VIEW bounding radii / tan(fov / 2) in front of the camera
 # (its bounding sphere then spans at most about 1.7 times the shorter side), and never nearer than
 # MIN_DEPTH_RADII radii: one that comes close and fills the view costs the rasterizer minutes.
@@ -105,7 +111,7 @@ class Hypotheses:
                  refine_sigma: float = REFINE_SIGMA, lr_final_factor: float = LR_FINAL_FACTOR,
                  explore_colour: bool | None = None, scheduled: bool | None = None,
                  rank_with_colour: bool = False, flip_twins: bool = False,
-                 upright: initial.Upright | None = None):
+                 upright: initial.Upright | None = None, explore_sigma: float | None = None):
         self.poses = poses
         # flip_twins (6-DoF): at the pruning, the best of the pruned is replaced by the best survivor turned
         # half a turn about the camera's vertical axis through the object (see flip_twin), or with
@@ -125,6 +131,9 @@ class Hypotheses:
         # (the cow: its render costs four times the silhouette's); rank_with_colour: the pruning then ranks
         # by the loss with it (one render of the batch), which tells a mirror view from the right one.
         self.refine_sigma, self.lr_final_factor = refine_sigma, lr_final_factor
+        # explore_sigma: the soft renderers' sigma while exploring (None: the renderers' own, the book's);
+        # the refinement's falls from it to refine_sigma.
+        self.explore_sigma = explore_sigma
         self.explore_colour = bool(explore_colour)
         self.rank_with_colour = rank_with_colour and explore_colour is False
         # The first iteration of the refinement (full size, sharper renders, falling learning rate).
@@ -180,16 +189,19 @@ class Hypotheses:
         return explore * (self.lr * self.lr_final_factor / explore) ** self._refine_share(i)
 
     def sigma_at(self, i: int, book_sigma: float) -> float:
-        """The soft renderers' sigma: the book's, then in the refinement a geometric fall to refine_sigma."""
+        """The soft renderers' sigma: the exploration's (explore_sigma, else the book's), then in the refinement
+        a geometric fall from it to refine_sigma."""
+        start = self.explore_sigma or book_sigma
         if not self.refining(i):
-            return book_sigma
-        return book_sigma * (self.refine_sigma / book_sigma) ** self._refine_share(i)
+            return start
+        return start * (self.refine_sigma / start) ** self._refine_share(i)
 
     def schedule(self) -> dict:
         """What the multi-start schedule did, for summary.json."""
         return {"explore_scale": self.explore_scale, "explore_lr_factor": self.explore_lr_factor,
                 "prune_schedule": [list(p) for p in sorted(self.prune_schedule.items())],
                 "refine_from": self.refine_from, "refine_sigma": self.refine_sigma,
+                **({"explore_sigma": self.explore_sigma} if self.explore_sigma else {}),
                 "lr_final_factor": self.lr_final_factor}
 
     @property
@@ -214,6 +226,8 @@ class Hypotheses:
             model.use(*self.explore, colour=self.explore_colour)
         else:
             model.use(renderers, target, colour=self.single or self.explore_colour or self.refine_from == 0)
+        if self.explore_sigma and self.refine_from > 0:
+            render.set_sigma((self.explore or self.full)[0], self.explore_sigma)
 
     def _next_iteration(self, i: int, optimizer) -> None:
         """The learning rate, sharpness, size and colour term of iteration i."""
@@ -405,7 +419,8 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
     poses = pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
     return Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
-                      scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright, **schedule)
+                      scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
+                      **{"explore_sigma": SIX_DOF_EXPLORE_SIGMA, **schedule})
 
 
 def start_fit(options, mesh, target: targets.Target, fov: float, **schedule) -> Hypotheses:
