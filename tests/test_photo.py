@@ -21,7 +21,7 @@ from scipy import ndimage
 
 import diff_render
 import diff_render_texture
-from posefit import data, initial, masks, pose, render, targets
+from posefit import data, initial, masks, pose, render, search, targets
 from posefit.errors import UserError
 
 SIZE = (48, 64)  # (H, W)
@@ -164,6 +164,22 @@ def test_the_grid_keeps_to_upright_poses_whose_mirror_twins_come_from_below(mesh
     assert not bool(allowed(R_any, T_any).all())  # the silhouette's twins from below score as well
     assert bool(allowed(R_up, T_up).all())
     assert min(pose.rotation_error_deg(r, R) for r in R_up) < 20.0
+
+
+def test_with_the_floor_the_answer_and_its_ambiguity_are_poses_above_it(meshes_ready):
+    mesh = cow()
+    centre, _ = initial.mesh_centre_radius(mesh)
+    above, below = pose.view_camera(3.0, 30.0, 40.0, "cpu")[:2], pose.view_camera(3.0, -30.0, 40.0, "cpu")[:2]
+    R, T = torch.cat([above[0], below[0]]), torch.cat([above[1], below[1]])
+    answers = {}
+    for upright in (None, initial.Upright.of(mesh)):
+        poses = pose.SixDoF(R, T, centre=centre)
+        hypotheses = search.Hypotheses(poses, iterations=10, scheduled=True, upright=upright)
+        optimizer = torch.optim.Adam(poses.parameters(), lr=0.0)
+        hypotheses.step(0, torch.tensor([5.0, 1.0]), optimizer)  # the pose from below fits better
+        answers[upright is None] = hypotheses.best(), hypotheses.summary([0.95, 0.96])["ambiguous"]
+    assert answers[True] == (1, True)  # any orientation: the lower loss, and the other one as good
+    assert answers[False] == (0, False)  # the floor: the pose above it, and no rival under the floor
 
 
 def test_three_kinds_of_file_and_an_rgb_on_white_give_the_same_mask(tmp_path, meshes_ready):

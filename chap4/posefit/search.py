@@ -70,7 +70,7 @@ SIX_DOF_FACES_PER_PIXEL = 30  # the soft renderers' faces per pixel: sharper edg
 # The exploration's sigma: a tenth of the book's. The book's sigma widens the basin for a start far away
 # (its look-at camera starts anywhere); the grid starts within about 15 degrees, and at half size the
 # book's blur moves the loss's minimum itself: on a cow cut-out (a perfect mask) the minimum lay 11
-# degrees from the truth, whose loss was higher by half, and the start 11 degrees off went 50 degrees
+# degrees from the truth, whose loss was higher by half, and the start 11 degrees off went 56 degrees
 # away while exploring; at a tenth, 4 degrees off, where the refinement takes over.
 SIX_DOF_EXPLORE_SIGMA = 1e-5
 # A hypothesis's centre stays at least MIN_DEPTH_VIEW bounding radii / tan(fov / 2) in front of the camera
@@ -354,11 +354,14 @@ class Hypotheses:
         another loss: the cow's exploration leaves out the colour term.)
         """
         scored = [k for k in self.active if self.final_loss[k] is not None]
-        if self.upright is not None:
-            allowed = [k for k in scored
-                       if bool(self.upright.allows(self.R[k], pose.camera_centre(self.R[k], self.T[k])[0, 1]))]
-            scored = allowed or scored
+        scored = [k for k in scored if self._allows(k)] or scored
         return min(scored, key=lambda k: self.final_loss[k]) if scored else self.active[0]
+
+    def _allows(self, k: int) -> bool:
+        """Does the prior (upright) allow hypothesis k's last pose? True without one."""
+        if self.upright is None:
+            return True
+        return bool(self.upright.allows(self.R[k], pose.camera_centre(self.R[k], self.T[k])[0, 1]))
 
     def summary(self, ious) -> dict:
         """summary.json's `hypotheses`, and `ambiguous` with the alternative when there is one."""
@@ -384,7 +387,7 @@ class Hypotheses:
         rivals = [
             (ious[k], k, angle)
             for k in range(len(entries))
-            if k != best and ious[k] >= max(ious[best] - AMBIGUOUS_IOU, AMBIGUOUS_MIN_IOU)
+            if k != best and self._allows(k) and ious[k] >= max(ious[best] - AMBIGUOUS_IOU, AMBIGUOUS_MIN_IOU)
             and (angle := pose.rotation_error_deg(self.R[k], self.R[best])) > AMBIGUOUS_DEG
         ]
         if rivals:
