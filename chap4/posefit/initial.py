@@ -194,7 +194,7 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3) and their IoUs.
 
     near: (R, degrees): only views and rolls within that angle of R's (a lost track's neighbourhood).
-    upright: only poses it allows (if none is, the grid's best regardless).
+    upright: the poses it allows come first (the others only if too few are allowed).
     """
     device = mesh.device
     centre, radius = mesh_centre_radius(mesh)

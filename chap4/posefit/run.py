@@ -15,8 +15,9 @@ class FitOptions:
     image_size: the render size; with target_image, the largest shorter side the image is fitted at.
     fov: degrees across the shorter side (None: 60, or a photo's EXIF). pose_mode: "lookat" (the book's
     camera position) or "6dof" (the object's full pose); upright, max_roll (6dof): the object stands on a
-    floor, the camera above it rolled at most max_roll degrees (posefit.initial.Upright). restarts: starting poses fitted together, on
-    posefit.search.Hypotheses's schedule, whose keywords `schedule` overrides. settings: the command line's,
+    floor, the camera above it rolled at most max_roll degrees (posefit.initial.Upright). restarts:
+    starting poses fitted together, on posefit.search.Hypotheses's schedule, whose keywords `schedule`
+    overrides. settings: the command line's,
     for summary.json. progress and background_frames: the progress bar, the picture writer's own process.
     """
 
