@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posefit import pose, targets
+from posefit import initial, pose, targets
 from posefit.errors import EXIT_USAGE, UserError
 
 BOOK_IMAGE_SIZE = 256  # loss thresholds are stated for this size
@@ -154,8 +154,9 @@ def fit_parser(description: str, loss_threshold: float, output_dir: Path) -> arg
         "the camera is above it, as in a photograph of an object on a table: poses from under the floor, or "
         "rolled more than --max-roll, come last. A silhouette alone cannot tell a view from its mirror twin "
         "seen from below (default on; --no-upright for any orientation)")
-    add("--max-roll", type=roll_degrees, default=60.0, metavar="DEG",
-        help="with --upright: the camera's largest roll off the floor's level, degrees (default 60)")
+    add("--max-roll", type=roll_degrees, default=initial.MAX_ROLL_DEG, metavar="DEG",
+        help=f"with --upright: the camera's largest roll off the floor's level, degrees "
+        f"(default {initial.MAX_ROLL_DEG:g})")
     add_common(parser, output_dir, fov_default=None)
     parser.set_defaults(book_loss_threshold=loss_threshold)
     return parser

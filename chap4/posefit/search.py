@@ -278,8 +278,8 @@ class Hypotheses:
         keep = good
         if i in self.prune_schedule and len(keep) > self.prune_schedule[i]:
             ranking = self._colour_losses() if self.rank_with_colour and self.model is not None else values
-            allowed = self._allowed_rows()
-            ranked = sorted(keep, key=lambda r: (not allowed[r], ranking[r]))
+            # (the records of the rows still in hold their poses as they are now: _remember above)
+            ranked = sorted(keep, key=lambda r: (not self._allows(self.active[r]), ranking[r]))
             keep = ranked[: self.prune_schedule[i]]
             if self.flip_twins:
                 spare = ranked[len(keep)]  # the best of the pruned becomes the best survivor's twin
@@ -292,13 +292,6 @@ class Hypotheses:
             self.active = [self.active[r] for r in keep]
         self._next_iteration(i + 1, optimizer)
         return self.best_loss, self.best_position
-
-    def _allowed_rows(self) -> list[bool]:
-        """Per row: does the prior (upright) allow its pose now? All True without one."""
-        if self.upright is None:
-            return [True] * len(self.active)
-        R, T = self.poses.current()
-        return self.upright.allows(R, pose.camera_centre(R, T)[:, 1]).tolist()
 
     def flip_twin(self, row: int, source: int, optimizer) -> None:
         """Row `row` starts again from row `source`'s pose turned half a turn about the camera's vertical axis
