@@ -61,3 +61,16 @@ def test_runs_from_another_working_directory(tmp_path, meshes_ready):
     assert result.returncode == 0, result.stderr
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert "summary.json" in names and "fitting.gif" not in names and "fitting_0.png" not in names
+
+
+@pytest.mark.parametrize(("target_image", "names"), [(None, "target_silhouette.png"),
+                                                     ("photo.jpg", "target_mask.png")], ids=["book", "photo"])
+def test_a_poor_fit_says_which_mask_to_check(tmp_path, capsys, target_image, names):
+    from posefit import outputs
+
+    summary = {"iterations": 200, "final_loss": 900.0, "silhouette_iou": 0.2, "seconds": 1.0,
+               "stopped": "max_iterations", "settings": {"target_image": target_image}}
+    assert outputs.report(summary, tmp_path) == 0
+    warning = capsys.readouterr().out.splitlines()[0]
+    assert warning.startswith("warning: the fitted silhouette covers the target poorly") and names in warning
+    assert ("background remover" in warning) == (target_image is not None)
