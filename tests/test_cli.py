@@ -74,3 +74,7 @@ def test_a_poor_fit_says_which_mask_to_check(tmp_path, capsys, target_image, nam
     warning = capsys.readouterr().out.splitlines()[0]
     assert warning.startswith("warning: the fitted silhouette covers the target poorly") and names in warning
     assert ("background remover" in warning) == (target_image is not None)
+    assert "--restarts 8" in warning  # not asked for yet; once it was, only more iterations are suggested
+    summary["settings"]["restarts"] = 8
+    outputs.report(summary, tmp_path)
+    assert "--restarts" not in capsys.readouterr().out.splitlines()[0]

@@ -180,11 +180,13 @@ def report(summary: dict, output_dir: Path) -> int:
     if summary["silhouette_iou"] < search.AMBIGUOUS_MIN_IOU:
         # A file's mask is the likelier culprit (a photo's backdrop model can lose a white object on a light
         # floor); the synthesised target's is the book's rule.
+        settings = summary.get("settings", {})
         check = ("the mask found in the image (target_mask.png); if it is wrong, cut the object out with a "
-                 "background remover and fit the RGBA PNG" if summary.get("settings", {}).get("target_image")
+                 "background remover and fit the RGBA PNG" if settings.get("target_image")
                  else "the target's mask (target_silhouette.png)")
+        more = "--restarts 8, more --iterations" if settings.get("restarts", 1) < 8 else "more --iterations"
         print(f"warning: the fitted silhouette covers the target poorly (IoU {summary['silhouette_iou']:.2f}); "
-              f"try --restarts 8, more --iterations, or check {check}")
+              f"try {more}, or check {check}")
     if summary.get("ambiguous"):
         other = summary["alternative"]
         position = " ".join(f"{v:.3f}" for v in other["camera_position"])
