@@ -148,6 +148,10 @@ def fit(output_dir=RESULTS, loss_threshold: float = 500.0, **options) -> dict:
             if loop.done:
                 break
 
+    # 6. A photo (--pose 6dof): the answer refined by the photo's colours, the render lit by the photo's
+    #    own light and composited over the floor behind the object, as the tracker fits a frame.
+    hypotheses.polish(mesh, target, fov)
+
     # The fitted pose measured, summary.json, final.png, loss.png, the GIF.
     return outputs.finish_run(loop, renderers, mesh, hypotheses, hypotheses.target, frames, output_dir,
                               loss_threshold=loss_threshold, settings=o.settings, device=device)

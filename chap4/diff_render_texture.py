@@ -179,6 +179,10 @@ def fit(output_dir=RESULTS, loss_threshold: float = 800.0, weight_silhouette: fl
             if loop.done:
                 break
 
+    # 6. A photo (--pose 6dof): the answer refined by the photo's colours, the render lit by the photo's
+    #    own light and composited over the floor behind the object, as the tracker fits a frame.
+    hypotheses.polish(mesh, target, fov)
+
     return outputs.finish_run(loop, renderers, mesh, hypotheses, hypotheses.target, frames, output_dir,
                               loss_threshold=loss_threshold, settings=o.settings, device=device)
 

@@ -51,14 +51,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from pytorch3d.renderer import look_at_view_transform
-from pytorch3d.renderer.utils import parse_image_size
 from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
-from scipy import ndimage
 from tqdm import tqdm
 
-from posefit import cli, data, initial, masks, outputs, pose, render, targets, video
+from posefit import cli, data, initial, outputs, pose, render, video
 from posefit.errors import EXIT_INTERRUPTED, UserError
+from posefit.frame_fit import SIGMA_AT_128, WEIGHT_COLOUR, GradientScale, Observed, fit, hard_silhouette
 from posefit.frames import FrameWriter
 
 DEFAULT_OUTPUT = data.REPO / "result_cow" / "tracking"
@@ -67,18 +66,7 @@ OBSERVED_DIR = "observed"  # where the synthesised frames are saved, as a --fram
 WORKING_SIDE = 120  # frames are tracked at this shorter side at most (--image-size)
 LOSS_JUMP = 4.0  # a frame whose loss per pixel is this many times the recent median's is searched again
 RECORD_EVERY_S = 1.0  # tracking.json is rewritten at most this often while tracking (and at the end)
-# The colour term's weight. The silhouette pins the outline, but for an out-of-plane turn of a few degrees
-# it hardly changes, and a photo's mask is shifted by its shading (the shaded side lost to the shadow), which
-# turns the pose a little every frame; the texture's patches and the shading hold the turn, and the render
-# composited over the backdrop places the outline by the colours themselves. With the earlier colour term
-# (gain and offset, the object on white) weight 16 was best (default sequence: 1, 1.20 deg mean; 16, 0.65);
-# with this one, 480 (silhouette weight 1), on three tuning sequences (seeds 5, 6, 1): 240, 960 no better.
-WEIGHT_COLOUR = 480.0
-BACKDROP_MARGIN = 3  # the backdrop is known at the pixels at least this far from the mask
-WINDOW_MARGIN = 8  # pixels around the mask and the predicted outline that a frame's fit renders (fit_window)
 MIN_REDRAWN_SHARE = 0.5  # a search's mask drawn around its pose is kept if it covers this share of its silhouette
-COLOUR_OUTLIER = 0.15  # the colour residual at which a pixel's weight has halved (Cauchy weights)
-GRADIENT_MEMORY = 0.98  # per step: how slowly GradientScale's running mean square of the gradient forgets
 
 
 # ---------------------------------------------------------------------------
@@ -151,197 +139,6 @@ def synthetic_poses(num_frames: int, seed: int = 0, distance: float = 3.0, eleva
     return R[:num_frames].float(), T[:num_frames].float()
 
 
-# ---------------------------------------------------------------------------
-# One frame: its pixels at the working size, and which of them are the object
-# ---------------------------------------------------------------------------
-
-
-class Observed:
-    """A frame as the fit sees it: its colours (h, w, 3; a cut-out's on white), its mask, the pixels' weights
-    in the silhouette term (None: all count; in a photo, the mask's outline does not: masks.outline_weights),
-    and its backdrop: the colours behind the object (masks.backdrop_behind), what the render is composited
-    over. frame: a RawFrame, or the video.Prepared one."""
-
-    def __init__(self, frame, size, background=None, silhouette: torch.Tensor | None = None):
-        prepared = frame if isinstance(frame, video.Prepared) else video.prepare(frame, size, background)
-        values = prepared.values
-        self.original, self.photo = prepared.raw.pixels[..., :3], prepared.photo
-        if values.shape[-1] == 4:  # a cut-out: alpha is the mask, composited on white
-            alpha = values[..., 3:]
-            colours, mask = values[..., :3] * alpha + (1 - alpha), alpha[..., 0] >= 0.5
-        else:
-            colours = values
-            if not self.photo:
-                mask = masks.clean_render_mask(colours, background)
-            elif silhouette is not None:
-                # Where the object was predicted to be: edges decide near its outline.
-                mask = masks.refine_with_silhouette(colours, silhouette.cpu().numpy(),
-                                                    background_mask=prepared.backdrop[0])
-            else:
-                mask = masks.photo_mask(colours, background, model=prepared.backdrop)
-        self.colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32))
-        self.mask = torch.from_numpy(mask.astype(np.float32))
-        self.weight = torch.from_numpy(masks.outline_weights(mask)) if self.photo else None
-        known = ~ndimage.binary_dilation(mask, iterations=BACKDROP_MARGIN)  # surely not the object
-        if self.photo:
-            behind = masks.backdrop_behind(colours, known)
-        else:  # a render's flat backdrop (a cut-out's white): its one colour behind the object
-            behind = np.array(colours, dtype=np.float32)
-            behind[~known] = np.median(colours[known], 0) if known.any() else 1.0
-        self.backdrop = torch.from_numpy(behind)
-        self.window = fit_window(mask, None if silhouette is None else silhouette.cpu().numpy())
-
-
-def fit_window(mask: np.ndarray, silhouette: np.ndarray | None = None) -> tuple[int, int, int, int]:
-    """The rows and columns (y0, y1, x0, x1) a frame's fit renders and compares: the box around the mask and
-    the predicted silhouette, widened by WINDOW_MARGIN pixels and a sixth of the object's size. Beyond it
-    the mask is empty and no pose of the frame's few steps reaches; the object covers a tenth of a frame,
-    and each step's cost goes with the pixels rendered."""
-    H, W = mask.shape
-    where = mask if silhouette is None else (mask | silhouette)
-    if not where.any():
-        return (0, H, 0, W)
-    rows, cols = np.nonzero(where)
-    margin = WINDOW_MARGIN + int(np.sqrt(where.sum()) / 6)
-    return (max(0, int(rows.min()) - margin), min(H, int(rows.max()) + 1 + margin),
-            max(0, int(cols.min()) - margin), min(W, int(cols.max()) + 1 + margin))
-
-
-# ---------------------------------------------------------------------------
-# Fitting one frame
-# ---------------------------------------------------------------------------
-
-
-def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior=None):
-    """Per pose: summed squared silhouette error + weight_colour * robust colour error (+ the motion prior).
-
-    One soft rasterization feeds both terms. The colour term compares the
-    frame with the render composited over the frame's backdrop (the soft
-    silhouette's share of each pixel the object's, the rest the backdrop's),
-    the object lit by the light that best explains the frame (targets.shade:
-    an ambient, a direction and an offset, solved on the pixels the object
-    covers): where the outline falls is decided by the colours themselves,
-    not only by the mask, whose outline a photo's shading shifts (a shaded
-    side is lost to a shadow, a lit side gains the pixels that mix it with
-    the floor). The light is solved again at every step (solved once a
-    frame, the errors on the tuning sequences grew by a degree). Each
-    pixel's colour error is weighted by
-    1 / (1 + (residual / COLOUR_OUTLIER)^2), held constant for the gradient,
-    so that pixels of something in front of the object, which neither the
-    render nor the backdrop explain, count for little. Only the frame's
-    window (Observed.window) is rendered and compared. Returns the loss per
-    pose and the soft silhouettes (of the window).
-    """
-    y0, y1, x0, x1 = frame.window
-    y, x = slice(y0, y1), slice(x0, x1)
-    fragments = render.rasterize_window(renderers.textured.rasterizer, meshes, frame.window, R=R, T=T)
-    silhouette = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
-    mask = frame.mask[y, x]
-    error = (silhouette - mask) ** 2
-    if frame.weight is not None:
-        error = error * frame.weight[y, x]
-    loss = error.sum(dim=(1, 2))
-    if weight_colour:
-        albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
-        share, colours = silhouette[..., None], frame.colours[y, x]
-        light = targets.solve_light(albedo, normals, colours, (silhouette.detach() > 0.5) * mask)
-        composite = share * targets.shade(albedo, normals, light) + (1 - share) * frame.backdrop[y, x]
-        residual = composite - colours
-        with torch.no_grad():
-            weight = 1.0 / (1.0 + (residual.norm(dim=-1, keepdim=True) / COLOUR_OUTLIER) ** 2)
-        loss = loss + weight_colour * (weight * residual**2).sum(dim=(1, 2, 3))
-    if prior is not None:
-        loss = loss + prior()
-    return loss, silhouette.detach()
-
-
-class GradientScale:
-    """Adam whose second moment, the running mean square of each pose parameter's gradient, is carried from
-    frame to frame (its first moment starts afresh at each frame).
-
-    Adam started afresh moves every parameter by about its rate at its first step, whatever the gradient's
-    size (the first step is the rate times the gradient's sign): at a frame whose predicted pose is already
-    right, that is noise. On the plain tuning sequences' frames (4 x 15), 5 fresh Adam steps from the true
-    pose ended 1.53 degrees from it on average (1.34 with the scale carried), and from 6 degrees off they
-    reached 3.95 (3.35). With the scale of the last frames' gradients, a step is as long as its gradient is
-    large compared with theirs: short near the frame's loss minimum, longer far from it (at most about
-    1 / sqrt(1 - memory) times the rate, when a gradient dwarfs the running scale). The price: after
-    frames of large gradients (the first frames' longer fits) the steps stay short for a few frames.
-    """
-
-    def __init__(self, memory: float = GRADIENT_MEMORY, momentum: float = 0.9, eps: float = 1e-8):
-        self.memory, self.momentum, self.eps = memory, momentum, eps
-        self.mean_square: list[torch.Tensor] | None = None
-
-    def start(self, parameters) -> list[torch.Tensor]:
-        """A frame's first moments, zero."""
-        return [torch.zeros_like(p) for p in parameters]
-
-    @torch.no_grad()
-    def step(self, parameters, moments: list[torch.Tensor], lr: float, step: int) -> None:
-        """One step of the frame's fit (step counts from 0 within the frame)."""
-        grads = [p.grad for p in parameters]
-        if self.mean_square is None or any(v.shape != g.shape for v, g in zip(self.mean_square, grads, strict=True)):
-            self.mean_square = [g**2 for g in grads]
-        else:
-            self.mean_square = [self.memory * v + (1 - self.memory) * g**2
-                                for v, g in zip(self.mean_square, grads, strict=True)]
-        for p, m, g, v in zip(parameters, moments, grads, self.mean_square, strict=True):
-            m.mul_(self.momentum).add_(g, alpha=1 - self.momentum)
-            p.sub_(lr / (1 - self.momentum ** (step + 1)) * m / (v.sqrt() + self.eps))
-
-
-def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int, lr: float, lr_end: float,
-        weight_colour: float, prior_weight: float = 0.0, scale: GradientScale | None = None):
-    """Adam on N 6-DoF poses at once, each a correction of its start (posefit.pose.SixDoF); with `scale`
-    (a GradientScale, carried through the frames of one track), its steps instead.
-
-    The learning rate falls geometrically from lr to lr * lr_end, so that the
-    last steps settle instead of rattling around the minimum. prior_weight
-    pulls the correction towards zero (the prediction): per pixel of the frame,
-    times the squared rotation (radians) and the squared translation as a
-    share of the depth. A step that makes a number non-finite is undone and
-    ends the refinement. Returns each pose's final (R, T), its loss and its
-    soft silhouette at the last evaluation.
-    """
-    poses = pose.SixDoF(R_start, T_start)
-    parameters = list(poses.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=lr) if scale is None else None
-    moments = scale.start(parameters) if scale is not None else None
-    pixels, depth = frame.mask.numel(), T_start[:, 2:].clamp(min=1e-3)
-
-    def prior():
-        turn = (poses.rotation**2).sum(1)
-        move = ((poses.translation / depth) ** 2).sum(1)
-        return prior_weight * pixels * (turn + move)
-
-    loss = torch.full((len(poses),), math.inf, device=R_start.device)
-    silhouette = None
-    for step in range(iterations):
-        rate = lr * lr_end ** (step / max(iterations - 1, 1))
-        loss, silhouette = losses(renderers, meshes, *poses(), frame, weight_colour,
-                                  prior if prior_weight else None)
-        if not torch.isfinite(loss).all():
-            break
-        for p in parameters:
-            p.grad = None
-        loss.sum().backward()
-        before = [p.detach().clone() for p in parameters]
-        if scale is None:
-            optimizer.param_groups[0]["lr"] = rate
-            optimizer.step()
-        else:
-            scale.step(parameters, moments, rate, step)
-        with torch.no_grad():
-            if not all(poses.finite_rows()):
-                for parameter, value in zip(parameters, before, strict=True):
-                    parameter.copy_(value)
-                break
-            poses.translation[:, 2].clamp_(min=-0.5 * poses.T0[:, 2])
-    R, T = poses.poses()
-    return R, T, loss.detach(), silhouette
-
-
 def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degrees: float, starts: int,
               iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float):
     """A lost frame searched again: the 6-DoF initialisation (posefit.initial) over the views within `degrees`
@@ -408,31 +205,6 @@ class Stopwatch:
         now = time.perf_counter()
         self.laps[stage] = self.laps.get(stage, 0.0) + now - self.last
         self.last = now
-
-
-def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
-    """The hard silhouette (one face per pixel, no blur) of one pose: the IoU's, the overlay's, and where the
-    next frame's object is looked for. With a window (y0, y1, x0, x1; a frame's fit window) only its pixels
-    are rasterized (the same numbers as in the whole image), and the whole image only if the silhouette
-    reaches the window's edge inside the image: a connected mesh's silhouette that does not reach it lies
-    all inside (a --mesh of separate parts far apart could leave one outside the window, unseen here)."""
-    with torch.no_grad():
-        rasterizer = renderers.phong.rasterizer
-        if window is not None:
-            H, W = parse_image_size(rasterizer.raster_settings.image_size)
-            y0, y1, x0, x1 = window
-            inside = render.rasterize_window(rasterizer, mesh, window, R=R, T=T).pix_to_face[0, ..., 0] >= 0
-            edges = [(y0 > 0, inside[0]), (y1 < H, inside[-1]), (x0 > 0, inside[:, 0]), (x1 < W, inside[:, -1])]
-            if not any(cut and bool(edge.any()) for cut, edge in edges):
-                whole = torch.zeros((H, W), dtype=torch.bool, device=inside.device)
-                whole[y0:y1, x0:x1] = inside
-                return whole
-        return rasterizer(mesh, R=R, T=T).pix_to_face[0, ..., 0] >= 0
-
-
-# ---------------------------------------------------------------------------
-# Pictures
-# ---------------------------------------------------------------------------
 
 
 def overlay(original: np.ndarray, silhouette: torch.Tensor) -> np.ndarray:
@@ -531,7 +303,7 @@ def track(
     lr_end: float = 0.2,
     weight_colour: float = WEIGHT_COLOUR,
     faces_per_pixel: int = 8,
-    sigma: float = 5e-6,
+    sigma: float = SIGMA_AT_128,
     extrapolate: float = 1.0,
     prior_weight: float = 0.0,
     fov: float = 60.0,

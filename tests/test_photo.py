@@ -21,7 +21,7 @@ from scipy import ndimage
 
 import diff_render
 import diff_render_texture
-from posefit import data, initial, masks, pose, render, search, targets
+from posefit import data, frame_fit, initial, masks, pose, render, search, targets
 from posefit.errors import UserError
 
 SIZE = (48, 64)  # (H, W)
@@ -211,7 +211,23 @@ def test_six_dof_fit_of_an_off_centre_rolled_photo_recovers_the_pose(tmp_path, m
     centre = pose.camera_centre(R_fit, T_fit)[0]
     assert torch.allclose(centre, torch.tensor(summary["camera_position"]), atol=1e-4)
     assert summary["fov"] == FOV and summary["fov_source"] == "--fov"
+    assert summary["polished"], "a photo's 6-DoF answer is refined by its colours"
     assert {"final.png", "target_mask.png", "summary.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_the_colour_polish_brings_a_turned_pose_closer(meshes_ready):
+    # The photo fit's last step (frame_fit.polish): from the true pose turned by 6 degrees, the silhouette
+    # and the colours of the render lit by the photo's light, over the shadowed floor, turn it back.
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, _, _ = photograph(mesh, R, T, (60, 110, 170), size=(96, 128))
+    turned = axis_angle_to_matrix(torch.tensor([0.0, math.radians(6.0), 0.0])) @ R
+    R_fit, T_fit = frame_fit.polish(mesh, photo / 255.0, FOV, turned, T)
+    assert pose.rotation_error_deg(R_fit, R) < 0.5 * pose.rotation_error_deg(turned, R)
+    assert float((T_fit - T).norm() / T.norm()) < 0.03
+    # A pose that is not finite is returned as it came.
+    nan_R = torch.full((3, 3), float("nan"))
+    assert frame_fit.polish(mesh, photo / 255.0, FOV, nan_R, T)[0] is nan_R
 
 
 def test_summary_pose_reproduces_the_fitted_silhouette_with_pytorch3d(tmp_path, meshes_ready):
@@ -232,6 +248,7 @@ def test_look_at_runs_report_r_and_t_too(tmp_path, meshes_ready):
     R, T = torch.tensor(summary["R"]), torch.tensor(summary["T"])
     assert torch.allclose(pose.camera_centre(R, T)[0], torch.tensor(summary["camera_position"]), atol=1e-5)
     assert torch.allclose(pose.look_at(torch.tensor(summary["camera_position"]))[0][0], R, atol=1e-6)
+    assert not summary["polished"], "the book's look-at fit keeps its answer as the loop left it"
 
 
 def test_a_large_photo_is_scaled_down_and_its_exif_read(tmp_path, meshes_ready):

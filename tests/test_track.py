@@ -13,7 +13,7 @@ from pytorch3d.io import load_objs_as_meshes
 from pytorch3d.transforms import axis_angle_to_matrix
 
 import track_pose
-from posefit import data, pose, render, video
+from posefit import data, frame_fit, pose, render, video
 
 # Stated accuracy at 64 px over the first 8 frames of the default path (the
 # benchmark's targets, at 128 px over 60 frames, are 2 / 5 degrees and 2%).
@@ -283,7 +283,7 @@ def test_the_carried_gradient_scale_steps_with_the_gradient_where_fresh_adam_doe
     torch.optim.Adam([fresh], lr=rate).step()
     assert torch.allclose(fresh.detach().abs(), torch.full((1, 3), rate), rtol=1e-3)
 
-    carried, scale = torch.nn.Parameter(torch.zeros(1, 3)), track_pose.GradientScale()
+    carried, scale = torch.nn.Parameter(torch.zeros(1, 3)), frame_fit.GradientScale()
     first = scale.start([carried])
     carried.grad = torch.ones(1, 3)
     scale.step([carried], first, rate, 0)  # a new scale's first step is Adam's
@@ -306,7 +306,7 @@ def test_a_photo_frame_leaves_its_outline_out_and_a_render_does_not():
     pixels = np.full((40, 50, 3), (180, 90, 60), np.float32)
     pixels[10:30, 15:35] = (240, 240, 240)
     noisy = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
-    frame = track_pose.Observed(video.RawFrame(0, None, noisy), (40, 50))
+    frame = frame_fit.Observed(video.RawFrame(0, None, noisy), (40, 50))
     assert frame.photo and frame.weight is not None
     mask = frame.mask.numpy() > 0.5
     weight = frame.weight.numpy()
@@ -314,7 +314,7 @@ def test_a_photo_frame_leaves_its_outline_out_and_a_render_does_not():
     edge = mask & ~np.roll(mask, 1, axis=0)  # the top row of the object
     assert (weight[edge] == 0).all() and (weight[np.roll(edge, -1, axis=0)] == 0).all()
     assert weight[20, 25] == 1 and weight[2, 2] == 1
-    clean = track_pose.Observed(video.RawFrame(0, None, pixels.astype(np.uint8)), (40, 50))
+    clean = frame_fit.Observed(video.RawFrame(0, None, pixels.astype(np.uint8)), (40, 50))
     assert not clean.photo and clean.weight is None
 
 
@@ -475,10 +475,10 @@ def test_the_hard_silhouette_in_a_window_is_the_whole_images(meshes_ready, kind)
     plain = mesh.__class__(verts=mesh.verts_list(), faces=mesh.faces_list())
     renderers = render.make_renderers("cpu", (48, 64), rasterizer=kind, faces_per_pixel=8, cull_backfaces=True)
     R, T = track_pose.synthetic_poses(1)
-    whole = track_pose.hard_silhouette(renderers, plain, R, T)
+    whole = frame_fit.hard_silhouette(renderers, plain, R, T)
     rows, cols = torch.nonzero(whole, as_tuple=True)
     y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
     around = (max(0, y0 - 3), min(48, y1 + 3), max(0, x0 - 3), min(64, x1 + 3))
     cutting = (y0 + 4, y1, x0, x1)
     for window in (around, cutting, (0, 48, 0, 64)):
-        assert torch.equal(track_pose.hard_silhouette(renderers, plain, R, T, window), whole), window
+        assert torch.equal(frame_fit.hard_silhouette(renderers, plain, R, T, window), whole), window

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from posefit import initial, pose, render, targets
+from posefit import frame_fit, initial, masks, pose, render, targets
 
 UP_AXIS_MARGIN_DEG = 10.0  # no lattice start this close to the up axis, where look_at_rotation is undefined
 # The schedule with several starts (--restarts > 1; one start is the book's
@@ -148,6 +148,7 @@ class Hypotheses:
         self.init_positions = poses.initial_positions()
         self.best_row, self.best_index, self.best_loss, self.best_position = 0, 0, math.inf, None
         self.model = self.full = self.explore = self.mesh = None
+        self.polished = False  # the answer refined by a photo's colours after the loop (polish)
 
     # -- the record of each hypothesis ---------------------------------------------------------
 
@@ -338,6 +339,21 @@ class Hypotheses:
         """R (1, 3, 3) and T (1, 3) of the last iteration's best hypothesis."""
         return self.R[self.best_index][None], self.T[self.best_index][None]
 
+    def polish(self, mesh, target: targets.Target, fov: float) -> bool:
+        """With a 6-DoF pose and a photo (an RGB file with a varying backdrop): the answer refined by the
+        photo's colours, as a tracked frame is fitted (posefit.frame_fit.polish); its record takes the new
+        pose. Other fits are left as they are. Returns whether it was polished."""
+        if not isinstance(self.poses, pose.SixDoF) or target.photo is None or target.original is None:
+            return False
+        if not masks.is_photo(target.photo.cpu().numpy()):
+            return False
+        k = self.best()
+        R, T = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background)
+        self.R[k], self.T[k] = R, T
+        self.positions[k] = pose.camera_centre(R, T)[0].tolist()
+        self.polished = True
+        return True
+
     # -- the answer ---------------------------------------------------------------------------
 
     def best(self) -> int:
@@ -374,7 +390,7 @@ class Hypotheses:
                 entry["dropped"] = self.dropped[k]
             entries.append(entry)
         best = self.best()
-        out = {"best_hypothesis": best, "hypotheses": entries, "ambiguous": False}
+        out = {"best_hypothesis": best, "hypotheses": entries, "ambiguous": False, "polished": self.polished}
         if not self.single:
             out["multistart"] = self.schedule()
         rivals = [
