@@ -18,8 +18,9 @@ t-1's estimate carried forward with the last velocity:
    edges between well inside and well outside the predicted silhouette, so
    that the shadow and the backdrop stay out); run a few Adam steps (the
    gradient's scale carried from frame to frame) on a small rotation and
-   translation that correct the prediction (the library's 6-DoF pose), scored by the summed squared silhouette error (in a photo
-   the mask's outline left out: it is a pixel off there) and the colour
+   translation that correct the prediction (the library's 6-DoF pose),
+   scored by the summed squared silhouette error (in a photo the mask's
+   outline left out: it is a pixel off there) and the colour
    error of the frame against the render composited over the frame's own
    backdrop (the floor and shadow filled in behind the object), the object
    lit by the light that best explains the frame (an ambient, a direction
@@ -57,7 +58,7 @@ from tqdm import tqdm
 
 from posefit import cli, data, initial, outputs, pose, render, video
 from posefit.errors import EXIT_INTERRUPTED, UserError
-from posefit.frame_fit import SIGMA_AT_128, WEIGHT_COLOUR, GradientScale, Observed, fit, hard_silhouette
+from posefit.frame_fit import SIGMA_AT_128, WEIGHT_COLOUR, GradientScale, Observed, fit, hard_silhouette, sigma_for
 from posefit.frames import FrameWriter
 
 DEFAULT_OUTPUT = data.REPO / "result_cow" / "tracking"
@@ -367,7 +368,7 @@ def track(
     # 2. Renderers: one soft rasterization of the front faces for a soft silhouette and a soft colour
     #    (one albedo per face); --rasterizer stock keeps PyTorch3D's rasterizer.
     renderers = render.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
-                                      textured_faces_per_pixel=faces_per_pixel, sigma=sigma * (128 / min(size)) ** 2,
+                                      textured_faces_per_pixel=faces_per_pixel, sigma=sigma_for(size, sigma),
                                       fov=fov, albedo=render.face_colours(mesh), cull_backfaces=True)
     mesh = plain
     render.set_up_cpu(rasterizer)  # one thread; glibc keeps large blocks (process-wide)

@@ -250,9 +250,9 @@ def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def sigma_for(size) -> float:
-    """The soft edge width for an image of `size` (h, w): SIGMA_AT_128, scaled with the pixel area."""
-    return SIGMA_AT_128 * (128 / min(size)) ** 2
+def sigma_for(size, at_128: float = SIGMA_AT_128) -> float:
+    """The soft edge width for an image of `size` (h, w): its width at 128 px, scaled with the pixel area."""
+    return at_128 * (128 / min(size)) ** 2
 
 
 def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
@@ -262,9 +262,12 @@ def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tenso
     on the silhouette and on the colours of the render lit by the photo's light and composited over the
     floor and shadow behind the object. The grid and the silhouette fit place the object by the mask, whose
     outline a photo's shading shifts; the colours place it by the lit and the shaded sides themselves.
-    Returns the refined (R, T), or R, T themselves if the refinement failed (a non-finite loss)."""
+    Returns the refined (R, T), or R, T themselves if the refinement failed (a non-finite loss). It runs on
+    the CPU (the frame's tensors are made there, as the tracker's are), whatever the device of R and T."""
     if not (torch.isfinite(R).all() and torch.isfinite(T).all()):
         return R, T
+    device, given = R.device, (R, T)
+    mesh, R, T = mesh.to("cpu"), R.cpu(), T.cpu()
     H0, W0 = pixels.shape[:2]
     scale = min(1.0, side / min(H0, W0))
     size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
@@ -276,10 +279,10 @@ def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tenso
     silhouette = hard_silhouette(renderers, plain, R[None], T[None])
     frame = Observed(video.prepare(raw, size, background), size, background, silhouette)
     if not frame.mask.any():
-        return R, T
+        return given
     R_fit, T_fit, loss, _ = fit(renderers, plain, R[None], T[None], frame, iterations=steps, lr=lr, lr_end=0.2,
                                 weight_colour=WEIGHT_COLOUR)
     if not torch.isfinite(loss).all():
-        return R, T
-    return R_fit[0], T_fit[0]
+        return given
+    return R_fit[0].to(device), T_fit[0].to(device)
 
