@@ -140,6 +140,11 @@ def synthetic_poses(num_frames: int, seed: int = 0, distance: float = 3.0, eleva
     return R[:num_frames].float(), T[:num_frames].float()
 
 
+# ---------------------------------------------------------------------------
+# One frame: searched again when lost, recentred, checked
+# ---------------------------------------------------------------------------
+
+
 def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degrees: float, starts: int,
               iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float):
     """A lost frame searched again: the 6-DoF initialisation (posefit.initial) over the views within `degrees`
@@ -206,6 +211,11 @@ class Stopwatch:
         now = time.perf_counter()
         self.laps[stage] = self.laps.get(stage, 0.0) + now - self.last
         self.last = now
+
+
+# ---------------------------------------------------------------------------
+# Pictures
+# ---------------------------------------------------------------------------
 
 
 def overlay(original: np.ndarray, silhouette: torch.Tensor) -> np.ndarray:

@@ -44,6 +44,11 @@ POLISH_STEPS = 60
 POLISH_LR = 0.006
 
 
+def sigma_for(size, at_128: float = SIGMA_AT_128) -> float:
+    """The soft edge width for an image of `size` (h, w): its width at 128 px, scaled with the pixel area."""
+    return at_128 * (128 / min(size)) ** 2
+
+
 class Observed:
     """A frame as the fit sees it: its colours (h, w, 3; a cut-out's on white), its mask, the pixels' weights
     in the silhouette term (None: all count; in a photo, the mask's outline does not: masks.outline_weights),
@@ -246,13 +251,8 @@ def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# Pictures
+# A photo's last step
 # ---------------------------------------------------------------------------
-
-
-def sigma_for(size, at_128: float = SIGMA_AT_128) -> float:
-    """The soft edge width for an image of `size` (h, w): its width at 128 px, scaled with the pixel area."""
-    return at_128 * (128 / min(size)) ** 2
 
 
 def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
