@@ -52,13 +52,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from pytorch3d.renderer import look_at_view_transform
-from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 from tqdm import tqdm
 
 from posefit import cli, data, initial, outputs, pose, render, video
 from posefit.errors import EXIT_INTERRUPTED, UserError
-from posefit.frame_fit import SIGMA_AT_128, WEIGHT_COLOUR, GradientScale, Observed, fit, hard_silhouette, sigma_for
+from posefit.frame_fit import (
+    FACES_PER_PIXEL,
+    SIGMA_AT_128,
+    WEIGHT_COLOUR,
+    GradientScale,
+    Observed,
+    fit,
+    hard_silhouette,
+    make_renderers,
+)
 from posefit.frames import FrameWriter
 
 DEFAULT_OUTPUT = data.REPO / "result_cow" / "tracking"
@@ -313,7 +321,7 @@ def track(
     lr: float = 0.014,
     lr_end: float = 0.2,
     weight_colour: float = WEIGHT_COLOUR,
-    faces_per_pixel: int = 8,
+    faces_per_pixel: int = FACES_PER_PIXEL,
     sigma: float = SIGMA_AT_128,
     extrapolate: float = 1.0,
     prior_weight: float = 0.0,
@@ -372,15 +380,12 @@ def track(
     ahead = video.read_ahead(video.Head(source, total), functools.partial(video.prepare, size=size,
                                                                           background=background),
                              process=background_frames and not isinstance(source, video.SyntheticFrames))
-    # The fit renders one colour per face, so the texture map need not travel with each pose of a batch.
-    plain = Meshes(verts=mesh.verts_list(), faces=mesh.faces_list())
 
     # 2. Renderers: one soft rasterization of the front faces for a soft silhouette and a soft colour
-    #    (one albedo per face); --rasterizer stock keeps PyTorch3D's rasterizer.
-    renderers = render.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
-                                      textured_faces_per_pixel=faces_per_pixel, sigma=sigma_for(size, sigma),
-                                      fov=fov, albedo=render.face_colours(mesh), cull_backfaces=True)
-    mesh = plain
+    #    (one albedo per face, so the mesh fitted carries no texture map); --rasterizer stock keeps
+    #    PyTorch3D's rasterizer.
+    renderers, mesh = make_renderers(mesh, size, fov, device, faces_per_pixel=faces_per_pixel, sigma=sigma,
+                                     rasterizer=rasterizer)
     render.set_up_cpu(rasterizer)  # one thread; glibc keeps large blocks (process-wide)
     # torch's first optimizer imports torch._dynamo (about 2 s): at start-up, not in frame 0's time.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
@@ -555,7 +560,7 @@ def main() -> int:
     add("--lr", type=cli.positive_float, default=0.014,
         help="learning rate at each frame's first step, falling to a fifth by its last (default 0.014); a step "
              "is Adam's with the gradient's running scale carried from frame to frame")
-    add("--faces-per-pixel", type=cli.positive_int, default=8,
+    add("--faces-per-pixel", type=cli.positive_int, default=FACES_PER_PIXEL,
         help="faces blended per pixel by the soft renderers (default 8)")
     add("--weight-colour", type=cli.non_negative_float, default=WEIGHT_COLOUR,
         help=f"weight of the colour error against the silhouette's (default {WEIGHT_COLOUR:g})")

@@ -49,6 +49,18 @@ def sigma_for(size, at_128: float = SIGMA_AT_128) -> float:
     return at_128 * (128 / min(size)) ** 2
 
 
+def make_renderers(mesh, size, fov: float, device, *, faces_per_pixel: int = FACES_PER_PIXEL,
+                   sigma: float = SIGMA_AT_128, rasterizer: str = "fast"):
+    """The renderers a frame's fit uses, and the mesh it renders: one soft rasterization of the faces turned
+    to the camera for a soft silhouette and a soft colour, one albedo per face (the mesh's texture at each
+    face's centre: at these sizes a face is about a pixel), so the mesh returned carries no texture map
+    (it need not travel with each pose of a batch). sigma: the soft edge width at 128 px (sigma_for)."""
+    renderers = render.make_renderers(device, size, rasterizer=rasterizer, faces_per_pixel=faces_per_pixel,
+                                      textured_faces_per_pixel=faces_per_pixel, sigma=sigma_for(size, sigma),
+                                      fov=fov, albedo=render.face_colours(mesh), cull_backfaces=True)
+    return renderers, Meshes(verts=mesh.verts_list(), faces=mesh.faces_list())
+
+
 class Observed:
     """A frame as the fit sees it: its colours (h, w, 3; a cut-out's on white), its mask, the pixels' weights
     in the silhouette term (None: all count; in a photo, the mask's outline does not: masks.outline_weights),
@@ -271,10 +283,7 @@ def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tenso
     H0, W0 = pixels.shape[:2]
     scale = min(1.0, side / min(H0, W0))
     size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
-    renderers = render.make_renderers(R.device, size, faces_per_pixel=FACES_PER_PIXEL,
-                                      textured_faces_per_pixel=FACES_PER_PIXEL, sigma=sigma_for(size), fov=fov,
-                                      albedo=render.face_colours(mesh), cull_backfaces=True)
-    plain = Meshes(verts=mesh.verts_list(), faces=mesh.faces_list())
+    renderers, plain = make_renderers(mesh, size, fov, R.device)
     raw = video.RawFrame(0, None, (np.clip(pixels[..., :3], 0, 1) * 255).round().astype(np.uint8))
     silhouette = hard_silhouette(renderers, plain, R[None], T[None])
     frame = Observed(video.prepare(raw, size, background), size, background, silhouette)
