@@ -483,3 +483,31 @@ def test_the_hard_silhouette_in_a_window_is_the_whole_images(meshes_ready, kind)
     cutting = (y0 + 4, y1, x0, x1)
     for window in (around, cutting, (0, 48, 0, 64)):
         assert torch.equal(frame_fit.hard_silhouette(renderers, plain, R, T, window), whole), window
+
+
+def test_recentring_follows_a_photos_centroid_across_the_view_and_leaves_its_depth():
+    H, W = 60, 80
+    y, x = np.mgrid[:H, :W]
+
+    def disc(cy, cx, radius):
+        return torch.from_numpy((y - cy) ** 2 + (x - cx) ** 2 <= radius**2)
+
+    T = torch.tensor([0.1, -0.2, 4.0])
+    silhouette = disc(30, 40, 10)
+    # The mask 6 pixels to the image's right and 4 down: the object moves that way (+X is left, +Y up).
+    moved = track_pose.recentre(T, silhouette, disc(34, 46, 10), fov=60.0)
+    assert moved[0] < T[0] and moved[1] < T[1]
+    assert float(moved[2]) == float(T[2])
+    # At its depth, the shift across the view is the centroid's in NDC times z tan(fov / 2).
+    per_pixel = 2 / H * math.tan(math.radians(30)) * 4.0
+    assert float(T[0] - moved[0]) == pytest.approx(6 * per_pixel, rel=0.05)
+    assert float(T[1] - moved[1]) == pytest.approx(4 * per_pixel, rel=0.05)
+    # A smaller mask on the same centroid (a part hidden, a shaded side lost), or one shifted by a pixel,
+    # moves nothing.
+    assert torch.equal(track_pose.recentre(T, silhouette, disc(30, 40, 7), fov=60.0), T)
+    assert torch.equal(track_pose.recentre(T, silhouette, disc(30, 41, 10), fov=60.0), T)
+    # A render's mask is the silhouette itself: its area sets the depth (half the area, sqrt(2) as far).
+    render_mask = torch.zeros(H, W, dtype=torch.bool)
+    render_mask[::2] = silhouette[::2]
+    farther = track_pose.recentre(T, silhouette, render_mask, fov=60.0, photo=False)
+    assert float(farther[2]) == pytest.approx(4.0 * math.sqrt(2), rel=0.05)
