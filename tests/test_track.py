@@ -11,9 +11,10 @@ from conftest import run_script
 from PIL import Image
 from pytorch3d.io import load_objs_as_meshes
 from pytorch3d.transforms import axis_angle_to_matrix
+from scipy import ndimage
 
 import track_pose
-from posefit import data, frame_fit, pose, render, video
+from posefit import data, frame_fit, masks, pose, render, video
 
 # Stated accuracy at 64 px over the first 8 frames of the default path (the
 # benchmark's targets, at 128 px over 60 frames, are 2 / 5 degrees and 2%).
@@ -511,3 +512,49 @@ def test_recentring_follows_a_photos_centroid_across_the_view_and_leaves_its_dep
     render_mask[::2] = silhouette[::2]
     farther = track_pose.recentre(T, silhouette, render_mask, fov=60.0, photo=False)
     assert float(farther[2]) == pytest.approx(4.0 * math.sqrt(2), rel=0.05)
+
+
+def test_something_in_front_is_found_where_it_crosses_the_predicted_silhouette_and_reaches_beyond():
+    # A disc (the predicted silhouette) crossed by a bar from top to bottom: the bar's pixels are in neither
+    # mask, and the bar reaches far beyond the disc; a blob by the disc's edge (a shadow) and a bar that
+    # does not touch the disc are not in front of it.
+    yy, xx = np.mgrid[:60, :80]
+    disc = (yy - 30) ** 2 + (xx - 40) ** 2 <= 15**2
+    bar = (xx >= 48) & (xx < 52)
+    far = (xx >= 70) & (xx < 73)
+    blob = (yy - 44) ** 2 + (xx - 32) ** 2 <= 3**2
+    mask = disc & ~bar
+    background = ~disc & ~bar & ~far & ~blob
+    hidden = masks.in_front(mask, background, disc)
+    assert hidden[bar].all(), "the bar, where it covers the disc and beyond"
+    assert not hidden[far].any() and not hidden[blob & ~disc].any() and not hidden[mask].any()
+    assert not masks.in_front(mask | (bar & disc), background, disc).any(), "nothing in front: nothing found"
+
+
+def test_a_photo_frame_keeps_the_predicted_object_behind_something_in_front():
+    # A white box on a terracotta floor, a navy post crossing its right side and reaching well above and
+    # below it. Drawn around the box's silhouette, the mask keeps the box behind the post (the mask drawn
+    # around the silhouette alone gives the post's pixels there to the floor), and the post's pixels beyond
+    # the box do not count.
+    rng = np.random.default_rng(0)
+    pixels = np.full((48, 64, 3), (176, 104, 76), np.float32)
+    box = np.zeros((48, 64), bool)
+    box[12:36, 18:42] = True
+    pixels[box] = (235, 235, 235)
+    post = np.zeros((48, 64), bool)
+    post[4:44, 37:43] = True
+    pixels[post] = (40, 58, 108)
+    noisy = np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.uint8)
+    frame = frame_fit.Observed(video.RawFrame(0, None, noisy), (48, 64), silhouette=torch.from_numpy(box))
+    mask, weight = frame.mask.numpy() > 0.5, frame.weight.numpy()
+    prepared = video.prepare(video.RawFrame(0, None, noisy), (48, 64))
+    refined = masks.refine_with_silhouette(prepared.values, box, background_mask=prepared.backdrop[0])
+    assert not refined[box & post].all(), "(the refined mask alone gives some of the post to the floor)"
+    assert mask[box].all(), "the box, behind the post too"
+    beyond = post & ~ndimage.binary_dilation(box, iterations=1) & ~mask
+    assert beyond.sum() > 60 and (weight[beyond] == 0).all()
+    assert weight[2, 2] == 1 and weight[24, 28] == 1
+    pixels[post], pixels[box] = (176, 104, 76), (235, 235, 235)  # no post: every pixel off the outline counts
+    noisy = np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.uint8)
+    plain = frame_fit.Observed(video.RawFrame(0, None, noisy), (48, 64), silhouette=torch.from_numpy(box))
+    assert (plain.weight.numpy()[post & ~ndimage.binary_dilation(box, iterations=1)] == 1).all()

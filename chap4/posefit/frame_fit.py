@@ -65,7 +65,9 @@ class Observed:
     """A frame as the fit sees it: its colours (h, w, 3; a cut-out's on white), its mask, the pixels' weights
     in the silhouette term (None: all count; in a photo, the mask's outline does not: masks.outline_weights),
     and its backdrop: the colours behind the object (masks.backdrop_behind), what the render is composited
-    over. frame: a RawFrame, or the video.Prepared one."""
+    over. frame: a RawFrame, or the video.Prepared one. With a predicted silhouette, a photo's mask is drawn
+    around it (masks.refine_with_silhouette) and holds the predicted object behind whatever stands in front
+    of it (masks.in_front), whose pixels beyond the silhouette weigh nothing."""
 
     def __init__(self, frame, size, background=None, silhouette: torch.Tensor | None = None):
         prepared = frame if isinstance(frame, video.Prepared) else video.prepare(frame, size, background)
@@ -84,9 +86,20 @@ class Observed:
                                                     background_mask=prepared.backdrop[0])
             else:
                 mask = masks.photo_mask(colours, background, model=prepared.backdrop)
+        beyond = None  # the pixels of something in front of the object, beyond its predicted silhouette
+        if self.photo and silhouette is not None and values.shape[-1] == 3:
+            # Something in front of the object: where it covers the predicted silhouette the object is
+            # taken to go on behind it (those pixels join the mask: the prediction holds there), and
+            # beyond the silhouette its pixels do not count (the object may move behind it).
+            predicted = silhouette.reshape(mask.shape).cpu().numpy() > 0.5
+            hidden = masks.in_front(mask, prepared.backdrop[0], predicted)
+            mask, beyond = mask | (hidden & predicted), hidden & ~predicted
         self.colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32))
         self.mask = torch.from_numpy(mask.astype(np.float32))
-        self.weight = torch.from_numpy(masks.outline_weights(mask)) if self.photo else None
+        self.weight = None
+        if self.photo:
+            weight = masks.outline_weights(mask)
+            self.weight = torch.from_numpy(weight if beyond is None else weight * ~beyond)
         known = ~ndimage.binary_dilation(mask, iterations=BACKDROP_MARGIN)  # surely not the object
         if self.photo:
             behind = masks.backdrop_behind(colours, known)
