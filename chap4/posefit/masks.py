@@ -69,6 +69,7 @@ STRONG_EDGE = 4.0  # a strong edge: a gradient this many times the border's 90th
 EDGE_SUPPORT = 0.35  # a sure-object piece stays sure if this share of its rim lies on strong edges
 NEAR_OBJECT = 0.5  # "near the object": within this share of the sure object's size (square root of its area)
 FAR_SHARE = 0.5  # a piece of floor cut off by strong edges stays background if this share of it is not near
+SILHOUETTE_BAND = 0.12  # around a predicted silhouette, the band a mask decides: this share of its size
 IN_FRONT_REACH = 0.03  # in_front: a piece reaching beyond the silhouette by this share of its area (pixels)
 PRIOR_ODDS = 3.0  # a band pixel goes against the silhouette only if the other side's colour is this much nearer
 KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
@@ -329,7 +330,13 @@ def _nearest_squared_distance(points: np.ndarray, samples: np.ndarray) -> np.nda
     return distance**2
 
 
-def in_front(mask: np.ndarray, background_mask: np.ndarray, silhouette: np.ndarray, margin: float = 0.12,
+def band_width(silhouette: np.ndarray, margin: float = SILHOUETTE_BAND) -> int:
+    """The half-width in pixels of the band around a silhouette: `margin` of its size (the square root of its
+    area), at least a pixel."""
+    return max(1, int(round(margin * np.sqrt(silhouette.sum()))))
+
+
+def in_front(mask: np.ndarray, background_mask: np.ndarray, silhouette: np.ndarray, margin: float = SILHOUETTE_BAND,
              reach: float = IN_FRONT_REACH) -> np.ndarray:
     """The pixels (H, W) bool of whatever may stand in front of the object: the connected pieces of the
     pixels neither in `mask` (the object's, refine_with_silhouette) nor in `background_mask` (what the
@@ -344,7 +351,7 @@ def in_front(mask: np.ndarray, background_mask: np.ndarray, silhouette: np.ndarr
     unknown = ~mask & ~background_mask
     if not unknown.any() or not silhouette.any():
         return np.zeros_like(mask)
-    width = max(1, int(round(margin * np.sqrt(silhouette.sum()))))
+    width = band_width(silhouette, margin)
     near = ndimage.binary_dilation(silhouette, iterations=width)
     labels, count = ndimage.label(unknown, structure=np.ones((3, 3)))
     beyond = np.bincount(labels[unknown & ~near], minlength=count + 1)
@@ -354,7 +361,7 @@ def in_front(mask: np.ndarray, background_mask: np.ndarray, silhouette: np.ndarr
     return pieces[labels]
 
 
-def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: float = 0.12,
+def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: float = SILHOUETTE_BAND,
                            background_mask: np.ndarray | None = None, samples: int = 400) -> np.ndarray:
     """The object's pixels found around a fitted (or predicted) silhouette.
 
@@ -368,7 +375,7 @@ def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: floa
     H, W = silhouette.shape
     if not silhouette.any():
         return silhouette
-    width = max(1, int(round(margin * np.sqrt(silhouette.sum()))))
+    width = band_width(silhouette, margin)
     inside = ndimage.binary_erosion(silhouette, iterations=width)
     outside = ~ndimage.binary_dilation(silhouette, iterations=width)
     if not inside.any():  # a thin silhouette: its own pixels stand for the object's colours
