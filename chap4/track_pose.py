@@ -17,7 +17,8 @@ t-1's estimate carried forward with the last velocity:
    onto the object's centroid (a pan; in a render, also to its size); find the
    object's pixels (alpha, a render's backdrop colour, or, in a photo, the
    edges between well inside and well outside the predicted silhouette, so
-   that the shadow and the backdrop stay out); run a few Adam steps (the
+   that the shadow and the backdrop stay out, and the predicted object kept
+   behind whatever stands in front of it); run a few Adam steps (the
    gradient's scale carried from frame to frame) on a small rotation and
    translation that correct the prediction (the library's 6-DoF pose),
    scored by the summed squared silhouette error (in a photo the mask's

@@ -87,7 +87,7 @@ class Observed:
             else:
                 mask = masks.photo_mask(colours, background, model=prepared.backdrop)
         beyond = None  # the pixels of something in front of the object, beyond its predicted silhouette
-        if self.photo and silhouette is not None and values.shape[-1] == 3:
+        if self.photo and silhouette is not None:  # (a cut-out is no photo: its alpha is the mask)
             # Something in front of the object: where it covers the predicted silhouette the object is
             # taken to go on behind it (those pixels join the mask: the prediction holds there), and
             # beyond the silhouette its pixels do not count (the object may move behind it).
