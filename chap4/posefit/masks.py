@@ -18,7 +18,9 @@ casts a soft shadow, a wall may show at the top), and the file is noisy.
    so a soft shadow or darker shading of the backdrop stays out of the
    object; another surface (a wall) gets no such allowance.
 3. Sure object: pixels whose chromaticity differs from every surface by
-   more than OBJECT_CHROMA times its tolerance, or, on a grey floor where
+   more than OBJECT_CHROMA times its tolerance (but not a darker pixel
+   within SHADOW_CHROMA of the floor's saturation: a shadow lit by bluer
+   light than the lamp's), or, on a grey floor where
    hue says nothing, that are brighter than the floor's brightest border
    pixel by OBJECT_BRIGHTNESS; the biggest such blobs.
 4. Edges: a sure-object patch with no edges around it is light on the
@@ -62,6 +64,7 @@ CHROMA_TOLERANCE = 4.0  # a surface's chromaticity tolerance: this times its bor
 MIN_CHROMA_TOLERANCE = 0.008  # ... but at least this (chromaticity r, g in [0, 1])
 MIN_RGB_TOLERANCE = 0.012  # the RGB residual's least tolerance (values in [0, 1])
 SHADOW_RATIO = 0.1  # the floor's pixels may be this dark relative to its darkest border pixel
+SHADOW_CHROMA = 0.3  # a shadow moves a coloured floor's chromaticity by less than this share of its saturation
 OBJECT_CHROMA = 1.5  # sure object: chromaticity this many tolerances away from every surface
 OBJECT_BRIGHTNESS = 1.25  # ... or, on a grey floor, this much brighter than its brightest border pixel
 GREY = 0.035  # a floor whose colour direction is this close to (1, 1, 1) / sqrt(3) is grey
@@ -236,14 +239,23 @@ def backdrop(rgb: np.ndarray, background=None) -> tuple[np.ndarray, np.ndarray]:
         # Off the surface's colour, two ways, each against its spread on the border: the chromaticity
         # (what a light or dark patch of the same surface keeps) and the RGB residual (what a dark,
         # noisy pixel keeps); the backdrop must match both.
-        off_chroma = np.sqrt(((chroma - (colour / (colour.sum() + 6e-3))[:2]) ** 2).sum(-1))
+        surface_chroma = (colour / (colour.sum() + 6e-3))[:2]
+        off_chroma = np.sqrt(((chroma - surface_chroma) ** 2).sum(-1))
         off_rgb = np.linalg.norm(smooth - along[..., None] * direction, axis=-1)
         distance = np.maximum(
             off_chroma / max(MIN_CHROMA_TOLERANCE, CHROMA_TOLERANCE * np.percentile(off_chroma[border][members], 75)),
             off_rgb / max(MIN_RGB_TOLERANCE, CHROMA_TOLERANCE * np.percentile(off_rgb[border][members], 75)))
-        if k == floor:
-            score = distance  # how far from the floor's colour (another surface counts only where it reaches)
         low, high = np.percentile(along[border][members], [1, 99])
+        if k == floor:
+            # How far from the floor's colour (another surface counts only where it reaches). A shadow is lit
+            # by other light than the lamp's (the sky's, the room's), whose colour moves the floor's
+            # chromaticity beyond the border's spread, but by a fraction of the floor's own saturation; an
+            # object of another colour (white, black, grey) moves it by about all of it. So a darker pixel
+            # that near the floor's colour is no sure object: the edges decide it (on the tuning photos the
+            # shadows of a spout and a handle became the object's, and the fits turned 30-90 degrees).
+            saturation = float(np.linalg.norm(surface_chroma - 1 / 3))
+            shade = (along < low) & (off_chroma < SHADOW_CHROMA * saturation)
+            score = np.where(shade, np.minimum(distance, 1.0), distance)
         lowest = low * SHADOW_RATIO if k == floor else low / 1.05
         matches = (distance <= 1) & (along <= high * 1.05) & (along >= lowest)
         if k == floor:
