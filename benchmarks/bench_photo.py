@@ -1,6 +1,6 @@
 """Full 6-DoF pose from one photograph: photo-like stand-ins rendered by Mitsuba 3, fitted as the README says.
 
-    python benchmarks/bench_photo.py --seed 4                    # render 24 cases, fit each, print the table
+    python benchmarks/bench_photo.py --seed 7                    # render 24 cases, fit each, print the table
     python benchmarks/bench_photo.py --seed 0 --render-only --cases /tmp/photos0   # only render (Mitsuba)
     python benchmarks/bench_photo.py --cases /tmp/photos0 --only 3 7               # fit cases already rendered
 
@@ -14,8 +14,9 @@ in six an RGBA cut-out, up to a quarter with an object in front hiding up to
 a quarter of the silhouette. Mitsuba (`pip install mitsuba`, variant
 scalar_rgb) is needed to render, not to fit; it is not a dependency of the
 project. Tuning used seeds 0 and 1 (seed 1, a report once, was looked at to
-design the twin step and the mask's edge rules); the README reports seed 4,
-and seed 3, the report of the round before (seed 2 the one before that).
+design the twin step and the mask's edge rules), then 4 and 5 (reports of
+earlier rounds) and 6 (whose failures showed the shadow rule); the README
+reports seed 7, fresh in session 14, and seed 6 of the round before.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):
@@ -179,7 +180,8 @@ def save_figure(rows: list[dict], folder: Path, fits: Path, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=4, help="the cases' seed (default 4, the report; tuning used 0, 1)")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="the cases' seed (default 7, the report; tuning used 0, 1, 4, 5, 6)")
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--cases", type=Path, help="folder of rendered cases (made if missing; default: temporary)")
     parser.add_argument("--render-only", action="store_true")
