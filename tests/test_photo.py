@@ -106,6 +106,28 @@ def test_a_lamps_bright_patch_on_a_grey_floor_is_not_the_object():
     assert not (mask & (lamp > 0.1)).any(), "no pixel of the lamp's patch is taken for the object"
 
 
+def test_the_floor_is_cut_along_fainter_edges_so_a_grey_objects_shaded_side_is_kept(monkeypatch):
+    # A white object on a grey floor, lit from the left: its right side shades smoothly down to the floor's
+    # brightness, parted from the floor only by a faint outline. Cut along edges fainter than the sure
+    # object's (FLOOR_EDGE), the floor there is left to the watershed, which gives more of that side to the
+    # object; no floor pixel is taken either way.
+    size = (96, 128)
+    floor, noise = grey_floor(size)
+    xx = np.mgrid[: size[0], : size[1]][1]
+    truth = disk(size, (48, 64), 18)
+    brightness = np.where(truth, 0.85 - 0.45 * np.clip((xx - 46) / 36, 0, 1), floor)
+    photo = (brightness[..., None] + noise).clip(0, 1).astype(np.float32)
+    shaded = truth & (xx >= 74)
+    found = {}
+    for factor in (masks.STRONG_EDGE, masks.FLOOR_EDGE):
+        monkeypatch.setattr(masks, "FLOOR_EDGE", factor)
+        mask = masks.photo_mask(photo)
+        assert not (mask & ~truth).any(), "no floor pixel is taken for the object"
+        found[factor] = (mask & shaded).sum() / shaded.sum()
+    assert masks.FLOOR_EDGE < masks.STRONG_EDGE
+    assert found[masks.FLOOR_EDGE] > found[masks.STRONG_EDGE] + 0.05, found
+
+
 def test_the_floor_near_the_object_stops_at_strong_edges_and_far_from_it_does_not():
     # A grey object's shaded side matches a grey floor's colour: the backdrop model takes it for floor. Its
     # outline is a strong edge: near the object the floor stops there. Far from the object, a piece of floor

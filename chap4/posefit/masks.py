@@ -27,11 +27,11 @@ casts a soft shadow, a wall may show at the top), and the file is noisy.
    floor (a lamp's bright patch, a highlight), not the object: the sure
    object is cut along the image's strong edges, and a piece whose rim is
    mostly smooth (fewer than EDGE_SUPPORT of its rim pixels on a strong
-   edge) is left to step 5. And the backdrop, cut along the strong edges,
-   stays sure background only in the pieces that reach the image's border,
-   lie mostly away from the object or in shadow: a grey object's shaded
-   side matches a grey floor's colour and brightness, but the object's
-   outline parts the two.
+   edge) is left to step 5. And the backdrop, cut along its edges (fainter
+   ones count there: FLOOR_EDGE), stays sure background only in the pieces
+   that reach the image's border, lie mostly away from the object or in
+   shadow: a grey object's shaded side matches a grey floor's colour and
+   brightness, but the object's outline parts the two.
 5. The rest is split between the two by a watershed on the image's
    gradient: the boundary falls on the strongest edges (the object's
    outline), not on a shadow's or a lamp's soft fall-off.
@@ -69,6 +69,7 @@ OBJECT_CHROMA = 1.5  # sure object: chromaticity this many tolerances away from 
 OBJECT_BRIGHTNESS = 1.25  # ... or, on a grey floor, this much brighter than its brightest border pixel
 GREY = 0.035  # a floor whose colour direction is this close to (1, 1, 1) / sqrt(3) is grey
 STRONG_EDGE = 4.0  # a strong edge: a gradient this many times the border's 90th percentile (its noise)
+FLOOR_EDGE = 2.5  # near the object the floor is cut along edges this many times the border's noise
 EDGE_SUPPORT = 0.35  # a sure-object piece stays sure if this share of its rim lies on strong edges
 NEAR_OBJECT = 0.5  # "near the object": within this share of the sure object's size (square root of its area)
 FAR_SHARE = 0.5  # a piece of floor cut off by strong edges stays background if this share of it is not near
@@ -121,11 +122,11 @@ def _gradient(rgb: np.ndarray) -> np.ndarray:
     return sum(filters.sobel(ndimage.gaussian_filter(rgb[..., c], 0.5)) for c in range(3))
 
 
-def strong_edges(gradient: np.ndarray) -> np.ndarray:
-    """Pixels on (or next to) a strong edge: a gradient STRONG_EDGE times the border's 90th percentile, its noise."""
+def strong_edges(gradient: np.ndarray, factor: float = STRONG_EDGE) -> np.ndarray:
+    """Pixels on (or next to) a strong edge: a gradient `factor` times the border's 90th percentile, its noise."""
     H, W = gradient.shape
     noise = float(np.percentile(gradient[border_band(H, W)], 90))
-    return ndimage.binary_dilation(gradient > STRONG_EDGE * max(noise, 1e-6), iterations=1)
+    return ndimage.binary_dilation(gradient > factor * max(noise, 1e-6), iterations=1)
 
 
 def edge_supported(sure_object: np.ndarray, strong: np.ndarray) -> np.ndarray:
@@ -284,7 +285,10 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     # Darker than (nearly) all of the border: a shadow, whose edge may be as strong as the object's.
     brightness = ndimage.gaussian_filter(rgb.mean(-1), SMOOTHING)
     shadow = brightness < np.percentile(brightness[border_band(*brightness.shape)], 1) / 1.05
-    background_mask = floor_cut_at_edges(background_mask, sure_object, strong, shadow)
+    # The floor is cut along fainter edges than the sure object: a grey object's shaded side is parted from a
+    # grey floor by an outline fainter than its lit side's, and a cut too many only leaves floor to the
+    # watershed (the sure object's pieces keep STRONG_EDGE: a lamp's patch fades through the noise's edges).
+    background_mask = floor_cut_at_edges(background_mask, sure_object, strong_edges(gradient, FLOOR_EDGE), shadow)
     # The sure regions are kept off the boundary, which the edges then decide.
     sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border_band(*rgb.shape[:2])
     sure_object = ndimage.binary_erosion(sure_object, iterations=2)
