@@ -31,8 +31,8 @@ The numbers depend on the processor as well as on the code: the same
 commit gives cameras up to 1e-3 apart and tracked poses up to 4.5 degrees
 apart (the tracker amplifies the last bits) on another kind of CPU, whose
 vector units round differently. So a recording belongs to a machine kind
-(the processor's model name): the first one (top level, its "machine"
-unnamed) and others under "by_machine", each made with `--record` on that
+(the processor's model name): the first one (top level, made on a kind
+it does not name) and others under "by_machine", each made with `--record` on that
 kind at a commit whose first recording it had matched, or whose changes
 since were on purpose (its "note" says). A run compares with its own
 kind's recording if there is one, else with the first.
@@ -249,7 +249,7 @@ def main() -> int:
     machine = machine_kind()
     # This machine kind's own recording if it has one (or gets one now), else the first.
     mine = recorded.get("by_machine", {}).get(machine)
-    if args.record and mine is None and recorded["cases"] and recorded.get("machine") != machine:
+    if args.record and mine is None and recorded["cases"]:
         mine = recorded.setdefault("by_machine", {}).setdefault(machine, {"cases": {}})
     recording = mine if mine is not None else recorded
     print(f"machine: {machine}; recording: {'its own' if mine is not None else 'the first'}", flush=True)

@@ -73,6 +73,7 @@ class Observed:
         prepared = frame if isinstance(frame, video.Prepared) else video.prepare(frame, size, background)
         values = prepared.values
         self.original, self.photo = prepared.raw.pixels[..., :3], prepared.photo
+        predicted = None if silhouette is None else silhouette.reshape(values.shape[:2]).cpu().numpy() > 0.5
         if values.shape[-1] == 4:  # a cut-out: alpha is the mask, composited on white
             alpha = values[..., 3:]
             colours, mask = values[..., :3] * alpha + (1 - alpha), alpha[..., 0] >= 0.5
@@ -80,18 +81,16 @@ class Observed:
             colours = values
             if not self.photo:
                 mask = masks.clean_render_mask(colours, background)
-            elif silhouette is not None:
+            elif predicted is not None:
                 # Where the object was predicted to be: edges decide near its outline.
-                mask = masks.refine_with_silhouette(colours, silhouette.cpu().numpy(),
-                                                    background_mask=prepared.backdrop[0])
+                mask = masks.refine_with_silhouette(colours, predicted, background_mask=prepared.backdrop[0])
             else:
                 mask = masks.photo_mask(colours, background, model=prepared.backdrop)
         beyond = None  # the pixels of something in front of the object, beyond its predicted silhouette
-        if self.photo and silhouette is not None:  # (a cut-out is no photo: its alpha is the mask)
+        if self.photo and predicted is not None:  # (a cut-out is no photo: its alpha is the mask)
             # Something in front of the object: where it covers the predicted silhouette the object is
             # taken to go on behind it (those pixels join the mask: the prediction holds there), and
             # beyond the silhouette its pixels do not count (the object may move behind it).
-            predicted = silhouette.reshape(mask.shape).cpu().numpy() > 0.5
             hidden = masks.in_front(mask, prepared.backdrop[0], predicted)
             mask, beyond = mask | (hidden & predicted), hidden & ~predicted
         self.colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32))
@@ -107,7 +106,7 @@ class Observed:
             behind = np.array(colours, dtype=np.float32)
             behind[~known] = np.median(colours[known], 0) if known.any() else 1.0
         self.backdrop = torch.from_numpy(behind)
-        self.window = fit_window(mask, None if silhouette is None else silhouette.cpu().numpy())
+        self.window = fit_window(mask, predicted)
 
 
 def fit_window(mask: np.ndarray, silhouette: np.ndarray | None = None) -> tuple[int, int, int, int]:
