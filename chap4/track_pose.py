@@ -336,7 +336,7 @@ def track(
     mesh_path=None,
     num_frames: int | None = None,
     image_size: int = WORKING_SIDE,
-    iterations: int = 6,
+    iterations: int = 7,
     start_iterations: int | None = None,
     lr: float = 0.014,
     lr_end: float = 0.2,
@@ -579,8 +579,8 @@ def main() -> int:
     add("--image-size", type=cli.image_side, default=WORKING_SIDE,
         help=f"the shorter side frames are tracked at (default {WORKING_SIDE}; larger frames are scaled down, "
              "overlays drawn on the frames as they came)")
-    add("--iterations", type=cli.positive_int, default=6,
-        help="steps per frame (default 6; three times as many while there is no motion to extrapolate)")
+    add("--iterations", type=cli.positive_int, default=7,
+        help="steps per frame (default 7; three times as many while there is no motion to extrapolate)")
     add("--lr", type=cli.positive_float, default=0.014,
         help="learning rate at each frame's first step, falling to a fifth by its last (default 0.014); a step "
              "is Adam's with the gradient's running scale carried from frame to frame")

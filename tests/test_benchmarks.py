@@ -5,6 +5,7 @@ the full runs and their targets are in the README.
 """
 
 import json
+import math
 
 from conftest import REPO, run_script
 from PIL import Image
@@ -85,8 +86,12 @@ def test_tracking_benchmark_runs_a_prepared_sequence(tmp_path, meshes_ready):
     assert "| test_seq |" in result.stdout and "fps" in result.stdout and "reference: fps" in result.stdout
     (row,) = json.loads(rows.read_text())
     assert row["frames"] == 6 and row["tracked"] == 6 and 0 <= row["rotation_mean"] <= row["rotation_max"] < 180
-    assert row["fps"] > 0 and row["wall_n"] > row["wall_base"] > 0
-    assert len(row["fps_runs"]) == len(row["reference_fps_runs"]) == 2 and row["reference_fps"] > 0
+    for prefix in ("", "reference_"):
+        # Three frames' difference is within the start-up's noise: a run whose N-frame command was not the
+        # slower has no frame rate (NaN), as the benchmark says, rather than a negative or infinite one.
+        runs = row[f"{prefix}fps_runs"]
+        assert len(runs) == 2 and all(r > 0 or math.isnan(r) for r in runs)
+        assert row[f"{prefix}wall_n"] > 0 and row[f"{prefix}wall_base"] > 0
     assert row["reference_rotation_mean"] == row["rotation_mean"]
     assert "where a frame's time goes" in result.stdout
     assert row["timing_ms"]["fit"] > 0 and row["reference_timing_ms"]["total"] >= row["reference_timing_ms"]["fit"]

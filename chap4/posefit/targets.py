@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posefit import masks, pose, render
+from posefit import blend_kernels, masks, pose, render
 from posefit.errors import UserError
 
 
@@ -72,6 +72,11 @@ def solve_light(albedo: torch.Tensor, normals: torch.Tensor, reference: torch.Te
     """
     N = albedo.shape[0]
     with torch.no_grad():
+        if not albedo.is_cuda and render.COMPILED_BLEND:  # one compiled pass (posefit.blend_kernels)
+            normal_matrix, right = blend_kernels.light_normal_equations(albedo, normals, reference, weights)
+            count = weights.reshape(N, -1).sum(1).clamp(min=1.0)
+            ridge = SHADE_RIDGE * count[:, None, None] * torch.eye(9, dtype=normal_matrix.dtype)
+            return torch.linalg.solve(normal_matrix + ridge, right[..., None])[..., 0]
         # Only the pixels some image weighs (the object covers a tenth of a tracker's frame).
         pixels = torch.nonzero(weights.reshape(N, -1).sum(0) > 0).squeeze(1)
         a = albedo.reshape(N, -1, 3)[:, pixels]

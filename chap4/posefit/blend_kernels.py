@@ -1,0 +1,207 @@
+"""The face-colour blend (render.FaceColourShader) as two compiled loops, forward and its gradient; and the
+normal equations of the frame's light (targets.solve_light) as one.
+
+Why compiled: a tracker's step blends each pixel's K faces' albedo and
+view-space normal with softmax_rgb_blend's weights. Written with torch it is
+some thirty small tensor operations forward and as many autograd nodes
+backward, on a few thousand pixels: their overhead, not their arithmetic,
+was a fifth of the step. Here each pixel is one pass over its K entries,
+and the gradient another, written out below. The arithmetic is
+softmax_rgb_blend's in float32, the same formulas; the sums run in a
+different order than torch's, so the results agree to float rounding (the
+tests compare both, and the gradients), not to the bit.
+
+The blend, per pixel p with entries k (filled: the entry holds a face):
+    prob_k = sigmoid(-dist_k / sigma) * filled_k
+    zinv_k = (zfar - z_k) / (zfar - znear) * filled_k,  zmax = max(max_k zinv_k, eps)
+    w_k = prob_k * exp((zinv_k - zmax) / gamma),        delta = max(exp((eps - zmax) / gamma), eps)
+    out_c = (sum_k w_k colour_kc + delta * background_c) / (sum_k w_k + delta)
+colour_k: the face's albedo (constant) and, with normals, its normal turned
+to view coordinates (a gradient flows to it, and through it to R).
+
+The light's normal equations are summed in float64 (torch's einsum summed
+them in float32): the same light to 1e-4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+F32 = np.float32
+EPS = 1e-10  # softmax_rgb_blend's
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_forward(faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out, weights, total,
+                   delta_of, top):
+    P, K = faces.shape
+    C = out.shape[1]
+    F = albedo.shape[0]
+    eps = F32(EPS)
+    depth_range = F32(zfar - znear)
+    for p in range(P):
+        if faces[p, 0] < 0:  # no face: the background
+            for c in range(C):
+                out[p, c] = background[c]
+            top[p] = -1
+            continue
+        zmax = F32(-np.inf)
+        best = 0
+        for k in range(K):
+            zinv = (F32(zfar) - zbuf[p, k]) / depth_range if faces[p, k] >= 0 else F32(0.0)
+            if zinv > zmax:
+                zmax, best = zinv, k
+        top[p] = best if zmax > eps else -1  # -1: the max was clamped (no gradient to it)
+        if zmax < eps:
+            zmax = eps
+        s = F32(0.0)
+        acc = np.zeros(C, dtype=np.float32)
+        for k in range(K):
+            f = faces[p, k]
+            if f < 0:
+                weights[p, k] = F32(0.0)
+                continue
+            prob = F32(1.0) / (F32(1.0) + F32(math.exp(dists[p, k] / F32(sigma))))
+            zinv = (F32(zfar) - zbuf[p, k]) / depth_range
+            w = prob * F32(math.exp((zinv - zmax) / F32(gamma)))
+            weights[p, k] = w
+            s += w
+            g = f % F
+            for c in range(3):
+                acc[c] += w * albedo[g, c]
+            for c in range(3, C):
+                acc[c] += w * normals[f, c - 3]
+        delta = F32(math.exp((eps - zmax) / F32(gamma)))
+        if delta < eps:
+            delta = eps
+        delta_of[p] = delta
+        total[p] = s + delta
+        for c in range(C):
+            out[p, c] = (acc[c] + delta * background[c]) / total[p]
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_backward(grad, faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out, weights,
+                    total, delta_of, top, grad_dists, grad_zbuf, grad_normals):
+    P, K = faces.shape
+    C = out.shape[1]
+    F = albedo.shape[0]
+    eps = F32(EPS)
+    depth_range = F32(zfar - znear)
+    for p in range(P):
+        if faces[p, 0] < 0:
+            continue
+        S = total[p]
+        grad_delta = F32(0.0)
+        for c in range(C):
+            grad_delta += grad[p, c] * (background[c] - out[p, c])
+        grad_delta /= S
+        zmax_grad = F32(0.0)
+        delta = delta_of[p]
+        if delta > eps:  # delta = exp((eps - zmax) / gamma): d delta / d zmax = -delta / gamma
+            zmax_grad -= grad_delta * delta / F32(gamma)
+        for k in range(K):
+            f = faces[p, k]
+            if f < 0:
+                continue
+            g = f % F
+            grad_w = F32(0.0)
+            for c in range(3):
+                grad_w += grad[p, c] * (albedo[g, c] - out[p, c])
+            for c in range(3, C):
+                grad_w += grad[p, c] * (normals[f, c - 3] - out[p, c])
+                grad_normals[f, c - 3] += grad[p, c] * weights[p, k] / S
+            grad_w /= S
+            w = weights[p, k]
+            # w = prob * exp((zinv - zmax) / gamma), prob = sigmoid(-dist / sigma)
+            prob = F32(1.0) / (F32(1.0) + F32(math.exp(dists[p, k] / F32(sigma))))
+            grad_dists[p, k] = -grad_w * w * (F32(1.0) - prob) / F32(sigma)
+            grad_zinv = grad_w * w / F32(gamma)
+            zmax_grad -= grad_zinv
+            grad_zbuf[p, k] = -grad_zinv / depth_range
+        b = top[p]
+        if b >= 0:
+            grad_zbuf[p, b] -= zmax_grad / depth_range
+
+
+class _Blend(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dists, zbuf, normals, faces, albedo, background, sigma, gamma, znear, zfar):
+        P, K = faces.shape
+        C = len(background)
+        out = np.empty((P, C), dtype=np.float32)
+        weights = np.empty((P, K), dtype=np.float32)
+        total, delta, top = np.ones(P, np.float32), np.ones(P, np.float32), np.empty(P, np.int64)
+        arrays = [t.detach().contiguous().numpy() for t in (faces, dists, zbuf, albedo, normals, background)]
+        _blend_forward(*arrays, sigma, gamma, znear, zfar, out, weights, total, delta, top)
+        ctx.arrays, ctx.constants = arrays, (sigma, gamma, znear, zfar)
+        ctx.saved = (out, weights, total, delta, top)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        faces, dists, zbuf, albedo, normals, background = ctx.arrays
+        grad_dists, grad_zbuf = np.zeros_like(dists), np.zeros_like(zbuf)
+        grad_normals = np.zeros_like(normals)
+        _blend_backward(np.ascontiguousarray(grad_out.numpy(), dtype=np.float32), faces, dists, zbuf, albedo, normals,
+                        background, *ctx.constants, *ctx.saved, grad_dists, grad_zbuf, grad_normals)
+        return (torch.from_numpy(grad_dists), torch.from_numpy(grad_zbuf), torch.from_numpy(grad_normals),
+                None, None, None, None, None, None, None)
+
+
+def blend_face_colours(faces, dists, zbuf, albedo, normals, background, *, sigma: float, gamma: float,
+                       znear: float, zfar: float) -> torch.Tensor:
+    """Per pixel (rows of faces, dists, zbuf: (P, K), packed face indices, -1 empty), the blend of its faces'
+    albedo (albedo[face % len(albedo)], (F, 3)) and, if normals (the packed faces' view-space normals) is
+    given, of their normals: (P, 3) or (P, 6). background: (3,) or (6,), what an empty pixel shows.
+    Differentiable in dists, zbuf and normals (CPU tensors)."""
+    if normals is None:
+        normals = albedo.new_zeros((1, 3))
+    return _Blend.apply(dists.reshape(faces.shape).float(), zbuf.reshape(faces.shape).float(), normals.float(),
+                        faces, albedo.float(), background.float(), float(sigma), float(gamma), float(znear),
+                        float(zfar))
+
+
+@numba.njit(cache=True, nogil=True)
+def _light_normal_equations(albedo, normals, reference, weights, matrix, right):
+    """targets.solve_light's weighted normal equations, per image: each weighed pixel and channel is one
+    equation in (ambient_rgb, d_xyz, offset_rgb), its row r: albedo_c at ambient_c, albedo_c * normal at d,
+    1 at offset_c; matrix += w r r^T, right += w r y."""
+    N, P = weights.shape
+    row = np.zeros(9, dtype=np.float64)
+    for i in range(N):
+        for p in range(P):
+            w = np.float64(weights[i, p])
+            if w == 0.0:
+                continue
+            for c in range(3):
+                a = np.float64(albedo[i, p, c])
+                row[:] = 0.0
+                row[c] = a
+                for j in range(3):
+                    row[3 + j] = a * np.float64(normals[i, p, j])
+                row[6 + c] = 1.0
+                y = np.float64(reference[p, c])
+                for j in range(9):
+                    if row[j] == 0.0:
+                        continue
+                    wr = w * row[j]
+                    right[i, j] += wr * y
+                    for k in range(9):
+                        matrix[i, j, k] += wr * row[k]
+
+
+def light_normal_equations(albedo, normals, reference, weights):
+    """The normal equations of targets.solve_light's least squares, (N, 9, 9) and (N, 9), accumulated in
+    float64 by one compiled pass over the weighed pixels (CPU tensors): albedo and normals (N, H, W, 3),
+    reference (H, W, 3), weights (N, H, W)."""
+    N = albedo.shape[0]
+    arrays = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32).reshape(shape) for t, shape in
+              ((albedo, (N, -1, 3)), (normals, (N, -1, 3)), (reference, (-1, 3)), (weights, (N, -1)))]
+    matrix, right = np.zeros((N, 9, 9)), np.zeros((N, 9))
+    _light_normal_equations(*arrays, matrix, right)
+    return torch.from_numpy(matrix).float(), torch.from_numpy(right).float()
