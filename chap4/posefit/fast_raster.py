@@ -52,6 +52,7 @@ asks for frustum culling, it defers to PyTorch3D's own rasterizer.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import numpy as np
@@ -68,12 +69,21 @@ def pixel_centers_ndc(size: int, other: int) -> torch.Tensor:
     Index i counts from the +NDC end (PyTorch3D's +X points left, +Y up), so
     output column xi has NDC pixel_centers_ndc(W, H)[W - 1 - xi].
     """
+    return torch.from_numpy(_pixel_centers_ndc(size, other).copy())
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_centers_ndc(size: int, other: int) -> np.ndarray:
+    """pixel_centers_ndc's numbers, computed once per (size, other): a tracker's step asks for them four
+    times (its torch arithmetic was 0.2 ms of a 7 ms step). Read-only; callers get a copy."""
     ndc_range = torch.tensor(2.0, dtype=torch.float32)
     if size > other:
         ndc_range = torch.tensor(size * 2.0, dtype=torch.float32) / other
     i = torch.arange(size, dtype=torch.float32)
     offset = ndc_range / 2.0
-    return -offset + (ndc_range * i + offset) / size
+    centres = (-offset + (ndc_range * i + offset) / size).numpy()
+    centres.flags.writeable = False
+    return centres
 
 
 def window_centers_ndc(image_size, window=None) -> tuple[torch.Tensor, torch.Tensor]:
