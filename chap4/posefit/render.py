@@ -236,7 +236,8 @@ _PROJECTIONS: dict = {}  # FoV projection matrices by the camera's numbers (_fov
 def _fov_projection(cameras) -> torch.Tensor:
     """cameras.get_projection_transform().get_matrix(), computed once per set of the camera's numbers (znear,
     zfar, fov, aspect ratio, degrees): a tracker's step asks for it at every rasterization, and PyTorch3D's
-    construction of it was 0.16 ms of a 7 ms step. Read-only; a camera with its own K is not cached."""
+    construction of it was 0.16 ms of a 7 ms step. Read-only, and no gradient flows to the camera's numbers
+    (nothing here fits them); a camera with its own K is not cached."""
     if getattr(cameras, "K", None) is not None:
         return cameras.get_projection_transform().get_matrix()
     key = (tuple(cameras.znear.tolist()), tuple(cameras.zfar.tolist()), tuple(cameras.fov.tolist()),
