@@ -161,15 +161,19 @@ def test_a_video_and_its_frames_as_pngs_track_alike(tmp_path, meshes_ready):
 
 
 def test_lost_frames_are_searched_again(tmp_path, meshes_ready):
-    # An IoU above 1 is never reached: every frame takes the multi-start search.
-    record = track_pose.track(output_dir=tmp_path, num_frames=2, image_size=48, lost_iou=1.01, search_iterations=3,
-                              search_final_iterations=5, start_iterations=4, iterations=2, save_overlays=False,
-                              progress=False)
+    # An IoU above 1 is never reached: every frame is lost. A frame takes the multi-start search, unless one
+    # within the last SEARCH_PAUSE frames found nothing either (then it keeps its own fit, marked lost).
+    count = track_pose.SEARCH_PAUSE + 3
+    record = track_pose.track(output_dir=tmp_path, num_frames=count, image_size=48, lost_iou=1.01,
+                              search_iterations=3, search_final_iterations=5, start_iterations=4, iterations=2,
+                              save_overlays=False, progress=False)
     frames = record["frames"]
-    assert [f["recovered"] for f in frames] == [True, True]
+    searched = [0, track_pose.SEARCH_PAUSE + 1]
+    assert [f["recovered"] for f in frames] == [i in searched for i in range(count)]
+    assert all(f["lost"] for f in frames)
     # The frame's own steps, a few more (--iterations) that did not bring the IoU back, the search's, and the
     # best start's final refinement.
-    assert all(f["iterations"] == 4 + 2 + 3 + 5 for f in frames)
+    assert frames[0]["iterations"] == 4 + 2 + 3 + 5
     assert all(math.isfinite(f["rotation_error_deg"]) and f["iou"] > 0.8 for f in frames)
 
 
