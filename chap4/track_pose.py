@@ -472,7 +472,8 @@ def track(
             per_pixel = float(loss[0]) / frame.mask.numel()
             jumped = len(recent_loss) >= 5 and per_pixel > LOSS_JUMP * float(np.median(recent_loss))
             recovered = lost = False
-            if iou < lost_iou and not jumped and math.isfinite(per_pixel):
+            troubled = jumped or not math.isfinite(per_pixel)  # searched whatever its IoU
+            if iou < lost_iou and not troubled:
                 # A frame that only lags behind a fast turn needs a few more steps, not a search (a tenth
                 # of its cost): it is searched only if they do not bring its IoU back above --lost-iou.
                 R_more, T_more, loss_more, _ = fit(renderers, mesh, R, T, frame, iterations=iterations, lr=lr,
@@ -483,9 +484,9 @@ def track(
                 if iou_more >= lost_iou and torch.isfinite(loss_more).all():
                     R, T, silhouette, iou = R_more, T_more, silhouette_more, iou_more
                     per_pixel = float(loss_more[0]) / frame.mask.numel()
-            if iou < lost_iou and not jumped and math.isfinite(per_pixel) and raw.index < paused_until:
+            if iou < lost_iou and not troubled and raw.index < paused_until:
                 lost = True  # a search a frame or two ago found nothing better: the frame keeps its fit
-            elif iou < lost_iou or jumped or not math.isfinite(per_pixel):
+            elif iou < lost_iou or troubled:
                 recovered = True
                 frame, R, T, _ = reacquire(renderers, mesh, prepared, size, background, fov, [last_good, (R[0], T[0])],
                                               degrees=search_degrees, starts=search_starts,

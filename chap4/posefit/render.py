@@ -317,11 +317,7 @@ class FaceColourShader(torch.nn.Module):
         colours = self.colours[faces.clamp(min=0) % len(self.colours)]
         background = torch.as_tensor(self.blend_params.background_color, dtype=colours.dtype, device=colours.device)
         if normals:
-            # x_view = x @ R: a face's normal turns with R (each mesh of the batch its own R), and the
-            # gradient goes through it: how the shading moves tells a turn as well as the outline does.
-            F = len(self.colours)
-            turned = torch.bmm(meshes.faces_normals_packed().reshape(N, F, 3), kwargs["R"]).reshape(N * F, 3)
-            colours = torch.cat([colours, turned[faces.clamp(min=0)]], -1)
+            colours = torch.cat([colours, self._turned_normals(meshes, kwargs["R"])[faces.clamp(min=0)]], -1)
             background = torch.cat([background, background.new_zeros(3)])
         # softmax_rgb_blend's arithmetic, entry for entry.
         eps, gamma = 1e-10, self.blend_params.gamma
@@ -335,14 +331,20 @@ class FaceColourShader(torch.nn.Module):
         image = background.expand(N * H * W, C).index_put((pixels,), blended).reshape(N, H, W, C)
         return (image[..., :3], image[..., 3:]) if normals else image
 
+    def _turned_normals(self, meshes, R) -> torch.Tensor:
+        """Each packed face's normal in view coordinates (N * F, 3). x_view = x @ R: a face's normal turns
+        with R (each mesh of the batch its own R), and the gradient goes through it: how the shading moves
+        tells a turn as well as the outline does."""
+        F = len(self.colours)
+        return torch.bmm(meshes.faces_normals_packed().reshape(len(R), F, 3), R).reshape(len(R) * F, 3)
+
     def _compiled(self, fragments, meshes, normals: bool, **kwargs):
         """forward's blend as blend_kernels' compiled loops (CPU): the same numbers to float rounding."""
         N, H, W, K = fragments.pix_to_face.shape
         background = torch.as_tensor(self.blend_params.background_color, dtype=torch.float32)
         turned = None
         if normals:
-            F = len(self.colours)
-            turned = torch.bmm(meshes.faces_normals_packed().reshape(N, F, 3), kwargs["R"]).reshape(N * F, 3)
+            turned = self._turned_normals(meshes, kwargs["R"])
             background = torch.cat([background, background.new_zeros(3)])
         image = blend_face_colours(fragments.pix_to_face.reshape(-1, K), fragments.dists, fragments.zbuf,
                                    self.colours, turned, background, sigma=self.blend_params.sigma,

@@ -75,23 +75,23 @@ def solve_light(albedo: torch.Tensor, normals: torch.Tensor, reference: torch.Te
         if not albedo.is_cuda and render.COMPILED_BLEND:  # one compiled pass (posefit.blend_kernels)
             normal_matrix, right = blend_kernels.light_normal_equations(albedo, normals, reference, weights)
             count = weights.reshape(N, -1).sum(1).clamp(min=1.0)
-            ridge = SHADE_RIDGE * count[:, None, None] * torch.eye(9, dtype=normal_matrix.dtype)
-            return torch.linalg.solve(normal_matrix + ridge, right[..., None])[..., 0]
-        # Only the pixels some image weighs (the object covers a tenth of a tracker's frame).
-        pixels = torch.nonzero(weights.reshape(N, -1).sum(0) > 0).squeeze(1)
-        a = albedo.reshape(N, -1, 3)[:, pixels]
-        n = normals.reshape(N, -1, 3)[:, pixels]
-        w = weights.reshape(N, -1)[:, pixels, None, None]
-        y = reference.reshape(-1, 3)[pixels].expand(N, -1, 3)
-        eye = torch.eye(3, dtype=a.dtype, device=a.device)
-        # Each pixel and channel is one equation in the 9 unknowns (ambient_rgb, d_xyz, offset_rgb).
-        rows = torch.cat([a[..., :, None] * eye, a[..., :, None] * n[..., None, :],
-                          eye.expand(*a.shape[:2], 3, 3)], -1)  # (N, P, 3, 9)
-        weighted = rows * w
-        normal_matrix = torch.einsum("npck,npcl->nkl", weighted, rows)
-        right = torch.einsum("npck,npc->nk", weighted, y)
-        count = w.sum((1, 2, 3)).clamp(min=1.0)
-        ridge = SHADE_RIDGE * count[:, None, None] * torch.eye(9, dtype=a.dtype, device=a.device)
+        else:
+            # Only the pixels some image weighs (the object covers a tenth of a tracker's frame).
+            pixels = torch.nonzero(weights.reshape(N, -1).sum(0) > 0).squeeze(1)
+            a = albedo.reshape(N, -1, 3)[:, pixels]
+            n = normals.reshape(N, -1, 3)[:, pixels]
+            w = weights.reshape(N, -1)[:, pixels, None, None]
+            y = reference.reshape(-1, 3)[pixels].expand(N, -1, 3)
+            eye = torch.eye(3, dtype=a.dtype, device=a.device)
+            # Each pixel and channel is one equation in the 9 unknowns (ambient_rgb, d_xyz, offset_rgb).
+            rows = torch.cat([a[..., :, None] * eye, a[..., :, None] * n[..., None, :],
+                              eye.expand(*a.shape[:2], 3, 3)], -1)  # (N, P, 3, 9)
+            weighted = rows * w
+            normal_matrix = torch.einsum("npck,npcl->nkl", weighted, rows)
+            right = torch.einsum("npck,npc->nk", weighted, y)
+            count = w.sum((1, 2, 3)).clamp(min=1.0)
+        ridge = SHADE_RIDGE * count[:, None, None] * torch.eye(9, dtype=normal_matrix.dtype,
+                                                               device=normal_matrix.device)
         return torch.linalg.solve(normal_matrix + ridge, right[..., None])[..., 0]
 
 
