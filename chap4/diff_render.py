@@ -66,20 +66,24 @@ class Model(nn.Module):
         # origin (posefit.pose.LookAt). With --restarts N it has N rows, one camera each.
         self.camera = camera
         self.pixels, self.loss_scale = image_ref.numel(), 1.0
+        self.care = None  # the pixels' weights (a photo with something in front of the object), or all alike
 
     def use(self, renderers, target, colour=False):
         """Render and compare at another size (multi-start exploration), the loss scaled to the full size's.
 
         (`colour` does not apply: the teapot is fitted on its silhouette.)
         """
-        self.renderer, self.image_ref = renderers.silhouette, target.mask
+        self.renderer, self.image_ref, self.care = renderers.silhouette, target.mask, target.care
         self.loss_scale = self.pixels / target.mask.numel()
 
     def forward(self):
         R, T = self.camera()
         image = self.renderer(meshes_world=self.camera.meshes_for(self.meshes), R=R, T=T)
-        # The summed squared error, one sum per camera.
-        loss = torch.sum((image[..., 3] - self.image_ref) ** 2, dim=(1, 2)) * self.loss_scale
+        # The summed squared error, one sum per camera (a photo's pixels of something in front left out).
+        error = (image[..., 3] - self.image_ref) ** 2
+        if self.care is not None:
+            error = error * self.care
+        loss = torch.sum(error, dim=(1, 2)) * self.loss_scale
         return loss, image
 
 

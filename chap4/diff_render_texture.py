@@ -59,6 +59,7 @@ class Model(nn.Module):
         # origin (posefit.pose.LookAt). With --restarts N it has N rows, one camera each.
         self.camera = camera
         self.pixels, self.loss_scale = image_ref_silhouette.numel(), 1.0
+        self.care = None  # the pixels' weights (a photo with something in front of the object), or all alike
         self.lighting = lambda rendered: rendered
 
     def use(self, renderers, target, colour=True):
@@ -66,6 +67,7 @@ class Model(nn.Module):
         without the colour term if not `colour` (its render costs four times the silhouette's)."""
         self.renderer_silhouette, self.renderer_textured = renderers.silhouette, renderers.textured
         self.image_ref_silhouette, self.image_ref_textured = target.mask, target.colours
+        self.care = target.care
         self.loss_scale = self.pixels / target.mask.numel()
         self.weight_texture = self.book_weight_texture if colour else 0.0
         # The book compares the rendered colours as they are; a photo's, after its own light (a per-channel
@@ -76,12 +78,17 @@ class Model(nn.Module):
         R, T = self.camera()
         meshes = self.camera.meshes_for(self.meshes)
         image_silhouette = self.renderer_silhouette(meshes_world=meshes, R=R, T=T)
-        loss_silhouette = torch.sum((image_silhouette[..., 3] - self.image_ref_silhouette) ** 2, dim=(1, 2))
+        error_silhouette = (image_silhouette[..., 3] - self.image_ref_silhouette) ** 2
+        if self.care is not None:  # a photo's pixels of something in front of the object left out
+            error_silhouette = error_silhouette * self.care
+        loss_silhouette = torch.sum(error_silhouette, dim=(1, 2))
         loss, image_textured = self.weight_silhouette * loss_silhouette, None
         if self.weight_texture:
             image_textured = self.renderer_textured(meshes_world=meshes, R=R, T=T)
-            loss_texture = torch.sum((self.lighting(image_textured[..., :3]) - self.image_ref_textured) ** 2,
-                                     dim=(1, 2, 3))
+            error_texture = (self.lighting(image_textured[..., :3]) - self.image_ref_textured) ** 2
+            if self.care is not None:
+                error_texture = error_texture * self.care[..., None]
+            loss_texture = torch.sum(error_texture, dim=(1, 2, 3))
             loss = loss + self.weight_texture * loss_texture
         # One loss per camera.
         return loss * self.loss_scale, image_silhouette, image_textured

@@ -177,7 +177,7 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
         frame = Observed(raw, size, background, last)
         if not frame.mask.any():
             return frame, candidates[0][0][None], candidates[0][1][None], None
-    R0, T0, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(candidates[0][0], degrees))
+    R0, T0, _, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(candidates[0][0], degrees))
     R0 = torch.cat([torch.stack([R for R, _ in candidates]), R0])
     T0 = torch.cat([torch.stack([T for _, T in candidates]), T0])
     R, T, loss, _ = fit(renderers, mesh.extend(len(R0)), R0, T0, frame, iterations=iterations, lr=lr,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -54,6 +55,18 @@ def set_cpu_threads(rasterizer: str) -> None:
     while one thread took 24.4 s.
     """
     torch.set_num_threads(1 if rasterizer == "fast" else DEFAULT_CPU_THREADS)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """torch's CPU threads set to n for a block (a few large operations, such as scoring the pose grid, use
+    both cores; the fast path's many small ones keep one, set_cpu_threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def keep_large_blocks() -> None:

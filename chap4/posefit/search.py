@@ -15,6 +15,7 @@ does nothing but keep the record: no pruning, no schedule.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -149,6 +150,7 @@ class Hypotheses:
         self.best_row, self.best_index, self.best_loss, self.best_position = 0, 0, math.inf, None
         self.model = self.full = self.explore = self.mesh = None
         self.polished = False  # the answer refined by a photo's colours after the loop (polish)
+        self.care = None  # (H, W) the target's pixels' weights, 0 on something in front (start, 6-DoF photos)
 
     # -- the record of each hypothesis ---------------------------------------------------------
 
@@ -219,6 +221,8 @@ class Hypotheses:
         render costs four times the silhouette's); the refinement goes back
         to `renderers` and `target`. With one start: the book's run.
         """
+        if self.care is not None:  # something in front of the object, found with the starts: left out
+            target = replace(target, care=self.care.to(target.mask.device))
         self.model, self.mesh, self.full = model, mesh, (renderers, target)
         self.book_sigma = renderers.silhouette.shader.blend_params.sigma
         size = self.explore_size(target.size)
@@ -391,6 +395,9 @@ class Hypotheses:
             entries.append(entry)
         best = self.best()
         out = {"best_hypothesis": best, "hypotheses": entries, "ambiguous": False, "polished": self.polished}
+        if self.care is not None:  # the share of the mask taken for something in front of the object
+            mask = self.full[1].hard_mask.float()
+            out["in_front_share"] = float(((1 - self.care.to(mask.device)) * mask).sum() / mask.sum().clamp(min=1))
         if not self.single:
             out["multistart"] = self.schedule()
         rivals = [
@@ -426,13 +433,19 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     if pose_mode == "lookat":
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
                           iterations=iterations, lr=lr, **schedule)
-    R, T, _ = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright)
+    # A photo's mask may hold something in front of the object: the grid finds it (initial.in_front_piece).
+    photo = target.photo.cpu().numpy() if target.photo is not None else None
+    with render.cpu_threads(render.DEFAULT_CPU_THREADS):
+        R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright,
+                                             photo=photo if photo is not None and masks.is_photo(photo) else None)
     centre, radius = initial.mesh_centre_radius(mesh)
     min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
     poses = pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
-    return Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
-                      scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
-                      **{"explore_sigma": SIX_DOF_EXPLORE_SIGMA, **schedule})
+    hypotheses = Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
+                            scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
+                            **{"explore_sigma": SIX_DOF_EXPLORE_SIGMA, **schedule})
+    hypotheses.care = care
+    return hypotheses
 
 
 def start_fit(options, mesh, target: targets.Target, fov: float, **schedule) -> Hypotheses:

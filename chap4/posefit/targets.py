@@ -128,6 +128,9 @@ class Target:
     fov: float | None = None  # degrees across the shorter side, and where that came from
     fov_source: str = ""
     relit: bool = False  # the colour term compares after a per-channel gain and offset (a photo's own light)
+    # (H, W) how much each pixel counts in the loss (None: all alike): 0 on something in front of the object
+    # that joined a photo's mask (posefit.initial.in_front_piece)
+    care: torch.Tensor | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -141,11 +144,12 @@ class Target:
     def resized(self, size) -> Target:
         """Mask and colours averaged down to size (the multi-start exploration)."""
         return replace(self, mask=resize_image(self.mask, size),
-                       rgb=None if self.rgb is None else resize_image(self.rgb, size))
+                       rgb=None if self.rgb is None else resize_image(self.rgb, size),
+                       care=None if self.care is None else resize_image(self.care, size))
 
     def to(self, device) -> Target:
         moved = {name: getattr(self, name).to(device) for name in ("mask", "rgb", "shown", "silhouette", "hard_mask",
-                                                                  "R", "T", "camera_position", "photo")
+                                                                  "R", "T", "camera_position", "photo", "care")
                  if getattr(self, name) is not None}
         return replace(self, **moved)
 
