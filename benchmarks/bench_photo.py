@@ -1,6 +1,6 @@
 """Full 6-DoF pose from one photograph: photo-like stand-ins rendered by Mitsuba 3, fitted as the README says.
 
-    python benchmarks/bench_photo.py --seed 7                    # render 24 cases, fit each, print the table
+    python benchmarks/bench_photo.py --seed 8                    # render 24 cases, fit each, print the table
     python benchmarks/bench_photo.py --seed 0 --render-only --cases /tmp/photos0   # only render (Mitsuba)
     python benchmarks/bench_photo.py --cases /tmp/photos0 --only 3 7               # fit cases already rendered
 
@@ -15,8 +15,9 @@ a quarter of the silhouette. Mitsuba (`pip install mitsuba`, variant
 scalar_rgb) is needed to render, not to fit; it is not a dependency of the
 project. Tuning used seeds 0 and 1 (seed 1, a report once, was looked at to
 design the twin step and the mask's edge rules), then 4 and 5 (reports of
-earlier rounds) and 6 (whose failures showed the shadow rule); the README
-reports seed 7, fresh in session 14, and seed 6 of the round before.
+earlier rounds), 6 (whose failures showed the shadow rule) and 7 (a report in
+session 14, whose photos with something in front showed the search for it);
+the README reports seed 8, fresh in session 16, and seed 7 of the round before.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):
@@ -180,8 +181,8 @@ def save_figure(rows: list[dict], folder: Path, fits: Path, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=7,
-                        help="the cases' seed (default 7, the report; tuning used 0, 1, 4, 5, 6)")
+    parser.add_argument("--seed", type=int, default=8,
+                        help="the cases' seed (default 8, the report; tuning used 0, 1, 4, 5, 6, 7)")
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--cases", type=Path, help="folder of rendered cases (made if missing; default: temporary)")
     parser.add_argument("--render-only", action="store_true")
