@@ -151,6 +151,7 @@ class Hypotheses:
         self.model = self.full = self.explore = self.mesh = None
         self.polished = False  # the answer refined by a photo's colours after the loop (polish)
         self.care = None  # (H, W) the target's pixels' weights, 0 on something in front (start, 6-DoF photos)
+        self.in_front_share = None  # the share of the first mask that care leaves out
 
     # -- the record of each hypothesis ---------------------------------------------------------
 
@@ -395,9 +396,8 @@ class Hypotheses:
             entries.append(entry)
         best = self.best()
         out = {"best_hypothesis": best, "hypotheses": entries, "ambiguous": False, "polished": self.polished}
-        if self.care is not None:  # the share of the mask taken for something in front of the object
-            mask = self.full[1].hard_mask.float()
-            out["in_front_share"] = float(((1 - self.care.to(mask.device)) * mask).sum() / mask.sum().clamp(min=1))
+        if self.in_front_share is not None:  # the share of the mask taken for something in front of the object
+            out["in_front_share"] = self.in_front_share
         if not self.single:
             out["multistart"] = self.schedule()
         rivals = [
@@ -444,7 +444,10 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     hypotheses = Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
                             scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
                             **{"explore_sigma": SIX_DOF_EXPLORE_SIGMA, **schedule})
-    hypotheses.care = care
+    if care is not None:
+        mask = target.hard_mask.float()
+        hypotheses.care = care
+        hypotheses.in_front_share = float(((1 - care.to(mask.device)) * mask).sum() / mask.sum().clamp(min=1))
     return hypotheses
 
 
