@@ -202,15 +202,12 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
             warped = F.grid_sample(images[None].expand(grid.shape[0], len(images), H, W), grid, mode="bilinear",
                                    padding_mode="zeros", align_corners=False)
             views = view_silhouettes[start:stop, None].expand(-1, len(rolls), n, n).reshape(-1, n, n)
-            if care is None:
-                warped = warped[:, 0]
-                inter = (views * warped).sum((1, 2))
-                union = (views + warped - views * warped).sum((1, 2))
-            else:
-                warped_mask = warped[:, 0]
-                weight = torch.where((grid.abs() > 1).any(-1), torch.ones_like(warped[:, 1]), warped[:, 1])
-                inter = (views * warped_mask * weight).sum((1, 2))
-                union = ((views + warped_mask - views * warped_mask) * weight).sum((1, 2))
+            warped_mask = warped[:, 0]
+            # (times 1.0 without care: the same numbers, bit for bit)
+            weight = 1.0 if care is None else torch.where((grid.abs() > 1).any(-1), 1.0, warped[:, 1])
+            both = views * warped_mask
+            inter = (both * weight).sum((1, 2))
+            union = ((views + warped_mask - both) * weight).sum((1, 2))
             ious.append((inter / union.clamp(min=1e-9)).reshape(stop - start, len(rolls)))
             centre = mask_centroid + scale[start:stop, None, None] * torch.einsum(
                 "vi,rij->vrj", -view_centroid[start:stop], rot)
@@ -336,12 +333,11 @@ def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
     of the object itself (a cow's black patch) left out helps no view: the right one covers it anyway.
     best_score(iou, scale): the best of a grid's scores (of those the prior allows).
     """
-    best = None
-    # Each candidate is scored with the views at half their size (a quarter of the cost; the whole mask's
-    # score it must beat too).
+    # The candidates are scored with the views at half their size (a quarter of the cost), and so is the whole
+    # mask's score they must beat.
     small = F.avg_pool2d(view_silhouettes[:, None], 2)[:, 0]
     whole, scale, _ = score_grid(small, mask, rolls)
-    best_iou = best_score(whole, scale) + OCCLUDER_GAIN
+    best, best_iou = None, best_score(whole, scale) + OCCLUDER_GAIN
     for piece in occluder_candidates(photo, mask.cpu().numpy() > 0.5):
         care = 1.0 - torch.from_numpy(piece).float().to(mask.device)
         iou, scale, _ = score_grid(small, mask, rolls, care=care, scales=OCCLUDED_SCALES)

@@ -434,10 +434,11 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
                           iterations=iterations, lr=lr, **schedule)
     # A photo's mask may hold something in front of the object: the grid finds it (initial.in_front_piece).
-    photo = target.photo.cpu().numpy() if target.photo is not None else None
+    photo = None if target.photo is None else target.photo.cpu().numpy()
+    if photo is not None and not masks.is_photo(photo):
+        photo = None  # a clean render on a flat backdrop: nothing in front to find
     with render.cpu_threads(render.DEFAULT_CPU_THREADS):
-        R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright,
-                                             photo=photo if photo is not None and masks.is_photo(photo) else None)
+        R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright, photo=photo)
     centre, radius = initial.mesh_centre_radius(mesh)
     min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
     poses = pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
