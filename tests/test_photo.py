@@ -287,6 +287,20 @@ def test_something_in_front_of_the_object_is_left_out_of_the_grids_scores(meshes
     assert nearest < 12.0 and nearest < nearest_whole
 
 
+def test_the_reported_iou_leaves_out_what_was_taken_for_something_in_front():
+    # summary.json's silhouette_iou (and the ambiguity check) count the pixels the fit counted: a fitted
+    # silhouette that is exactly the object, against a mask holding a bar in front of it too.
+    silhouette = torch.zeros(40, 60, dtype=torch.bool)
+    silhouette[10:30, 15:40] = True
+    mask = silhouette.clone()
+    mask[18:24, 5:55] = True  # the bar, reaching out on both sides
+    care = torch.ones(40, 60)
+    care[18:24, 5:55] = 0.0
+    assert pose.silhouette_iou(silhouette, mask) < 0.9
+    assert pose.silhouette_iou(silhouette, mask, care) == 1.0
+    assert pose.silhouette_iou(silhouette, mask, torch.ones(40, 60)) == pose.silhouette_iou(silhouette, mask)
+
+
 def test_six_dof_fit_of_a_photo_with_a_post_in_front_recovers_the_pose(tmp_path, meshes_ready):
     mesh = teapot()
     R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
@@ -329,7 +343,11 @@ def test_summary_pose_reproduces_the_fitted_silhouette_with_pytorch3d(tmp_path, 
     silhouette = rasterizer(mesh).pix_to_face[0, ..., 0] >= 0
     mask = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "target_mask.png")) > 127)
     assert mask.shape == SIZE
-    assert pose.silhouette_iou(silhouette, mask) == pytest.approx(summary["silhouette_iou"], abs=1e-6)
+    # A piece taken for something in front of the object (in_front_mask.png) counts in neither.
+    in_front = tmp_path / "out" / "in_front_mask.png"
+    care = torch.from_numpy(np.asarray(Image.open(in_front)) < 128).float() if in_front.exists() else None
+    assert (care is None) == ("in_front_share" not in summary)
+    assert pose.silhouette_iou(silhouette, mask, care) == pytest.approx(summary["silhouette_iou"], abs=1e-6)
 
 
 def test_look_at_runs_report_r_and_t_too(tmp_path, meshes_ready):

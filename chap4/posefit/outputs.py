@@ -119,12 +119,16 @@ def at_original_size(target, renderers: render.Renderers, mesh, R, T):
 
 
 def save_mask(target, path: Path) -> None:
-    """The mask the fit used, 8-bit, at the file's own size (255 = object)."""
+    """The mask the fit used, 8-bit, at the file's own size (255 = object); beside it in_front_mask.png, the
+    pixels taken for something in front of the object (left out of the loss and of the IoU), if any."""
     from PIL import Image
 
     H, W = target.original.shape[:2]
     mask = Image.fromarray(target.hard_mask.cpu().numpy().astype(np.uint8) * 255)
     mask.resize((W, H), Image.Resampling.NEAREST).save(path)
+    if target.care is not None:
+        in_front = Image.fromarray((target.care.cpu().numpy() < 0.5).astype(np.uint8) * 255)
+        in_front.resize((W, H), Image.Resampling.NEAREST).save(path.with_name("in_front_mask.png"))
 
 
 def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypotheses, target, frames,
@@ -139,7 +143,8 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
     best = hypotheses.best()
     with torch.no_grad():
         rgb_every, mask_every = render.hard_render(renderers, mesh.extend(len(R_every)), R_every, T_every)
-    ious = [pose.silhouette_iou(mask, target.hard_mask) for mask in mask_every]
+    # Against the pixels the fit counted: what was taken for something in front of the object is left out.
+    ious = [pose.silhouette_iou(mask, target.hard_mask, target.care) for mask in mask_every]
     camera_position = hypotheses.positions[best]
     # The pose, PyTorch3D's: x_view = x_mesh @ R + T; camera_position = -T @ R^T.
     fitted = pose.pose_json(R_every[best], T_every[best])

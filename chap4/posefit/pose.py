@@ -216,9 +216,13 @@ def view_angle_deg(a, b) -> float:
     return rotation_error_deg(R[0], R[1])
 
 
-def silhouette_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Intersection over union of two masks (1.0 when both are empty)."""
+def silhouette_iou(a: torch.Tensor, b: torch.Tensor, care: torch.Tensor | None = None) -> float:
+    """Intersection over union of two masks (1.0 when both are empty); care: weights (0 or 1) of the pixels
+    that count (a photo's piece taken for something in front of the object has 0), None: all of them."""
     a, b = a.bool(), b.bool()
+    if care is not None:
+        counted = care.to(a.device) > 0.5
+        a, b = a & counted, b & counted
     union = (a | b).sum().item()
     return float((a & b).sum().item() / union) if union else 1.0
 
