@@ -287,6 +287,62 @@ def test_something_in_front_of_the_object_is_left_out_of_the_grids_scores(meshes
     assert nearest < 12.0 and nearest < nearest_whole
 
 
+def with_a_wall(photo, truth, grey=200, noise=2.0, seed=3):
+    """The photo with a light grey wall above the object (all of it up to 3 rows above the object's top)."""
+    top = int(np.where(truth.any(1))[0][0]) - 3
+    wall = grey + np.random.default_rng(seed).normal(0, noise, (top, *photo.shape[1:]))
+    photo = photo.copy()
+    photo[:top] = wall.clip(0, 255).astype(np.uint8)
+    return photo
+
+
+def test_a_wall_that_holds_most_of_the_border_is_not_taken_for_the_floor(tmp_path, meshes_ready):
+    # A white teapot low in the picture on a grey floor, a light grey wall filling its top: the wall holds
+    # most of the border, and the usual reading (that surface is the floor, with its shadow allowance) takes
+    # the grey floor and the teapot both for background. The other reading, the mesh's choice, is the object.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh, distance=3.2, shift=(0.2, -0.5), turn=(0.4, -0.8, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (120, 120, 120), size=(128, 96))
+    photo = with_a_wall(photo, truth, grey=190)
+    readings = masks.floor_readings(photo.astype(np.float32) / 255)
+    assert not readings[0].any(), "the case: the usual reading finds nothing"
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    mask = targets.load_target_image(tmp_path / "photo.png", fov=FOV).hard_mask
+    assert pose.silhouette_iou(mask, torch.from_numpy(truth)) > 0.9  # (this file was refused: no foreground)
+    summary = diff_render.fit(output_dir=tmp_path / "out", target_image=tmp_path / "photo.png", fov=FOV,
+                              pose_mode="6dof", restarts=4, loss_threshold=0, save_every=0, progress=False,
+                              background_frames=False)
+    renderers = render.make_renderers("cpu", (128, 96), fov=FOV)
+    with torch.no_grad():
+        fitted = render.hard_render(renderers, mesh, torch.tensor(summary["R"])[None], torch.tensor(summary["T"])[None])[1]
+        true = render.hard_render(renderers, mesh, R[None], T[None])[1]
+    assert pose.silhouette_iou(fitted[0], true[0]) > 0.9
+
+
+def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
+    # initial.choose_reading: the mask that some view of the mesh explains, over a fragment of it (the lit top
+    # of a white teapot, all that a wall taken for the floor left) or the silhouette with a strip of the wall;
+    # the usual (first) reading stays unless another is clearly better.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
+    renderers = render.make_renderers("cpu", (96, 128), fov=FOV)
+    with torch.no_grad():
+        silhouette = render.hard_render(renderers, mesh, R[None], T[None])[1][0].bool()
+    rows = torch.nonzero(silhouette.any(1))[:, 0]
+    fragment = silhouette.clone()
+    fragment[int(rows[0] + (rows[-1] - rows[0]) // 3):] = False
+    with_strip = silhouette.clone()
+    with_strip[:6] = True
+    upright = initial.Upright.of(mesh)
+    assert initial.choose_reading(mesh, [fragment, silhouette], FOV, upright=upright) == 1
+    assert initial.choose_reading(mesh, [with_strip, fragment, silhouette], FOV, upright=upright) == 2
+    assert initial.choose_reading(mesh, [silhouette, fragment, with_strip], FOV, upright=upright) == 0
+    # An outline off the photo's edges counts against a reading: the same silhouette twice, the first's
+    # outline on no edge.
+    assert initial.choose_reading(mesh, [silhouette, silhouette], FOV, upright=upright,
+                                  outline_on_edges=[0.0, 1.0]) == 1
+
+
 def test_the_reported_iou_leaves_out_what_was_taken_for_something_in_front():
     # summary.json's silhouette_iou (and the ambiguity check) count the pixels the fit counted: a fitted
     # silhouette that is exactly the object, against a mask holding a bar in front of it too.

@@ -45,6 +45,11 @@ OCCLUDER_SHARE = (0.04, 0.45)
 OCCLUDER_CANDIDATES = 3
 OCCLUDER_GAIN = 0.05
 OCCLUDED_SCALES = (1.0, 1.12, 1.25)
+# A photo's masks read with each surface of its border taken for the floor (choose_reading): another than the
+# usual reading is taken if its score beats the usual one's by READING_GAIN; a mask's score loses OUTLINE_PENALTY
+# times the share of its outline that lies off the photo's strong edges.
+READING_GAIN = 0.02
+OUTLINE_PENALTY = 0.2
 SEGMENT_SCALE = 100.0  # felzenszwalb's scale (larger: larger regions) at the working size
 MERGE_COLOUR = 0.06  # neighbouring regions whose mean colours (RGB in [0, 1]) are this close are merged
 
@@ -224,6 +229,60 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
     return best_iou, best_scale, best_centre
 
 
+def allowed_poses(upright: Upright | None, R_all: torch.Tensor, directions: torch.Tensor, centre: torch.Tensor,
+                  distance: float, scale: torch.Tensor) -> torch.Tensor | None:
+    """Which (view, roll) poses of the grid `upright` allows at these scales (None: no prior, or it allows none).
+    R_all (V, rolls, 3, 3), directions (V, 3) the views' directions from the centre, scale (V, rolls)."""
+    if upright is None:
+        return None
+    # The camera sits at the view's depth along its direction from the centre, whatever the roll and
+    # wherever the object is put on the image (the turn onto the centroid's ray keeps the camera).
+    camera_y = centre[1] + distance / scale * directions[:, 1:2]  # (V, rolls)
+    allows = upright.allows(R_all, camera_y)
+    return allows if bool(allows.any()) else None
+
+
+def view_distance(mesh, fov: float) -> float:
+    """The distance of the grid's views: the bounding sphere fills FILL of the field of view."""
+    _, radius = mesh_centre_radius(mesh)
+    return radius / math.sin(math.atan(FILL * math.tan(math.radians(fov) / 2)))
+
+
+def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: Upright | None = None,
+                   photo: np.ndarray | None = None, outline_on_edges: list[float] | None = None,
+                   views: int = GRID_VIEWS, rolls: int = GRID_ROLLS, side: int = SCORE_SIDE) -> int:
+    """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's.
+
+    Each is scored as the grid scores a mask, by the best IoU of a view that `upright` allows (with the
+    photo, also with a piece that in_front_piece takes for something in front of the object left out, as
+    initial_poses will), less OUTLINE_PENALTY times the share of its outline off the photo's strong edges
+    (outline_on_edges, from posefit.masks.outline_on_edges): a mask that takes in the wall or a lamp's patch
+    is no silhouette of the mesh, or has an outline that no edge of the photo backs. Another than the first
+    is chosen only if it scores READING_GAIN better.
+    """
+    device = mesh.device
+    centre, _ = mesh_centre_radius(mesh)
+    distance = view_distance(mesh, fov)
+    directions = view_directions(views).to(device)
+    angles = torch.arange(rolls, dtype=torch.float32, device=device) * (2 * math.pi / rolls)
+    R_views, silhouettes = render_views(mesh, directions, fov, side, distance, centre)
+    R_all = R_views[:, None] @ roll_matrices(angles)[None]
+    def best_score(iou: torch.Tensor, scale: torch.Tensor) -> float:
+        allows = allowed_poses(upright, R_all, directions, centre, distance, scale)
+        return float(iou.max() if allows is None else iou[allows].max())
+
+    scores = []
+    for k, mask in enumerate(readings):
+        mask = mask.float().to(device)
+        best = best_score(*score_grid(silhouettes, mask, angles)[:2])
+        care = None if photo is None else in_front_piece(silhouettes, mask, angles, photo, best_score)
+        if care is not None:
+            best = max(best, best_score(*score_grid(silhouettes, mask, angles, care=care, scales=OCCLUDED_SCALES)[:2]))
+        off_edges = 0.0 if outline_on_edges is None else 1.0 - outline_on_edges[k]
+        scores.append(best - OUTLINE_PENALTY * off_edges - (0.0 if k == 0 else READING_GAIN))
+    return int(np.argmax(scores))
+
+
 def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
                   rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG,
                   near=None, upright: Upright | None = None, photo: np.ndarray | None = None):
@@ -236,9 +295,9 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     better left out is taken for something in front of the object (in_front_piece), its pixels weighed 0.
     """
     device = mesh.device
-    centre, radius = mesh_centre_radius(mesh)
+    centre, _ = mesh_centre_radius(mesh)
     t = math.tan(math.radians(fov) / 2)
-    distance = radius / math.sin(math.atan(FILL * t))
+    distance = view_distance(mesh, fov)
     directions = view_directions(views).to(device)
     angles = torch.arange(rolls, dtype=torch.float32, device=device) * (2 * math.pi / rolls)
     if near is not None:
@@ -253,14 +312,7 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     R_all = R_views[:, None] @ roll_matrices(angles)[None]  # (V, rolls, 3, 3)
 
     def allowed(scale: torch.Tensor) -> torch.Tensor | None:
-        """Which (view, roll) poses `upright` allows at these scales (None: no prior, or it allows none)."""
-        if upright is None:
-            return None
-        # The camera sits at the view's depth along its direction from the centre, whatever the roll and
-        # wherever the object is put on the image (the turn onto the centroid's ray keeps the camera).
-        camera_y = centre[1] + distance / scale * directions[:, 1:2]  # (V, rolls)
-        allows = upright.allows(R_all, camera_y)
-        return allows if bool(allows.any()) else None
+        return allowed_poses(upright, R_all, directions, centre, distance, scale)
 
     def best_score(iou: torch.Tensor, scale: torch.Tensor) -> float:
         allows = allowed(scale)

@@ -39,6 +39,10 @@ casts a soft shadow, a wall may show at the top), and the file is noisy.
    smaller than 0.1% of the image filled (a teapot's handle opening is a
    real hole).
 
+`floor_readings` gives the mask with each surface of the border taken for
+the floor in turn (the one that holds most of the border may be a wall);
+the mesh chooses among them (posefit.initial.choose_reading).
+
 `refine_with_silhouette` redoes step 5 around a fitted pose's silhouette
 (sure object well inside it, sure background well outside, edges in
 between): once the pose is roughly known, a lamp's bright patch or a
@@ -206,10 +210,12 @@ def is_photo(rgb: np.ndarray) -> bool:
     return _spread(rgb, border_band(*rgb.shape[:2])) >= FLAT
 
 
-def backdrop(rgb: np.ndarray, background=None) -> tuple[np.ndarray, np.ndarray]:
+def backdrop(rgb: np.ndarray, background=None, floor: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Steps 1-3 for an (H, W, 3) photo in [0, 1]: (sure background, sure object) masks, before the edges decide.
 
     background: the backdrop's colour (0-255) if known, else learnt from the border.
+    floor: which of the border's surfaces is the floor (0 to SURFACES - 1); None: the one that holds most of
+    the border. None is returned if there is no such surface.
     """
     H, W, _ = rgb.shape
     border = border_band(H, W)
@@ -228,11 +234,14 @@ def backdrop(rgb: np.ndarray, background=None) -> tuple[np.ndarray, np.ndarray]:
         colours = [np.median(smooth[border][labels == k], 0) if (labels == k).any() else None
                    for k in range(SURFACES)]
     counts = np.bincount(labels, minlength=len(colours))
-    floor = int(np.argmax(counts))
+    usable = [colour is not None and count >= 0.03 * len(labels) for colour, count in zip(colours, counts, strict=True)]
+    floor = int(np.argmax(counts)) if floor is None else floor
+    if floor >= len(colours) or not usable[floor]:
+        return None
     border_points = np.argwhere(border)
     background_mask = np.zeros((H, W), bool)
     for k, colour in enumerate(colours):
-        if colour is None or counts[k] < 0.03 * len(labels):
+        if not usable[k]:
             continue
         members = labels == k
         direction = colour / max(float(np.linalg.norm(colour)), 1e-6)
@@ -273,12 +282,17 @@ def backdrop(rgb: np.ndarray, background=None) -> tuple[np.ndarray, np.ndarray]:
     return background_mask | border, sure_object & ~background_mask & ~border
 
 
-def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.ndarray] | None = None,
+               floor: int | None = None) -> np.ndarray | None:
     """The object's pixels in an (H, W, 3) photo with values in [0, 1]; background: its colour (0-255) if known.
-    model: what `backdrop` returned for this photo, if it was already found (the tracker finds it ahead)."""
+    model: what `backdrop` returned for this photo, if it was already found (the tracker finds it ahead).
+    floor: which of the border's surfaces the object stands on (`backdrop`; None if there is no such one)."""
     if not is_photo(rgb):
         return clean_render_mask(rgb, background)
-    background_mask, sure_object = model if model is not None else backdrop(rgb, background)
+    model = model if model is not None else backdrop(rgb, background, floor)
+    if model is None:
+        return None
+    background_mask, sure_object = model
     gradient = _gradient(rgb)
     strong = strong_edges(gradient)
     sure_object = biggest_blobs(edge_supported(sure_object, strong))
@@ -295,6 +309,34 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     if not sure_object.any():
         return np.zeros(rgb.shape[:2], bool)
     return clean(_watershed(gradient, sure_object, sure_background))
+
+
+def floor_readings(rgb: np.ndarray, background=None) -> list[np.ndarray]:
+    """The photo's masks with each surface of its border taken for the floor in turn: the usual reading (the
+    surface that holds most of the border) first, then the others that differ from every reading before.
+
+    The surface that holds most of the border is not always the one the object stands on: seen from low,
+    a light grey wall or sky behind a white teapot fills the top of the picture, and taken for the floor it
+    takes the teapot in too (its shadow allowance spans the grey floor and the grey teapot). Which reading
+    is the object's, the mesh tells (posefit.initial.choose_reading).
+    """
+    readings = [photo_mask(rgb, background)]
+    if background is not None or not is_photo(rgb):
+        return readings  # one backdrop colour: one surface
+    for k in range(SURFACES):  # the usual floor's reading comes again, and is given once
+        mask = photo_mask(rgb, floor=k)
+        if mask is not None and not any(np.array_equal(mask, other) for other in readings):
+            readings.append(mask)
+    return readings
+
+
+def outline_on_edges(rgb: np.ndarray, mask: np.ndarray) -> float:
+    """The share of the mask's outline that lies on the photo's strong edges (an object's outline does; the
+    fall-off of a lamp's patch or a shadow does not)."""
+    outline = mask & ~ndimage.binary_erosion(mask)
+    if not outline.any():
+        return 0.0
+    return float(strong_edges(_gradient(rgb))[outline].mean())
 
 
 def outline_weights(mask: np.ndarray, width: int = 1) -> np.ndarray:

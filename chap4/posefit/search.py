@@ -150,6 +150,7 @@ class Hypotheses:
         self.best_row, self.best_index, self.best_loss, self.best_position = 0, 0, math.inf, None
         self.model = self.full = self.explore = self.mesh = None
         self.polished = False  # the answer refined by a photo's colours after the loop (polish)
+        self.mask = None  # (H, W) bool: the photo's mask the starts chose, if not the target's (start, 6-DoF)
         self.care = None  # (H, W) the target's pixels' weights, 0 on something in front (start, 6-DoF photos)
         self.in_front_share = None  # the share of the first mask that care leaves out
 
@@ -222,6 +223,8 @@ class Hypotheses:
         render costs four times the silhouette's); the refinement goes back
         to `renderers` and `target`. With one start: the book's run.
         """
+        if self.mask is not None:  # the photo's mask that the starts chose (initial.choose_reading)
+            target = target.with_mask(self.mask)
         if self.care is not None:  # something in front of the object, found with the starts: left out
             target = replace(target, care=self.care.to(target.mask.device))
         self.model, self.mesh, self.full = model, mesh, (renderers, target)
@@ -433,11 +436,22 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     if pose_mode == "lookat":
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
                           iterations=iterations, lr=lr, **schedule)
-    # A photo's mask may hold something in front of the object: the grid finds it (initial.in_front_piece).
     photo = None if target.photo is None else target.photo.cpu().numpy()
     if photo is not None and not masks.is_photo(photo):
-        photo = None  # a clean render on a flat backdrop: nothing in front to find
+        photo = None  # a clean render on a flat backdrop: one reading of its mask, nothing in front to find
+    mask = None
     with render.cpu_threads(render.DEFAULT_CPU_THREADS):
+        if photo is not None:
+            # Which surface of the border is the floor, the mesh tells (initial.choose_reading).
+            readings = [m for m in masks.floor_readings(photo, target.background) if targets.usable_mask(m)]
+            if len(readings) > 1:
+                on_edges = [masks.outline_on_edges(photo, m) for m in readings]
+                k = initial.choose_reading(mesh, [torch.from_numpy(m) for m in readings], fov, upright=upright,
+                                           photo=photo, outline_on_edges=on_edges)
+                if not np.array_equal(readings[k], target.hard_mask.cpu().numpy()):
+                    mask = torch.from_numpy(readings[k])
+                    target = target.with_mask(mask)
+        # A photo's mask may hold something in front of the object: the grid finds it (initial.in_front_piece).
         R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright, photo=photo)
     centre, radius = initial.mesh_centre_radius(mesh)
     min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
@@ -445,10 +459,11 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     hypotheses = Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
                             scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
                             **{"explore_sigma": SIX_DOF_EXPLORE_SIGMA, **schedule})
+    hypotheses.mask = mask
     if care is not None:
-        mask = target.hard_mask.float()
+        counted = target.hard_mask.float()
         hypotheses.care = care
-        hypotheses.in_front_share = float(((1 - care.to(mask.device)) * mask).sum() / mask.sum().clamp(min=1))
+        hypotheses.in_front_share = float(((1 - care.to(counted.device)) * counted).sum() / counted.sum().clamp(min=1))
     return hypotheses
 
 

@@ -158,8 +158,11 @@ class Target:
         if self.photo is None:
             return self
         photo = self.photo.cpu().numpy()
-        mask = masks.refine_with_silhouette(photo, silhouette.cpu().numpy())
-        mask = torch.from_numpy(mask).to(self.mask.device)
+        return self.with_mask(torch.from_numpy(masks.refine_with_silhouette(photo, silhouette.cpu().numpy())))
+
+    def with_mask(self, mask: torch.Tensor) -> Target:
+        """A photo's target with another mask (H, W, bool) of its pixels: the colour term's reference follows."""
+        mask = mask.to(self.mask.device)
         rgb = torch.where(mask[..., None], self.photo, torch.ones_like(self.photo))
         return replace(self, mask=mask.float(), hard_mask=mask, silhouette=mask.float(), rgb=rgb)
 
@@ -309,6 +312,8 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
     else:
         photo = np.ascontiguousarray(values[..., :3])
         mask = masks.photo_mask(photo, background)
+        if not usable_mask(mask):  # (the wall taken for the floor may take the object in with it)
+            mask = next((m for m in masks.floor_readings(photo, background)[1:] if usable_mask(m)), mask)
         shown = photo
         # The renderer draws the object on white, so the colour loss sees the same.
         rgb = np.where(mask[..., None], shown, 1.0)
@@ -336,6 +341,15 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
         # A photo's colours carry its own light; a clean render's are the renderer's.
         relit=(kind == "background" and masks.is_photo(photo)) or (relight and kind != "mask"),
     )
+
+
+def usable_mask(mask: np.ndarray) -> bool:
+    """Would _check_mask take this mask?"""
+    try:
+        _check_mask(mask, "", "background")
+    except UserError:
+        return False
+    return True
 
 
 def _check_mask(mask: np.ndarray, where: str, kind: str) -> None:
