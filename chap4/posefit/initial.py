@@ -249,8 +249,9 @@ def view_distance(mesh, fov: float) -> float:
 
 
 def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: Upright | None = None,
-                   photo: np.ndarray | None = None, outline_on_edges: list[float] | None = None,
-                   views: int = GRID_VIEWS, rolls: int = GRID_ROLLS, side: int = SCORE_SIDE) -> int:
+                   photo: np.ndarray | None = None, regions: np.ndarray | None = None,
+                   outline_on_edges: list[float] | None = None, views: int = GRID_VIEWS, rolls: int = GRID_ROLLS,
+                   side: int = SCORE_SIDE) -> int:
     """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's.
 
     Each is scored as the grid scores a mask, by the best IoU of a view that `upright` allows (with the
@@ -258,7 +259,7 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
     initial_poses will), less OUTLINE_PENALTY times the share of its outline off the photo's strong edges
     (outline_on_edges, from posefit.masks.outline_on_edges): a mask that takes in the wall or a lamp's patch
     is no silhouette of the mesh, or has an outline that no edge of the photo backs. Another than the first
-    is chosen only if it scores READING_GAIN better.
+    is chosen only if it scores READING_GAIN better. regions: photo_regions(photo), if already found.
     """
     device = mesh.device
     centre, _ = mesh_centre_radius(mesh)
@@ -271,11 +272,13 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
         allows = allowed_poses(upright, R_all, directions, centre, distance, scale)
         return float(iou.max() if allows is None else iou[allows].max())
 
+    if photo is not None and regions is None:
+        regions = photo_regions(photo)
     scores = []
     for k, mask in enumerate(readings):
         mask = mask.float().to(device)
         best = best_score(*score_grid(silhouettes, mask, angles)[:2])
-        care = None if photo is None else in_front_piece(silhouettes, mask, angles, photo, best_score)
+        care = None if photo is None else in_front_piece(silhouettes, mask, angles, photo, best_score, regions)
         if care is not None:
             best = max(best, best_score(*score_grid(silhouettes, mask, angles, care=care, scales=OCCLUDED_SCALES)[:2]))
         off_edges = 0.0 if outline_on_edges is None else 1.0 - outline_on_edges[k]
@@ -285,7 +288,8 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
 
 def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
                   rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG,
-                  near=None, upright: Upright | None = None, photo: np.ndarray | None = None):
+                  near=None, upright: Upright | None = None, photo: np.ndarray | None = None,
+                  regions: np.ndarray | None = None):
     """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3), their IoUs, and the
     weights (H, W) of the mask's pixels that the scores counted (None: all of them).
 
@@ -293,6 +297,7 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     upright: the poses it allows come first (the others only if too few are allowed).
     photo: (H, W, 3) the photograph the mask was found in: a piece of the mask that the grid explains much
     better left out is taken for something in front of the object (in_front_piece), its pixels weighed 0.
+    regions: photo_regions(photo), if already found.
     """
     device = mesh.device
     centre, _ = mesh_centre_radius(mesh)
@@ -321,7 +326,7 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     iou, scale, where = score_grid(silhouettes, mask.float(), angles)
     care = None
     if photo is not None:
-        care = in_front_piece(silhouettes, mask.float(), angles, photo, best_score)
+        care = in_front_piece(silhouettes, mask.float(), angles, photo, best_score, regions)
         if care is not None:
             iou, scale, where = score_grid(silhouettes, mask.float(), angles, care=care, scales=OCCLUDED_SCALES)
     if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out
@@ -353,14 +358,19 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     return torch.stack(Rs), torch.stack(Ts), scores, care
 
 
-def occluder_candidates(photo: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+def photo_regions(photo: np.ndarray) -> np.ndarray:
+    """The photo's regions of one colour (labels, H x W): felzenszwalb's, neighbours of nearly one colour
+    merged (felzenszwalb cut a plain bar in front of the object into five: its middle and its ends)."""
+    regions = segmentation.felzenszwalb(photo, scale=SEGMENT_SCALE, sigma=0.8, min_size=20)
+    return graph.cut_threshold(regions, graph.rag_mean_color(photo, regions), MERGE_COLOUR)
+
+
+def occluder_candidates(photo: np.ndarray, mask: np.ndarray, regions: np.ndarray | None = None) -> list[np.ndarray]:
     """Pieces of the mask that may be something in front of the object: its regions of one colour
     (felzenszwalb on the photo) that hold OCCLUDER_SHARE of the mask and reach its outline (a thing in
-    front of the object reaches beyond it), the OCCLUDER_CANDIDATES largest first."""
-    regions = segmentation.felzenszwalb(photo, scale=SEGMENT_SCALE, sigma=0.8, min_size=20)
-    # Neighbouring regions of nearly one colour are one thing (felzenszwalb cut a plain bar in front of the
-    # object into five: its middle and its ends).
-    regions = graph.cut_threshold(regions, graph.rag_mean_color(photo, regions), MERGE_COLOUR)
+    front of the object reaches beyond it), the OCCLUDER_CANDIDATES largest first. regions: photo_regions(photo),
+    if already found."""
+    regions = photo_regions(photo) if regions is None else regions
     outline = mask & ~ndimage.binary_erosion(mask)
     area = int(mask.sum())
     pieces = []
@@ -374,7 +384,8 @@ def occluder_candidates(photo: np.ndarray, mask: np.ndarray) -> list[np.ndarray]
 
 
 def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, photo: np.ndarray,
-                   best_score=lambda iou, scale: float(iou.max())) -> torch.Tensor | None:
+                   best_score=lambda iou, scale: float(iou.max()), regions: np.ndarray | None = None
+                   ) -> torch.Tensor | None:
     """The care weights (H, W; 0 on the piece) if a piece of the mask is something in front of the object,
     else None.
 
@@ -383,14 +394,15 @@ def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
     The grid tells it: with the piece left out (and the views scaled up to make up for the part of the
     object behind it), some view explains the rest much better than any explains the whole mask. A piece
     of the object itself (a cow's black patch) left out helps no view: the right one covers it anyway.
-    best_score(iou, scale): the best of a grid's scores (of those the prior allows).
+    best_score(iou, scale): the best of a grid's scores (of those the prior allows). regions: photo_regions(photo),
+    if already found (the photo's masks are scored in turn: posefit.initial.choose_reading).
     """
     # The candidates are scored with the views at half their size (a quarter of the cost), and so is the whole
     # mask's score they must beat.
     small = F.avg_pool2d(view_silhouettes[:, None], 2)[:, 0]
     whole, scale, _ = score_grid(small, mask, rolls)
     best, best_iou = None, best_score(whole, scale) + OCCLUDER_GAIN
-    for piece in occluder_candidates(photo, mask.cpu().numpy() > 0.5):
+    for piece in occluder_candidates(photo, mask.cpu().numpy() > 0.5, regions):
         care = 1.0 - torch.from_numpy(piece).float().to(mask.device)
         iou, scale, _ = score_grid(small, mask, rolls, care=care, scales=OCCLUDED_SCALES)
         score = best_score(iou, scale)
