@@ -287,6 +287,22 @@ def test_something_in_front_of_the_object_is_left_out_of_the_grids_scores(meshes
     assert nearest < 12.0 and nearest < nearest_whole
 
 
+def fit_6dof(photo_path, output_dir):
+    """The silhouette script's 6-DoF fit of a photo file, as the README runs it (4 starts)."""
+    return diff_render.fit(output_dir=output_dir, target_image=photo_path, fov=FOV, pose_mode="6dof", restarts=4,
+                           loss_threshold=0, save_every=0, progress=False, background_frames=False)
+
+
+def fitted_and_true_iou(mesh, summary, R, T, size):
+    """IoU of the hard silhouettes at the fitted and the true pose: the teapot's symmetry makes two poses
+    alike, and the benchmark counts a teapot so."""
+    renderers = render.make_renderers("cpu", size, fov=FOV)
+    with torch.no_grad():
+        fitted = render.hard_render(renderers, mesh, torch.tensor(summary["R"])[None], torch.tensor(summary["T"])[None])[1]
+        true = render.hard_render(renderers, mesh, R[None], T[None])[1]
+    return pose.silhouette_iou(fitted[0], true[0])
+
+
 def with_a_wall(photo, truth, grey=200, noise=2.0, seed=3):
     """The photo with a light grey wall above the object (all of it up to 3 rows above the object's top)."""
     top = int(np.where(truth.any(1))[0][0]) - 3
@@ -309,14 +325,8 @@ def test_a_wall_that_holds_most_of_the_border_is_not_taken_for_the_floor(tmp_pat
     Image.fromarray(photo).save(tmp_path / "photo.png")
     mask = targets.load_target_image(tmp_path / "photo.png", fov=FOV).hard_mask
     assert pose.silhouette_iou(mask, torch.from_numpy(truth)) > 0.9  # (this file was refused: no foreground)
-    summary = diff_render.fit(output_dir=tmp_path / "out", target_image=tmp_path / "photo.png", fov=FOV,
-                              pose_mode="6dof", restarts=4, loss_threshold=0, save_every=0, progress=False,
-                              background_frames=False)
-    renderers = render.make_renderers("cpu", (128, 96), fov=FOV)
-    with torch.no_grad():
-        fitted = render.hard_render(renderers, mesh, torch.tensor(summary["R"])[None], torch.tensor(summary["T"])[None])[1]
-        true = render.hard_render(renderers, mesh, R[None], T[None])[1]
-    assert pose.silhouette_iou(fitted[0], true[0]) > 0.9
+    summary = fit_6dof(tmp_path / "photo.png", tmp_path / "out")
+    assert fitted_and_true_iou(mesh, summary, R, T, (128, 96)) > 0.9
 
 
 def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
@@ -363,16 +373,9 @@ def test_six_dof_fit_of_a_photo_with_a_post_in_front_recovers_the_pose(tmp_path,
     photo, truth, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
     occluded, _ = with_a_bar_in_front(photo, truth)
     Image.fromarray(occluded).save(tmp_path / "photo.png")
-    summary = diff_render.fit(output_dir=tmp_path / "out", target_image=tmp_path / "photo.png", fov=FOV,
-                              pose_mode="6dof", restarts=4, loss_threshold=0, save_every=0, progress=False,
-                              background_frames=False)
+    summary = fit_6dof(tmp_path / "photo.png", tmp_path / "out")
     assert 0.1 < summary["in_front_share"] < 0.4
-    # The teapot's symmetry: its hard silhouettes at the fitted and the true pose agree, as the benchmark counts.
-    renderers = render.make_renderers("cpu", (96, 128), fov=FOV)
-    with torch.no_grad():
-        fitted = render.hard_render(renderers, mesh, torch.tensor(summary["R"])[None], torch.tensor(summary["T"])[None])[1]
-        true = render.hard_render(renderers, mesh, R[None], T[None])[1]
-    assert pose.silhouette_iou(fitted[0], true[0]) > 0.9
+    assert fitted_and_true_iou(mesh, summary, R, T, (96, 128)) > 0.9
 
 
 def test_the_colour_polish_brings_a_turned_pose_closer(meshes_ready):
