@@ -432,6 +432,8 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     lookat: the book's camera at init_position (with restarts > 1, more at its distance, spread evenly over
     the sphere). 6dof: the `restarts` best poses of the coarse grid (posefit.initial) for the target's mask,
     on the 6-DoF schedule (SIX_DOF_ITERATIONS at most, a fifth of the rate), those `upright` allows first.
+    With a photo, its mask is first chosen among its readings with each border surface as the floor
+    (hypotheses.mask, if not the target's), and a piece of it in front of the object is left out (hypotheses.care).
     """
     if pose_mode == "lookat":
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
