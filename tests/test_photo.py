@@ -344,13 +344,13 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
     with_strip = silhouette.clone()
     with_strip[:6] = True
     upright = initial.Upright.of(mesh)
-    assert initial.choose_reading(mesh, [fragment, silhouette], FOV, upright=upright) == 1
-    assert initial.choose_reading(mesh, [with_strip, fragment, silhouette], FOV, upright=upright) == 2
-    assert initial.choose_reading(mesh, [silhouette, fragment, with_strip], FOV, upright=upright) == 0
+    assert initial.choose_reading(mesh, [fragment, silhouette], FOV, upright=upright)[0] == 1
+    assert initial.choose_reading(mesh, [with_strip, fragment, silhouette], FOV, upright=upright)[0] == 2
+    assert initial.choose_reading(mesh, [silhouette, fragment, with_strip], FOV, upright=upright)[0] == 0
     # An outline off the photo's edges counts against a reading: the same silhouette twice, the first's
     # outline on no edge.
     assert initial.choose_reading(mesh, [silhouette, silhouette], FOV, upright=upright,
-                                  outline_on_edges=[0.0, 1.0]) == 1
+                                  outline_on_edges=[0.0, 1.0])[0] == 1
 
 
 def test_the_reported_iou_leaves_out_what_was_taken_for_something_in_front():

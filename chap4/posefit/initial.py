@@ -251,8 +251,10 @@ def view_distance(mesh, fov: float) -> float:
 def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: Upright | None = None,
                    photo: np.ndarray | None = None, regions: np.ndarray | None = None,
                    outline_on_edges: list[float] | None = None, views: int = GRID_VIEWS, rolls: int = GRID_ROLLS,
-                   side: int = SCORE_SIDE) -> int:
-    """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's.
+                   side: int = SCORE_SIDE) -> tuple[int, torch.Tensor | None]:
+    """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's,
+    and the care weights of what in it was taken for something in front of the object (None: nothing; give
+    them to initial_poses, which then need not search again).
 
     Each is scored as the grid scores a mask, by the best IoU of a view that `upright` allows (with the
     photo, also with a piece that in_front_piece takes for something in front of the object left out, as
@@ -274,7 +276,7 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
 
     if photo is not None and regions is None:
         regions = photo_regions(photo)
-    scores = []
+    scores, cares = [], []
     for k, mask in enumerate(readings):
         mask = mask.float().to(device)
         best = best_score(*score_grid(silhouettes, mask, angles)[:2])
@@ -283,13 +285,15 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
             best = max(best, best_score(*score_grid(silhouettes, mask, angles, care=care, scales=OCCLUDED_SCALES)[:2]))
         off_edges = 0.0 if outline_on_edges is None else 1.0 - outline_on_edges[k]
         scores.append(best - OUTLINE_PENALTY * off_edges - (0.0 if k == 0 else READING_GAIN))
-    return int(np.argmax(scores))
+        cares.append(care)
+    k = int(np.argmax(scores))
+    return k, cares[k]
 
 
 def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
                   rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG,
                   near=None, upright: Upright | None = None, photo: np.ndarray | None = None,
-                  regions: np.ndarray | None = None):
+                  regions: np.ndarray | None = None, care: torch.Tensor | None = None):
     """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3), their IoUs, and the
     weights (H, W) of the mask's pixels that the scores counted (None: all of them).
 
@@ -297,7 +301,8 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     upright: the poses it allows come first (the others only if too few are allowed).
     photo: (H, W, 3) the photograph the mask was found in: a piece of the mask that the grid explains much
     better left out is taken for something in front of the object (in_front_piece), its pixels weighed 0.
-    regions: photo_regions(photo), if already found.
+    regions: photo_regions(photo), if already found. care: the weights of what was taken for something in
+    front, if already found (choose_reading): the grid scores with them, and does not search (photo unused).
     """
     device = mesh.device
     centre, _ = mesh_centre_radius(mesh)
@@ -324,11 +329,11 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
         return float(iou.max() if allows is None else iou[allows].max())
 
     iou, scale, where = score_grid(silhouettes, mask.float(), angles)
-    care = None
-    if photo is not None:
+    if care is None and photo is not None:
         care = in_front_piece(silhouettes, mask.float(), angles, photo, best_score, regions)
-        if care is not None:
-            iou, scale, where = score_grid(silhouettes, mask.float(), angles, care=care, scales=OCCLUDED_SCALES)
+    if care is not None:
+        care = care.to(device)
+        iou, scale, where = score_grid(silhouettes, mask.float(), angles, care=care, scales=OCCLUDED_SCALES)
     if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out
         cos_near = math.cos(math.radians(near[1]))
         trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)

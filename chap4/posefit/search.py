@@ -441,7 +441,7 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     photo = None if target.photo is None else target.photo.cpu().numpy()
     if photo is not None and not masks.is_photo(photo):
         photo = None  # a clean render on a flat backdrop: one reading of its mask, nothing in front to find
-    mask = regions = None
+    mask = regions = care = None
     with render.cpu_threads(render.DEFAULT_CPU_THREADS):
         if photo is not None:
             regions = initial.photo_regions(photo)  # (one segmentation for every mask scored with it)
@@ -449,14 +449,15 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
             readings = [m for m in masks.floor_readings(photo, target.background) if targets.usable_mask(m)]
             if len(readings) > 1:
                 on_edges = [masks.outline_on_edges(photo, m) for m in readings]
-                k = initial.choose_reading(mesh, [torch.from_numpy(m) for m in readings], fov, upright=upright,
-                                           photo=photo, regions=regions, outline_on_edges=on_edges)
+                k, care = initial.choose_reading(mesh, [torch.from_numpy(m) for m in readings], fov,
+                                                 upright=upright, photo=photo, regions=regions, outline_on_edges=on_edges)
                 if not np.array_equal(readings[k], target.hard_mask.cpu().numpy()):
                     mask = torch.from_numpy(readings[k])
                     target = target.with_mask(mask)
+                photo = None  # (its search for something in front is done: care)
         # A photo's mask may hold something in front of the object: the grid finds it (initial.in_front_piece).
         R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright, photo=photo,
-                                              regions=regions)
+                                              regions=regions, care=care)
     centre, radius = initial.mesh_centre_radius(mesh)
     min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
     poses = pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
