@@ -229,17 +229,55 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
     return best_iou, best_scale, best_centre
 
 
-def allowed_poses(upright: Upright | None, R_all: torch.Tensor, directions: torch.Tensor, centre: torch.Tensor,
-                  distance: float, scale: torch.Tensor) -> torch.Tensor | None:
-    """Which (view, roll) poses of the grid `upright` allows at these scales (None: no prior, or it allows none).
-    R_all (V, rolls, 3, 3), directions (V, 3) the views' directions from the centre, scale (V, rolls)."""
-    if upright is None:
-        return None
-    # The camera sits at the view's depth along its direction from the centre, whatever the roll and
-    # wherever the object is put on the image (the turn onto the centroid's ray keeps the camera).
-    camera_y = centre[1] + distance / scale * directions[:, 1:2]  # (V, rolls)
-    allows = upright.allows(R_all, camera_y)
-    return allows if bool(allows.any()) else None
+@dataclass(frozen=True)
+class ViewGrid:
+    """The grid's views of the mesh, rendered once (view_grid), with what scoring a mask against them needs."""
+
+    directions: torch.Tensor  # (V, 3) from the mesh's centre towards each view's camera
+    angles: torch.Tensor  # (rolls,) the in-plane rotations, radians
+    R_all: torch.Tensor  # (V, rolls, 3, 3) the rotation of every (view, roll)
+    silhouettes: torch.Tensor  # (V, side, side) the views' hard silhouettes
+    centre: torch.Tensor  # the mesh's centre
+    distance: float  # the views' distance from it
+    upright: Upright | None = None
+
+    def allowed(self, scale: torch.Tensor) -> torch.Tensor | None:
+        """Which (view, roll) poses `upright` allows at these scales (V, rolls) (None: no prior, or it allows
+        none)."""
+        if self.upright is None:
+            return None
+        # The camera sits at the view's depth along its direction from the centre, whatever the roll and
+        # wherever the object is put on the image (the turn onto the centroid's ray keeps the camera).
+        camera_y = self.centre[1] + self.distance / scale * self.directions[:, 1:2]  # (V, rolls)
+        allows = self.upright.allows(self.R_all, camera_y)
+        return allows if bool(allows.any()) else None
+
+    def best_score(self, iou: torch.Tensor, scale: torch.Tensor) -> float:
+        """The best of a score_grid's IoUs, of those `upright` allows."""
+        allows = self.allowed(scale)
+        return float(iou.max() if allows is None else iou[allows].max())
+
+
+def view_grid(mesh, fov: float, *, views: int = GRID_VIEWS, rolls: int = GRID_ROLLS, side: int = SCORE_SIDE,
+              near=None, upright: Upright | None = None) -> ViewGrid:
+    """The mesh rendered from `views` directions spread over the sphere (only those within near's angle of
+    its rotation, if given: (R, degrees)), each to be scored under `rolls` in-plane rotations."""
+    device = mesh.device
+    centre, _ = mesh_centre_radius(mesh)
+    distance = view_distance(mesh, fov)
+    directions = view_directions(views).to(device)
+    angles = torch.arange(rolls, dtype=torch.float32, device=device) * (2 * math.pi / rolls)
+    if near is not None:
+        R_near, degrees = near
+        # The direction from the object to the camera, in mesh coordinates, is -(0, 0, 1) @ R^T.
+        seen_from = -R_near.to(device)[:, 2]
+        directions = directions[directions @ seen_from >= math.cos(math.radians(degrees))]
+        if len(directions) == 0:
+            directions = seen_from[None]
+    R_views, silhouettes = render_views(mesh, directions, fov, side, distance, centre)
+    # The rotation of every (view, roll): the view's, then the roll about the optical axis.
+    R_all = R_views[:, None] @ roll_matrices(angles)[None]  # (V, rolls, 3, 3)
+    return ViewGrid(directions, angles, R_all, silhouettes, centre, distance, upright)
 
 
 def view_distance(mesh, fov: float) -> float:
@@ -250,8 +288,8 @@ def view_distance(mesh, fov: float) -> float:
 
 def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: Upright | None = None,
                    photo: np.ndarray | None = None, regions: np.ndarray | None = None,
-                   outline_on_edges: list[float] | None = None, views: int = GRID_VIEWS, rolls: int = GRID_ROLLS,
-                   side: int = SCORE_SIDE) -> tuple[int, torch.Tensor | None]:
+                   outline_on_edges: list[float] | None = None, grid: ViewGrid | None = None
+                   ) -> tuple[int, torch.Tensor | None]:
     """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's,
     and the care weights of what in it was taken for something in front of the object (None: nothing; give
     them to initial_poses, which then need not search again).
@@ -261,24 +299,16 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
     initial_poses will), less OUTLINE_PENALTY times the share of its outline off the photo's strong edges
     (outline_on_edges, from posefit.masks.outline_on_edges): a mask that takes in the wall or a lamp's patch
     is no silhouette of the mesh, or has an outline that no edge of the photo backs. Another than the first
-    is chosen only if it scores READING_GAIN better. regions: photo_regions(photo), if already found.
+    is chosen only if it scores READING_GAIN better. regions: photo_regions(photo), grid: view_grid(mesh,
+    fov, upright=upright), if already made.
     """
-    device = mesh.device
-    centre, _ = mesh_centre_radius(mesh)
-    distance = view_distance(mesh, fov)
-    directions = view_directions(views).to(device)
-    angles = torch.arange(rolls, dtype=torch.float32, device=device) * (2 * math.pi / rolls)
-    R_views, silhouettes = render_views(mesh, directions, fov, side, distance, centre)
-    R_all = R_views[:, None] @ roll_matrices(angles)[None]
-    def best_score(iou: torch.Tensor, scale: torch.Tensor) -> float:
-        allows = allowed_poses(upright, R_all, directions, centre, distance, scale)
-        return float(iou.max() if allows is None else iou[allows].max())
-
+    grid = grid or view_grid(mesh, fov, upright=upright)
+    silhouettes, angles, best_score = grid.silhouettes, grid.angles, grid.best_score
     if photo is not None and regions is None:
         regions = photo_regions(photo)
     scores, cares = [], []
     for k, mask in enumerate(readings):
-        mask = mask.float().to(device)
+        mask = mask.float().to(mesh.device)
         best = best_score(*score_grid(silhouettes, mask, angles)[:2])
         care = None if photo is None else in_front_piece(silhouettes, mask, angles, photo, best_score, regions)
         if care is not None:
@@ -293,7 +323,7 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
 def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
                   rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG,
                   near=None, upright: Upright | None = None, photo: np.ndarray | None = None,
-                  regions: np.ndarray | None = None, care: torch.Tensor | None = None):
+                  regions: np.ndarray | None = None, care: torch.Tensor | None = None, grid: ViewGrid | None = None):
     """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3), their IoUs, and the
     weights (H, W) of the mask's pixels that the scores counted (None: all of them).
 
@@ -303,34 +333,15 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     better left out is taken for something in front of the object (in_front_piece), its pixels weighed 0.
     regions: photo_regions(photo), if already found. care: the weights of what was taken for something in
     front, if already found (choose_reading): the grid scores with them, and does not search (photo unused).
+    grid: view_grid(mesh, fov, views=views, rolls=rolls, side=side, near=near, upright=upright), if already made.
     """
     device = mesh.device
-    centre, _ = mesh_centre_radius(mesh)
     t = math.tan(math.radians(fov) / 2)
-    distance = view_distance(mesh, fov)
-    directions = view_directions(views).to(device)
-    angles = torch.arange(rolls, dtype=torch.float32, device=device) * (2 * math.pi / rolls)
-    if near is not None:
-        R_near, degrees = near
-        # The direction from the object to the camera, in mesh coordinates, is -(0, 0, 1) @ R^T.
-        seen_from = -R_near.to(device)[:, 2]
-        directions = directions[directions @ seen_from >= math.cos(math.radians(degrees))]
-        if len(directions) == 0:
-            directions = seen_from[None]
-    R_views, silhouettes = render_views(mesh, directions, fov, side, distance, centre)
-    # The rotation of every (view, roll): the view's, then the roll about the optical axis.
-    R_all = R_views[:, None] @ roll_matrices(angles)[None]  # (V, rolls, 3, 3)
-
-    def allowed(scale: torch.Tensor) -> torch.Tensor | None:
-        return allowed_poses(upright, R_all, directions, centre, distance, scale)
-
-    def best_score(iou: torch.Tensor, scale: torch.Tensor) -> float:
-        allows = allowed(scale)
-        return float(iou.max() if allows is None else iou[allows].max())
-
+    grid = grid or view_grid(mesh, fov, views=views, rolls=rolls, side=side, near=near, upright=upright)
+    silhouettes, angles, R_all, centre, distance = grid.silhouettes, grid.angles, grid.R_all, grid.centre, grid.distance
     iou, scale, where = score_grid(silhouettes, mask.float(), angles)
     if care is None and photo is not None:
-        care = in_front_piece(silhouettes, mask.float(), angles, photo, best_score, regions)
+        care = in_front_piece(silhouettes, mask.float(), angles, photo, grid.best_score, regions)
     if care is not None:
         care = care.to(device)
         iou, scale, where = score_grid(silhouettes, mask.float(), angles, care=care, scales=OCCLUDED_SCALES)
@@ -338,7 +349,7 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
         cos_near = math.cos(math.radians(near[1]))
         trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
         iou = torch.where((trace - 1) / 2 >= cos_near, iou, torch.full_like(iou, -1.0))
-    allows = allowed(scale)
+    allows = grid.allowed(scale)
     if allows is not None:
         iou = torch.where(allows, iou, iou - 2.0)  # after every allowed one, in their own order
     order = torch.argsort(iou.reshape(-1), descending=True)

@@ -442,7 +442,9 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     if photo is not None and not masks.is_photo(photo):
         photo = None  # a clean render on a flat backdrop: one reading of its mask, nothing in front to find
     mask = regions = care = None
+    searched = False  # for something in front of the object, in the mask the fit will use
     with render.cpu_threads(render.DEFAULT_CPU_THREADS):
+        grid = initial.view_grid(mesh, fov, upright=upright)  # (rendered once, for every mask scored)
         if photo is not None:
             regions = initial.photo_regions(photo)  # (one segmentation for every mask scored with it)
             # Which surface of the border is the floor, the mesh tells (initial.choose_reading).
@@ -450,14 +452,16 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
             if len(readings) > 1:
                 on_edges = [masks.outline_on_edges(photo, m) for m in readings]
                 k, care = initial.choose_reading(mesh, [torch.from_numpy(m) for m in readings], fov,
-                                                 upright=upright, photo=photo, regions=regions, outline_on_edges=on_edges)
+                                                 upright=upright, photo=photo, regions=regions,
+                                                 outline_on_edges=on_edges, grid=grid)
+                searched = True
                 if not np.array_equal(readings[k], target.hard_mask.cpu().numpy()):
                     mask = torch.from_numpy(readings[k])
                     target = target.with_mask(mask)
-                photo = None  # (its search for something in front is done: care)
         # A photo's mask may hold something in front of the object: the grid finds it (initial.in_front_piece).
-        R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright, photo=photo,
-                                              regions=regions, care=care)
+        R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright,
+                                              photo=None if searched else photo, regions=regions, care=care,
+                                              grid=grid)
     centre, radius = initial.mesh_centre_radius(mesh)
     min_depth = radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2))
     poses = pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
