@@ -100,12 +100,12 @@ def fit(output_dir=RESULTS, loss_threshold: float = 500.0, **options) -> dict:
     o = FitOptions(**options)
     torch.manual_seed(o.seed)
     device = torch.device(o.device)
-    # An observed image is read first, so that a bad one is refused before anything is written.
-    observed = targets.load_target_image(o.target_image, o.background, o.image_size, o.fov) if o.target_image else None
-    image_size, fov = (observed.size, observed.fov) if observed else (o.image_size, o.fov or targets.DEFAULT_FOV)
-
-    # 1. The mesh.
+    # 1. The mesh. (And an observed image, read before anything is written, so that a bad one is refused
+    #    first; in a photo whose colours do not show the object, the 6-DoF fit's mesh looks for its outline.)
     mesh = load_teapot(device)
+    observed = targets.load_target_image(o.target_image, o.background, o.image_size, o.fov,
+                                         mesh=mesh if o.pose_mode == "6dof" else None) if o.target_image else None
+    image_size, fov = (observed.size, observed.fov) if observed else (o.image_size, o.fov or targets.DEFAULT_FOV)
     output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
 
     # 2. The renderers: soft silhouette to optimise, hard Phong for pictures.

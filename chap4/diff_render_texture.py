@@ -124,17 +124,18 @@ def fit(output_dir=RESULTS, loss_threshold: float = 800.0, weight_silhouette: fl
     o = FitOptions(**options)
     torch.manual_seed(o.seed)
     device = torch.device(o.device)
-    # An observed image is read first, so that a bad one is refused before anything is written.
+    # 1. The mesh, with its texture. (And an observed image, read before anything is written, so that a bad
+    #    one is refused first; in a photo whose colours do not show the object, the 6-DoF fit's mesh looks for
+    #    its outline.)
+    mesh = load_cow(device)
     observed = targets.load_target_image(o.target_image, o.background, o.image_size, o.fov,
-                                         relight=o.pose_mode == "6dof") if o.target_image else None
+                                         relight=o.pose_mode == "6dof",
+                                         mesh=mesh if o.pose_mode == "6dof" else None) if o.target_image else None
     image_size, fov = (observed.size, observed.fov) if observed else (o.image_size, o.fov or targets.DEFAULT_FOV)
     if observed and observed.rgb is None and weight_texture:
         print(f"note: {observed.path} is a mask, with no colours to compare: fitting the silhouette only",
               file=sys.stderr)
         weight_texture = 0.0
-
-    # 1. The mesh, with its texture.
-    mesh = load_cow(device)
     output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
 
     # 2. Soft silhouette (100 faces per pixel), soft Phong (50), hard Phong.

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 import diff_render
 import diff_render_texture
-from posefit import data, frame_fit, initial, masks, pose, render, search, targets
+from posefit import data, frame_fit, initial, masks, outlines, pose, render, search, targets
 from posefit.errors import UserError
 
 SIZE = (48, 64)  # (H, W)
@@ -351,6 +351,51 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
     # outline on no edge.
     assert initial.choose_reading(mesh, [silhouette, silhouette], FOV, upright=upright,
                                   outline_on_edges=[0.0, 1.0])[0] == 1
+
+
+def test_the_mesh_finds_its_outline_among_the_photos_edges(meshes_ready):
+    # posefit.outlines: from the photo's edges alone (no colour model), where the teapot is, how big, and its
+    # silhouette; on a floor with nothing on it, no outline follows any edge.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (120, 120, 120), size=(96, 128))
+    photo = photo.astype(np.float32) / 255
+    upright = initial.Upright.of(mesh)
+    R_found, T_found, shares = outlines.outline_poses(mesh, photo, FOV, upright=upright)
+    assert shares[0] >= targets.MIN_OUTLINE_SHARE
+    centre, _ = initial.mesh_centre_radius(mesh)
+    seen = (centre @ R_found + T_found)[0]  # where the best pose puts the object's centre, in view coordinates
+    true = centre @ R + T
+    assert float((seen[:2] / seen[2] - true[:2] / true[2]).norm()) < 0.05  # on the image, within 3 pixels
+    assert abs(float(seen[2] / true[2]) - 1) < 0.2
+    found, share = outlines.outline_reading(mesh, photo, FOV, upright=upright)
+    assert share == shares[0]
+    assert pose.silhouette_iou(torch.from_numpy(found), torch.from_numpy(truth)) > 0.8
+    floor, noise = grey_floor((96, 128))
+    empty = (floor[..., None] + noise).clip(0, 1).astype(np.float32)
+    assert outlines.outline_reading(mesh, empty, FOV, upright=upright)[1] < targets.MIN_OUTLINE_SHARE
+
+
+def test_a_photo_whose_colours_do_not_show_the_object_is_fitted_by_its_outline(tmp_path, meshes_ready, monkeypatch):
+    # No reading of the photo's colours finds the object (as on a grey floor under a lamp, whose patch is
+    # as bright as a white teapot's lit side): with --pose 6dof the mesh's outline among the photo's edges
+    # is the mask; in look-at mode, or with no edge the outline follows, the photo is refused as before.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (120, 120, 120), size=(96, 128))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    monkeypatch.setattr(masks, "photo_mask", lambda rgb, *args, **kwargs: np.zeros(rgb.shape[:2], bool))
+    with pytest.raises(UserError, match="no foreground"):
+        targets.load_target_image(tmp_path / "photo.png", fov=FOV)
+    assert not targets.load_target_image(tmp_path / "photo.png", fov=FOV, unfound_ok=True).hard_mask.any()
+    mask = targets.load_target_image(tmp_path / "photo.png", fov=FOV, mesh=mesh).hard_mask
+    assert pose.silhouette_iou(mask, torch.from_numpy(truth)) > 0.8
+    summary = fit_6dof(tmp_path / "photo.png", tmp_path / "out")
+    assert fitted_and_true_iou(mesh, summary, R, T, (96, 128)) > 0.9
+    floor, noise = grey_floor((96, 128))
+    Image.fromarray(((floor[..., None] + noise).clip(0, 1) * 255).astype(np.uint8)).save(tmp_path / "floor.png")
+    with pytest.raises(UserError, match="no foreground"):
+        targets.load_target_image(tmp_path / "floor.png", fov=FOV, mesh=mesh)
 
 
 def test_the_reported_iou_leaves_out_what_was_taken_for_something_in_front():

@@ -170,7 +170,10 @@ def finish_fit_args(parser: argparse.ArgumentParser, args) -> argparse.Namespace
         parser.error("--init-position: with --pose 6dof the start comes from a grid of views (see --help)")
     if args.target_image is not None:
         # Read it now, so that a bad file is refused before anything is written.
-        target = targets.load_target_image(args.target_image, args.background, args.image_size, args.fov)
+        # (With --pose 6dof a photo whose colours do not tell the object is looked at again by the fit, with the
+        # mesh, before anything is written: posefit.outlines.)
+        target = targets.load_target_image(args.target_image, args.background, args.image_size, args.fov,
+                                           unfound_ok=args.pose_mode == "6dof")
         args.image_size = list(target.size)
         if args.fov is None and target.fov_source.startswith("default"):
             print(f"warning: {args.target_image} says nothing of its field of view (no 35 mm-equivalent focal "

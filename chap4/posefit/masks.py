@@ -123,7 +123,8 @@ def _spread(rgb: np.ndarray, border: np.ndarray) -> float:
     return float(np.percentile(np.abs(pixels - np.median(pixels, 0)).max(-1), 90))
 
 
-def _gradient(rgb: np.ndarray) -> np.ndarray:
+def gradient(rgb: np.ndarray) -> np.ndarray:
+    """How steeply the (H, W, 3) photo's colours change at each pixel: the sum of its channels' Sobel magnitudes."""
     return sum(filters.sobel(ndimage.gaussian_filter(rgb[..., c], 0.5)) for c in range(3))
 
 
@@ -183,7 +184,9 @@ def floor_cut_at_edges(background_mask: np.ndarray, sure_object: np.ndarray, str
     return background_mask & (kept[pieces] | ((far | shadow) & (pieces == 0)))
 
 
-def _watershed(gradient: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray) -> np.ndarray:
+def watershed(gradient: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray) -> np.ndarray:
+    """The object's pixels: the unsure ones go to whichever sure region floods them first on `gradient`, so
+    that the boundary falls on its ridges (the strongest edges between the two)."""
     markers = np.zeros(sure_object.shape, np.int32)
     markers[sure_background] = 1
     markers[sure_object & ~sure_background] = 2
@@ -294,8 +297,8 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     if model is None:
         return None
     background_mask, sure_object = model
-    gradient = _gradient(rgb)
-    strong = strong_edges(gradient)
+    steepness = gradient(rgb)
+    strong = strong_edges(steepness)
     sure_object = biggest_blobs(edge_supported(sure_object, strong))
     # Darker than (nearly) all of the border: a shadow, whose edge may be as strong as the object's.
     brightness = ndimage.gaussian_filter(rgb.mean(-1), SMOOTHING)
@@ -303,13 +306,13 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     # The floor is cut along fainter edges than the sure object: a grey object's shaded side is parted from a
     # grey floor by an outline fainter than its lit side's, and a cut too many only leaves floor to the
     # watershed (the sure object's pieces keep STRONG_EDGE: a lamp's patch fades through the noise's edges).
-    background_mask = floor_cut_at_edges(background_mask, sure_object, strong_edges(gradient, FLOOR_EDGE), shadow)
+    background_mask = floor_cut_at_edges(background_mask, sure_object, strong_edges(steepness, FLOOR_EDGE), shadow)
     # The sure regions are kept off the boundary, which the edges then decide.
     sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border_band(*rgb.shape[:2])
     sure_object = ndimage.binary_erosion(sure_object, iterations=2)
     if not sure_object.any():
         return np.zeros(rgb.shape[:2], bool)
-    return clean(_watershed(gradient, sure_object, sure_background))
+    return clean(watershed(steepness, sure_object, sure_background))
 
 
 def floor_readings(rgb: np.ndarray, background=None) -> list[np.ndarray]:
@@ -328,12 +331,13 @@ def floor_readings(rgb: np.ndarray, background=None) -> list[np.ndarray]:
         return readings  # one backdrop colour: one surface
     for k in range(SURFACES):  # the usual floor's reading comes again, and is given once
         mask = photo_mask(rgb, floor=k)
-        if mask is not None and all(_iou(mask, other) < SAME_READING for other in readings):
+        if mask is not None and all(iou(mask, other) < SAME_READING for other in readings):
             readings.append(mask)
     return readings
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (H, W) bool masks (1 for two empty ones)."""
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 1.0
 
@@ -344,7 +348,7 @@ def outline_on_edges(rgb: np.ndarray, mask: np.ndarray) -> float:
     outline = mask & ~ndimage.binary_erosion(mask)
     if not outline.any():
         return 0.0
-    return float(strong_edges(_gradient(rgb))[outline].mean())
+    return float(strong_edges(gradient(rgb))[outline].mean())
 
 
 def outline_weights(mask: np.ndarray, width: int = 1) -> np.ndarray:

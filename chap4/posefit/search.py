@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from posefit import frame_fit, initial, masks, pose, render, targets
+from posefit import frame_fit, initial, masks, outlines, pose, render, targets
 
 UP_AXIS_MARGIN_DEG = 10.0  # no lattice start this close to the up axis, where look_at_rotation is undefined
 # The schedule with several starts (--restarts > 1; one start is the book's
@@ -447,8 +447,14 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         grid = initial.view_grid(mesh, fov, upright=upright)  # (rendered once, for every mask scored)
         if photo is not None:
             regions = initial.photo_regions(photo)  # (one segmentation for every mask scored with it)
-            # Which surface of the border is the floor, the mesh tells (initial.choose_reading).
+            # Which surface of the border is the floor, the mesh tells (initial.choose_reading); and the mesh reads
+            # the photo itself too, from its outline among the photo's edges (posefit.outlines). (With no usable
+            # reading of the colours, the target's mask is already that one: targets.load_target_image.)
             readings = [m for m in masks.floor_readings(photo, target.background) if targets.usable_mask(m)]
+            if readings:
+                outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)
+                if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
+                    readings.append(outline)
             if len(readings) > 1:
                 on_edges = [masks.outline_on_edges(photo, m) for m in readings]
                 k, care = initial.choose_reading(mesh, [torch.from_numpy(m) for m in readings], fov,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posefit import blend_kernels, masks, pose, render
+from posefit import blend_kernels, initial, masks, outlines, pose, render
 from posefit.errors import UserError
 
 
@@ -202,6 +202,10 @@ def fit_target(options, observed: Target | None, renderers: render.Renderers, me
 WORKING_SIDE = 256
 MIN_TARGET_SIDE = 8
 MIN_OBJECT_SHARE = 0.001  # a mask that covers less of the image is refused
+# A photo none of whose colour readings finds the object: the mesh's outline found among its edges is taken if
+# this share of it follows them (posefit.outlines; -1 to 1: on the benchmark's photos 0.5-0.85, on a floor with
+# nothing on it about -0.8).
+MIN_OUTLINE_SHARE = 0.3
 DEFAULT_FOV = 60.0  # PyTorch3D's, and the book's
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # a 35 mm-equivalent focal length refers to this diagonal
 
@@ -240,7 +244,7 @@ def exif_fov(image, size) -> tuple[float | None, str]:
 
 
 def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: float | None = None,
-                      relight: bool = False) -> Target:
+                      relight: bool = False, mesh=None, unfound_ok: bool = False) -> Target:
     """Read an observed image, scale it to the working size, and decide which pixels are the object.
 
     A 1-channel image is a mask (foreground >= half its full scale); an image
@@ -254,6 +258,14 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
     photo's colours after a per-channel gain and offset (relight), an RGBA
     cut-out's too if `relight`. Anything unusable is a UserError naming the
     file. working_side: an int, or (H, W) (its shorter side counts).
+
+    mesh: with a photo in which no reading of its colours finds the object (a
+    white teapot on a grey floor under a lamp), the mesh looks for its own
+    outline among the photo's edges (posefit.outlines.outline_reading), and
+    the mask is what it finds if its outline follows them well enough
+    (MIN_OUTLINE_SHARE); None: such a photo is refused. unfound_ok: return
+    such a photo with its empty mask instead (for a check of the file that
+    the fit, with the mesh, repeats).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -309,21 +321,29 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
         shown = values[..., :3] * alpha + (1.0 - alpha)
         mask = alpha[..., 0] >= 0.5
         rgb, photo = shown, None
-    else:
-        photo = np.ascontiguousarray(values[..., :3])
-        mask = masks.photo_mask(photo, background)
-        if not usable_mask(mask):  # (the wall taken for the floor may take the object in with it)
-            mask = next((m for m in masks.floor_readings(photo, background)[1:] if usable_mask(m)), mask)
-        shown = photo
-        # The renderer draws the object on white, so the colour loss sees the same.
-        rgb = np.where(mask[..., None], shown, 1.0)
-    _check_mask(mask, where, kind)
+
     if fov is not None:
         fov_source = "--fov"
     elif exif is not None:
         fov, fov_source = exif, exif_source
     else:
         fov, fov_source = DEFAULT_FOV, "default (no --fov, and no 35 mm-equivalent focal length in the file)"
+    unfound = False
+    if kind == "background":
+        photo = np.ascontiguousarray(values[..., :3])
+        mask = masks.photo_mask(photo, background)
+        if not usable_mask(mask):  # (the wall taken for the floor may take the object in with it)
+            mask = next((m for m in masks.floor_readings(photo, background)[1:] if usable_mask(m)), mask)
+        if not usable_mask(mask) and masks.is_photo(photo):
+            if mesh is not None:
+                found, share = outlines.outline_reading(mesh, photo, fov, upright=initial.Upright.of(mesh))
+                mask = found if share >= MIN_OUTLINE_SHARE else np.zeros_like(found)
+            unfound = unfound_ok and not usable_mask(mask)
+        shown = photo
+        # The renderer draws the object on white, so the colour loss sees the same.
+        rgb = np.where(mask[..., None], shown, 1.0)
+    if not unfound:
+        _check_mask(mask, where, kind)
     mask = torch.from_numpy(mask.astype(np.float32))
     return Target(
         kind=kind,

@@ -1,0 +1,177 @@
+"""Where the object is in a photo, from its edges: the mesh's outlines matched to the photo's strong edges.
+
+A photo's masks (posefit.masks) are read from colour and brightness
+against the backdrop. Where neither tells the object from its floor, a
+white teapot on a grey floor under a lamp, say (its shaded side as dark
+as its shadow, its lit side no brighter than the lamp's patch), the masks
+miss most of it, or all of it. Its outline, though, is a strong edge of
+the photo nearly all the way round. So the mesh looks for itself:
+
+1. `outline_poses`: every view of a coarse grid (posefit.initial's views,
+   OUTLINE_VIEWS directions, OUTLINE_ROLLS in-plane turns), at each of
+   OUTLINE_SCALES sizes, has its outline compared with the photo's strong
+   edges at every position (oriented chamfer matching, one FFT correlation
+   per view, turn and size): an outline pixel counts +1 on an edge of its
+   own orientation (ORIENTATIONS bins), less the farther it is, down to -1
+   at EDGE_REACH and beyond. The sum rewards an outline that the edges
+   follow all the way round, and not a small one that fits inside the
+   object's own edges. The best give where the object is and how big;
+   which way it turns, only roughly (the grid is coarse and so is the
+   image).
+2. `outline_reading`: the OUTLINE_VOTES best poses' silhouettes vote. Where
+   OUTLINE_CORE of them agree is surely the object, beyond all of them the
+   backdrop, and the watershed on the photo's gradient places the outline
+   between, as posefit.masks does.
+
+The reading joins the photo's others, and the mesh chooses among them
+(posefit.initial.choose_reading).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch3d.renderer import FoVPerspectiveCameras, RasterizationSettings
+from pytorch3d.structures import Meshes
+from scipy import ndimage
+
+from posefit import initial, masks, render
+
+OUTLINE_SIDE = 48  # pixels on the shorter side at which outlines meet edges
+OUTLINE_VIEWS = 120  # view directions (about 18 degrees apart)
+OUTLINE_ROLLS = 16  # in-plane turns (22.5 degrees apart)
+# sizes: the mesh's bounding sphere spans from 0.19 to 0.9 of the field of view (initial.FILL times these)
+OUTLINE_SCALES = tuple(0.25 * 1.3**k for k in range(7))
+ORIENTATIONS = 4  # edge orientation bins (45 degrees each; an outline's and an edge's, modulo half a turn)
+EDGE_REACH = 0.05  # an outline pixel this far from an edge (share of the shorter side) counts -1
+OUTLINE_VOTES = 20  # the best poses whose silhouettes vote
+OUTLINE_CORE = 0.8  # the share of them that makes a pixel surely the object
+
+
+def oriented_edges(photo: np.ndarray, side: int = OUTLINE_SIDE) -> torch.Tensor:
+    """The photo's (H, W, 3) strong edges (posefit.masks.strong_edges) at `side` pixels on its shorter side,
+    one map per orientation bin: (ORIENTATIONS, h, w), 1 on an edge. Edges that reach the image's border
+    are left out: a wall meeting the floor, a table's edge, the object's shadow cut by the frame (the object
+    itself is whole in the picture)."""
+    H, W, _ = photo.shape
+    strong = masks.strong_edges(masks.gradient(photo))
+    pieces, _ = ndimage.label(strong, structure=np.ones((3, 3)))
+    strong &= ~np.isin(pieces, np.unique(pieces[masks.border_band(H, W)]))
+    grey = ndimage.gaussian_filter(photo.mean(-1), 1.0)
+    bins = orientation_bins(ndimage.sobel(grey, 1), ndimage.sobel(grey, 0))
+    f = side / min(H, W)
+    small = (max(1, round(H * f)), max(1, round(W * f)))
+    edges = torch.from_numpy(np.stack([strong & (bins == b) for b in range(ORIENTATIONS)])).float()
+    return F.adaptive_max_pool2d(edges[None], small)[0]
+
+
+def orientation_bins(gx, gy):
+    """The orientation bin (0 to ORIENTATIONS - 1) of gradients (gx, gy), modulo half a turn (arrays or tensors)."""
+    if isinstance(gx, torch.Tensor):
+        angle = torch.remainder(torch.atan2(gy, gx), math.pi)
+        return (angle * (ORIENTATIONS / math.pi)).long().clamp(max=ORIENTATIONS - 1)
+    angle = np.mod(np.arctan2(gy, gx), np.pi)
+    return np.minimum((angle * (ORIENTATIONS / np.pi)).astype(int), ORIENTATIONS - 1)
+
+
+def outline_templates(silhouettes: torch.Tensor, angles: torch.Tensor, scale: float, side: int):
+    """The outlines (n, ORIENTATIONS, L, L) of views (n, s, s) turned by `angles` (n,) and scaled so that a
+    view's NDC unit spans `scale` * side / 2 pixels; the view's centre at the middle pixel."""
+    L = 2 * math.ceil(scale * side / 2) + 1
+    offsets = torch.arange(L, dtype=torch.float32) - L // 2
+    q = torch.stack([(-offsets * 2 / side)[None, :].expand(L, L), (-offsets * 2 / side)[:, None].expand(L, L)], -1)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+    # A view's pixel p lands at q = scale * p @ rot (as initial.score_grid places it): p = q @ rot^T / scale.
+    p = torch.einsum("pj,nij->npi", q.reshape(-1, 2) / scale, rot)
+    grid = (-p).reshape(-1, L, L, 2)  # NDC (+x left, +y up) -> grid_sample's (-1: left, top)
+    sil = (F.grid_sample(silhouettes[:, None], grid, align_corners=False)[:, 0] > 0.5).float()
+    outline = sil + F.max_pool2d(-sil[:, None], 3, 1, 1)[:, 0]  # the silhouette less its erosion
+    smooth = F.avg_pool2d(sil[:, None], 3, 1, 1)[:, 0]
+    gx, gy = torch.zeros_like(smooth), torch.zeros_like(smooth)
+    gx[:, :, 1:-1] = smooth[:, :, 2:] - smooth[:, :, :-2]
+    gy[:, 1:-1] = smooth[:, 2:] - smooth[:, :-2]
+    bins = orientation_bins(gx, gy)
+    return torch.stack([outline * (bins == b) for b in range(ORIENTATIONS)], 1)
+
+
+def outline_poses(mesh, photo: np.ndarray, fov: float, count: int = OUTLINE_VOTES, *,
+                  upright: initial.Upright | None = None, grid: initial.ViewGrid | None = None):
+    """The `count` poses whose outlines the photo's edges follow best: R (count, 3, 3), T (count, 3), and
+    each one's score as a share of its outline (1: on edges of its orientation all the way round, -1: none
+    near). upright: poses it does not allow are left out (initial.Upright). grid: initial.view_grid(mesh,
+    fov, views=OUTLINE_VIEWS, rolls=OUTLINE_ROLLS, upright=upright), if already made."""
+    grid = grid or initial.view_grid(mesh, fov, views=OUTLINE_VIEWS, rolls=OUTLINE_ROLLS, upright=upright)
+    edges = oriented_edges(photo)
+    _, h, w = edges.shape
+    side = min(h, w)
+    reach = max(2.0, EDGE_REACH * side)
+    # +1 on an edge, falling to -1 at `reach` from the nearest one of the same orientation; beyond the image, -1.
+    near = np.stack([np.minimum(ndimage.distance_transform_edt(e < 0.5), reach) for e in edges.numpy()])
+    pad = math.ceil(max(OUTLINE_SCALES) * side / 4) + 1  # an object may be partly out of the picture
+    value = F.pad(torch.from_numpy(1.0 - 2.0 * near / reach).float(), (pad,) * 4, value=-1.0)
+    Hp, Wp = value.shape[1:]
+    value_f = torch.fft.rfft2(value)
+    V, rolls = grid.R_all.shape[:2]
+    allows = grid.allowed(torch.ones(V, rolls))  # (the camera's height hardly depends on the scale's sign)
+    pairs = torch.nonzero(allows) if allows is not None else torch.cartesian_prod(torch.arange(V), torch.arange(rolls))
+    pairs = pairs.to(grid.silhouettes.device)
+    scores, places = [], []
+    for scale in OUTLINE_SCALES:
+        templates = outline_templates(grid.silhouettes[pairs[:, 0]].cpu(), grid.angles[pairs[:, 1]].cpu(), scale, side)
+        half = templates.shape[-1] // 2
+        # Correlation, every orientation at once: full(t) = sum over q of template(q) * value(t + q), the
+        # template's corner at t, its centre at t + half (positions wrap round the padded image).
+        spectrum = (value_f[None] * torch.fft.rfft2(templates, s=(Hp, Wp)).conj()).sum(1)
+        full = torch.fft.irfft2(spectrum, s=(Hp, Wp))
+        rows = (torch.arange(pad, pad + h) - half) % Hp
+        cols = (torch.arange(pad, pad + w) - half) % Wp
+        score = full[:, rows][:, :, cols]  # (pairs, h, w): the template's centre at each pixel of the image
+        length = templates.sum((1, 2, 3)).clamp(min=1)
+        best, where = score.reshape(len(pairs), -1).max(1)
+        scores.append(best)
+        places.append(torch.stack([where, length], 1))
+    scores = torch.stack(scores, 1)  # (pairs, scales)
+    places = torch.stack(places, 1)
+    order = torch.argsort(scores.reshape(-1), descending=True)[:count]
+    t = math.tan(math.radians(fov) / 2)
+    Rs, Ts, shares = [], [], []
+    for index in order.tolist():
+        j, k = divmod(index, len(OUTLINE_SCALES))
+        v, r = (int(i) for i in pairs[j])
+        y, x = divmod(int(places[j, k, 0]), w)
+        ray = torch.tensor([(w - 1 - 2 * x) / side * t, (h - 1 - 2 * y) / side * t, 1.0], device=mesh.device)
+        R = grid.R_all[v, r] @ initial.ray_rotation(ray)
+        Rs.append(R)
+        Ts.append(grid.distance / OUTLINE_SCALES[k] * ray - grid.centre @ R)
+        shares.append(float(scores[j, k] / places[j, k, 1]))
+    return torch.stack(Rs), torch.stack(Ts), shares
+
+
+def hard_silhouettes(mesh, R: torch.Tensor, T: torch.Tensor, fov: float, size) -> np.ndarray:
+    """(n, H, W) bool: the mesh's silhouettes at poses R (n, 3, 3), T (n, 3), one face per pixel, no blur."""
+    rasterizer = render.make_rasterizer("fast", FoVPerspectiveCameras(device=mesh.device, fov=fov),
+                                        RasterizationSettings(image_size=tuple(size), faces_per_pixel=1,
+                                                              blur_radius=0.0))
+    plain = Meshes(verts=[mesh.verts_packed()] * len(R), faces=[mesh.faces_packed()] * len(R))
+    with torch.no_grad():
+        return (rasterizer(plain, R=R, T=T).pix_to_face[..., 0] >= 0).cpu().numpy()
+
+
+def outline_reading(mesh, photo: np.ndarray, fov: float, *, upright: initial.Upright | None = None,
+                    grid: initial.ViewGrid | None = None) -> tuple[np.ndarray, float]:
+    """The photo's (H, W, 3) mask found from the mesh's outlines (see the module's text), and the best pose's
+    score (outline_poses: the share of its outline on the photo's edges, -1 to 1)."""
+    H, W, _ = photo.shape
+    R, T, shares = outline_poses(mesh, photo, fov, upright=upright, grid=grid)
+    votes = hard_silhouettes(mesh, R, T, fov, (H, W)).mean(0)
+    core = votes >= OUTLINE_CORE
+    if not core.any():
+        return core, shares[0]
+    inner = ndimage.binary_erosion(core, iterations=2)
+    outside = ~ndimage.binary_dilation(votes > 0, iterations=max(1, round(0.1 * math.sqrt(core.sum()))))
+    mask = masks.watershed(masks.gradient(photo), inner if inner.any() else core, outside | masks.border_band(H, W))
+    return masks.clean(mask), shares[0]
