@@ -162,12 +162,17 @@ def render_views(mesh, directions: torch.Tensor, fov: float, side: int, distance
     eye = centre[None] + distance * directions.to(device)
     R = look_at_rotation(eye, at=centre[None], up=up, device=device)
     T = -torch.bmm(eye[:, None], R)[:, 0]
-    rasterizer = render.make_rasterizer("fast", FoVPerspectiveCameras(device=device, fov=fov),
-                                        RasterizationSettings(image_size=side, faces_per_pixel=1, blur_radius=0.0))
-    plain = Meshes(verts=[mesh.verts_packed()] * len(directions), faces=[mesh.faces_packed()] * len(directions))
+    return R, hard_silhouettes(mesh, R, T, fov, side).float()
+
+
+def hard_silhouettes(mesh, R: torch.Tensor, T: torch.Tensor, fov: float, size) -> torch.Tensor:
+    """(n, H, W) bool: the mesh's silhouettes at poses R (n, 3, 3), T (n, 3), one face per pixel, no blur.
+    size: an int (square) or (H, W)."""
+    rasterizer = render.make_rasterizer("fast", FoVPerspectiveCameras(device=mesh.device, fov=fov),
+                                        RasterizationSettings(image_size=size, faces_per_pixel=1, blur_radius=0.0))
+    plain = Meshes(verts=[mesh.verts_packed()] * len(R), faces=[mesh.faces_packed()] * len(R))
     with torch.no_grad():
-        silhouettes = rasterizer(plain, R=R, T=T).pix_to_face[..., 0] >= 0
-    return R, silhouettes.float()
+        return rasterizer(plain, R=R, T=T).pix_to_face[..., 0] >= 0
 
 
 def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, chunk: int = 16,

@@ -34,11 +34,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch3d.renderer import FoVPerspectiveCameras, RasterizationSettings
-from pytorch3d.structures import Meshes
 from scipy import ndimage
 
-from posefit import initial, masks, render
+from posefit import initial, masks
 
 OUTLINE_SIDE = 48  # pixels on the shorter side at which outlines meet edges
 OUTLINE_VIEWS = 120  # view directions (about 18 degrees apart)
@@ -116,10 +114,12 @@ def outline_poses(mesh, photo: np.ndarray, fov: float, count: int = OUTLINE_VOTE
     Hp, Wp = value.shape[1:]
     value_f = torch.fft.rfft2(value)
     V, rolls = grid.R_all.shape[:2]
-    allows = grid.allowed(torch.ones(V, rolls))  # (the camera's height hardly depends on the scale's sign)
+    # The upright prior at scale 1 for every size (a size moves the camera along its direction: above the
+    # floor at one size, it stays above at nearly all the others).
+    allows = grid.allowed(torch.ones(V, rolls))
     pairs = torch.nonzero(allows) if allows is not None else torch.cartesian_prod(torch.arange(V), torch.arange(rolls))
     pairs = pairs.to(grid.silhouettes.device)
-    scores, places = [], []
+    scores, places, lengths = [], [], []
     for scale in OUTLINE_SCALES:
         templates = outline_templates(grid.silhouettes[pairs[:, 0]].cpu(), grid.angles[pairs[:, 1]].cpu(), scale, side)
         half = templates.shape[-1] // 2
@@ -130,35 +130,24 @@ def outline_poses(mesh, photo: np.ndarray, fov: float, count: int = OUTLINE_VOTE
         rows = (torch.arange(pad, pad + h) - half) % Hp
         cols = (torch.arange(pad, pad + w) - half) % Wp
         score = full[:, rows][:, :, cols]  # (pairs, h, w): the template's centre at each pixel of the image
-        length = templates.sum((1, 2, 3)).clamp(min=1)
         best, where = score.reshape(len(pairs), -1).max(1)
         scores.append(best)
-        places.append(torch.stack([where, length], 1))
-    scores = torch.stack(scores, 1)  # (pairs, scales)
-    places = torch.stack(places, 1)
+        places.append(where)
+        lengths.append(templates.sum((1, 2, 3)).clamp(min=1))  # the outline's pixels
+    scores, places, lengths = (torch.stack(x, 1) for x in (scores, places, lengths))  # (pairs, scales) each
     order = torch.argsort(scores.reshape(-1), descending=True)[:count]
     t = math.tan(math.radians(fov) / 2)
     Rs, Ts, shares = [], [], []
     for index in order.tolist():
         j, k = divmod(index, len(OUTLINE_SCALES))
         v, r = (int(i) for i in pairs[j])
-        y, x = divmod(int(places[j, k, 0]), w)
+        y, x = divmod(int(places[j, k]), w)
         ray = torch.tensor([(w - 1 - 2 * x) / side * t, (h - 1 - 2 * y) / side * t, 1.0], device=mesh.device)
         R = grid.R_all[v, r] @ initial.ray_rotation(ray)
         Rs.append(R)
         Ts.append(grid.distance / OUTLINE_SCALES[k] * ray - grid.centre @ R)
-        shares.append(float(scores[j, k] / places[j, k, 1]))
+        shares.append(float(scores[j, k] / lengths[j, k]))
     return torch.stack(Rs), torch.stack(Ts), shares
-
-
-def hard_silhouettes(mesh, R: torch.Tensor, T: torch.Tensor, fov: float, size) -> np.ndarray:
-    """(n, H, W) bool: the mesh's silhouettes at poses R (n, 3, 3), T (n, 3), one face per pixel, no blur."""
-    rasterizer = render.make_rasterizer("fast", FoVPerspectiveCameras(device=mesh.device, fov=fov),
-                                        RasterizationSettings(image_size=tuple(size), faces_per_pixel=1,
-                                                              blur_radius=0.0))
-    plain = Meshes(verts=[mesh.verts_packed()] * len(R), faces=[mesh.faces_packed()] * len(R))
-    with torch.no_grad():
-        return (rasterizer(plain, R=R, T=T).pix_to_face[..., 0] >= 0).cpu().numpy()
 
 
 def outline_reading(mesh, photo: np.ndarray, fov: float, *, upright: initial.Upright | None = None,
@@ -167,7 +156,7 @@ def outline_reading(mesh, photo: np.ndarray, fov: float, *, upright: initial.Upr
     score (outline_poses: the share of its outline on the photo's edges, -1 to 1)."""
     H, W, _ = photo.shape
     R, T, shares = outline_poses(mesh, photo, fov, upright=upright, grid=grid)
-    votes = hard_silhouettes(mesh, R, T, fov, (H, W)).mean(0)
+    votes = initial.hard_silhouettes(mesh, R, T, fov, (H, W)).cpu().numpy().mean(0)
     core = votes >= OUTLINE_CORE
     if not core.any():
         return core, shares[0]
