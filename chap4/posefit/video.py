@@ -137,6 +137,11 @@ class SyntheticFrames:
     save_dir/frame_<i>.png if save_dir is given."""
 
     def __init__(self, mesh, R, T, size, fov: float, save_dir=None):
+        # A copy of its own: the frames are rendered in read_ahead's thread, and a Meshes fills its packed
+        # tensors lazily, so the tracker's use of the same object in its own thread could meet one half-made
+        # (PyTorch3D's update_padded then fails an assertion; seen once in CI, in a lost frame's search).
+        mesh = mesh.clone()
+        mesh.verts_packed()
         self.mesh, self.R, self.T, self.size, self.fov, self.save_dir = mesh, R, T, tuple(size), fov, save_dir
 
     def __len__(self) -> int:
