@@ -430,12 +430,35 @@ def test_the_colour_polish_brings_a_turned_pose_closer(meshes_ready):
     R, T = off_centre_rolled_pose(mesh)
     photo, _, _ = photograph(mesh, R, T, (60, 110, 170), size=(96, 128))
     turned = axis_angle_to_matrix(torch.tensor([0.0, math.radians(6.0), 0.0])) @ R
-    R_fit, T_fit = frame_fit.polish(mesh, photo / 255.0, FOV, turned, T)
+    R_fit, T_fit, loss = frame_fit.polish(mesh, photo / 255.0, FOV, turned, T)
     assert pose.rotation_error_deg(R_fit, R) < 0.5 * pose.rotation_error_deg(turned, R)
+    assert math.isfinite(loss)
     assert float((T_fit - T).norm() / T.norm()) < 0.03
     # A pose that is not finite is returned as it came.
     nan_R = torch.full((3, 3), float("nan"))
-    assert frame_fit.polish(mesh, photo / 255.0, FOV, nan_R, T)[0] is nan_R
+    R_nan, _, loss_nan = frame_fit.polish(mesh, photo / 255.0, FOV, nan_R, T)
+    assert R_nan is nan_R and loss_nan == math.inf
+
+
+def test_the_polish_chooses_the_finalist_whose_colours_explain_the_photo(tmp_path, meshes_ready):
+    # A teapot's mask hardly tells it from its half-turn twin (spout and handle swapped); the loop's loss may
+    # prefer the twin. The polish refines every finalist by the photo's colours and answers the one they
+    # explain best.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, _, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    target = targets.load_target_image(tmp_path / "photo.png", fov=FOV)
+    centre, _ = initial.mesh_centre_radius(mesh)
+    R_twin = torch.diag(torch.tensor([-1.0, 1.0, -1.0])) @ R  # half a turn about the mesh's vertical
+    T_twin = centre @ R + T - centre @ R_twin
+    hypotheses = search.Hypotheses(pose.SixDoF(torch.stack([R_twin, R]), torch.stack([T_twin, T])), scheduled=True)
+    hypotheses.final_loss = [1.0, 1.2]  # the loop's loss preferred the twin, by a little
+    assert hypotheses.best() == 0
+    assert hypotheses.polish(mesh, target, FOV)
+    assert hypotheses.best() == 1
+    assert pose.rotation_error_deg(hypotheses.R[1], R) < 3.0
+    assert hypotheses.polish_loss[1] < hypotheses.polish_loss[0]
 
 
 def test_summary_pose_reproduces_the_fitted_silhouette_with_pytorch3d(tmp_path, meshes_ready):

@@ -286,11 +286,13 @@ def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tenso
     on the silhouette and on the colours of the render lit by the photo's light and composited over the
     floor and shadow behind the object. The grid and the silhouette fit place the object by the mask, whose
     outline a photo's shading shifts; the colours place it by the lit and the shaded sides themselves.
-    Returns the refined (R, T), or R, T themselves if the refinement failed (a non-finite loss). It runs on
+    Returns the refined (R, T) and the loss there (silhouette + colour: how well that pose explains the
+    photo), or R, T themselves and an infinite loss if the refinement failed (a non-finite loss). It runs on
     the CPU (the frame's tensors are made there, as the tracker's are), whatever the device of R and T."""
+    given = (R, T, math.inf)
     if not (torch.isfinite(R).all() and torch.isfinite(T).all()):
-        return R, T
-    device, given = R.device, (R, T)
+        return given
+    device = R.device
     mesh, R, T = mesh.to("cpu"), R.cpu(), T.cpu()
     H0, W0 = pixels.shape[:2]
     scale = min(1.0, side / min(H0, W0))
@@ -305,5 +307,5 @@ def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tenso
                                 weight_colour=WEIGHT_COLOUR)
     if not torch.isfinite(loss).all():
         return given
-    return R_fit[0].to(device), T_fit[0].to(device)
+    return R_fit[0].to(device), T_fit[0].to(device), float(loss[0])
 
