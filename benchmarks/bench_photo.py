@@ -18,8 +18,10 @@ design the twin step and the mask's edge rules), then 4 and 5 (reports of
 earlier rounds), 6 (whose failures showed the shadow rule) and 7 (a report in
 session 14, whose photos with something in front showed the search for it),
 8 and 9 (reports of sessions 16 and 17, whose white teapots on grey showed
-the floor readings and the outline reading); the README reports seed 10,
-fresh in session 18, and the seeds of earlier rounds.
+the floor readings and the outline reading), 10 (session 18's report, whose
+teapot twins and cows behind a bar showed the polish's choice among the
+finalists and the occluder's rim; with 7-9 to check it); the README reports
+seed 11, fresh in session 19, and the seeds of earlier rounds.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):

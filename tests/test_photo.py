@@ -287,6 +287,26 @@ def test_something_in_front_of_the_object_is_left_out_of_the_grids_scores(meshes
     assert nearest < 12.0 and nearest < nearest_whole
 
 
+def test_a_mask_that_leaves_the_bar_out_borrows_the_piece_another_reading_found(meshes_ready):
+    # The outline reading leaves a post in front of the object out of the mask, as the backdrop; a colour
+    # reading that took the post in found it for what it is, and the chosen mask borrows that piece (the
+    # object behind the post is then not pushed out of it). A piece inside the chosen mask is not borrowed.
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, 2.3, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
+    _, bar = with_a_bar_in_front(photo, truth)
+    grid = initial.view_grid(mesh, FOV, upright=initial.Upright.of(mesh))
+    visible = torch.from_numpy(truth & ~bar).float()
+    post = 1.0 - torch.from_numpy(bar).float()
+    rows, cols = np.nonzero(truth & ~bar)
+    own = np.zeros_like(truth)
+    own[rows.min() : int(np.median(rows)), cols.min() : int(np.median(cols))] = True
+    own_piece = 1.0 - torch.from_numpy(own & truth & ~bar).float()
+    borrowed = initial.borrowed_piece(grid.silhouettes, visible, grid.angles, [None, own_piece, post], grid.best_score)
+    assert borrowed is post
+    assert initial.borrowed_piece(grid.silhouettes, visible, grid.angles, [own_piece, None], grid.best_score) is None
+
+
 def fit_6dof(photo_path, output_dir):
     """The silhouette script's 6-DoF fit of a photo file, as the README runs it (4 starts)."""
     return diff_render.fit(output_dir=output_dir, target_image=photo_path, fov=FOV, pose_mode="6dof", restarts=4,
