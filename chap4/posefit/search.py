@@ -79,7 +79,7 @@ SIX_DOF_EXPLORE_SIGMA = 1e-5
 # MIN_DEPTH_RADII radii: one that comes close and fills the view costs the rasterizer minutes.
 MIN_DEPTH_VIEW = 0.6
 MIN_DEPTH_RADII = 1.2
-REFINE_MASK_MIN_IOU = 0.75
+REFINE_MASK_MIN_IOU = 0.75  # a photo's mask is redone around the best pose only if that pose fits it this well
 # The polish (a photo's 6-DoF fit) refines the finalists whose loop loss is at most this many times the lowest,
 # and answers the one whose colours then explain the photo best. A finalist far behind can still win that
 # (the polish draws each one's mask around its own silhouette): on seed 7, case 7, a cow's twin 174.7 degrees
@@ -88,7 +88,7 @@ POLISH_CHOICE_MARGIN = 1.5
 # ... and another than the loop's answer only if its polish loss is lower by this share: on seed 8, case 16, a
 # teapot 10.1 degrees off beat the loop's answer (1.0 degrees) by 0.08%. The fixes won by 33% and more; 2% to
 # 20% choose alike on seeds 7, 8 and 10.
-POLISH_CHOICE_GAIN = 0.05  # a photo's mask is redone around the best pose only if that pose fits it this well
+POLISH_CHOICE_GAIN = 0.05
 
 
 def starting_positions(init_position, n: int) -> list[list[float]]:
