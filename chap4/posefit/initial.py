@@ -318,10 +318,11 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
     silhouettes, angles, best_score = grid.silhouettes, grid.angles, grid.best_score
     if photo is not None and regions is None:
         regions = photo_regions(photo)
-    scores, cares = [], []
+    scores, cares, wholes = [], [], []
     for k, mask in enumerate(readings):
         mask = mask.float().to(mesh.device)
         best = best_score(*score_grid(silhouettes, mask, angles)[:2])
+        wholes.append(best)
         care = None if photo is None else in_front_piece(silhouettes, mask, angles, photo, best_score, regions)
         if care is not None:
             best = max(best, best_score(*score_grid(silhouettes, mask, angles, care=care, scales=OCCLUDED_SCALES)[:2]))
@@ -330,12 +331,13 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
         cares.append(care)
     k = int(np.argmax(scores))
     if cares[k] is None:
-        cares[k] = borrowed_piece(silhouettes, readings[k].float().to(mesh.device), angles, cares, best_score)
+        cares[k] = borrowed_piece(silhouettes, readings[k].float().to(mesh.device), angles, cares, best_score,
+                                  wholes[k])
     return k, cares[k]
 
 
 def borrowed_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, cares: list,
-                   best_score) -> torch.Tensor | None:
+                   best_score, whole: float | None = None) -> torch.Tensor | None:
     """The care weights of something in front of the object that another reading of the photo held (cares:
     each reading's, None where none) and this mask (H, W) leaves out, else None.
 
@@ -343,9 +345,11 @@ def borrowed_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
     of it out of the mask, as the backdrop: the silhouette term would then push the object's part behind
     the post out of it (seed 10 case 15, a cow behind a bar, 7.6 degrees off). A colour reading that took
     the post in found it for what it is; its piece, if at most BORROW_INSIDE of it lies in this mask, is left
-    out of this one's fit too, unless the grid then explains the mask worse.
+    out of this one's fit too, unless the grid then explains the mask worse. whole: the grid's best score of
+    the mask as it is, if already found.
     """
-    whole = best_score(*score_grid(view_silhouettes, mask, rolls)[:2])
+    if whole is None:
+        whole = best_score(*score_grid(view_silhouettes, mask, rolls)[:2])
     best, best_value = None, whole - BORROW_TOLERANCE
     inside_mask = mask > 0.5
     for care in cares:

@@ -372,16 +372,15 @@ class Hypotheses:
             return False
         if not masks.is_photo(target.photo.cpu().numpy()):
             return False
-        finalists = [k for k in self.active if self.final_loss[k] is not None]
-        finalists = [k for k in finalists if self._allows(k)] or finalists or [self.best()]
-        lowest = min((self.final_loss[k] for k in finalists if self.final_loss[k] is not None), default=None)
-        if lowest is not None:  # (one far behind on the loop's loss fits the mask badly: its own polish may not)
-            finalists = [k for k in finalists if self.final_loss[k] <= POLISH_CHOICE_MARGIN * max(lowest, 0.0)]
-        for k in finalists:
+        loop_best = self.best()  # the loop's answer: the lowest loss among those still in (allowed first)
+        pool = [k for k in self.active if self.final_loss[k] is not None]
+        pool = [k for k in pool if self._allows(k)] or pool
+        # (one far behind on the loop's loss fits the mask badly: its own polish may not)
+        finalists = [k for k in pool if self.final_loss[k] <= POLISH_CHOICE_MARGIN * self.final_loss[loop_best]]
+        for k in finalists or [loop_best]:
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background)
             self.R[k], self.T[k], self.polish_loss[k] = R, T, loss
             self.positions[k] = pose.camera_centre(R, T)[0].tolist()
-        loop_best = self.best()
         scored = [k for k in finalists if math.isfinite(self.polish_loss[k])]
         if scored:
             self.chosen = min(scored, key=lambda k: self.polish_loss[k])
