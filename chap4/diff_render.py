@@ -104,7 +104,8 @@ def fit(output_dir=RESULTS, loss_threshold: float = 500.0, **options) -> dict:
     #    first; in a photo whose colours do not show the object, the 6-DoF fit's mesh looks for its outline.)
     mesh = load_teapot(device)
     observed = targets.load_target_image(o.target_image, o.background, o.image_size, o.fov,
-                                         mesh=mesh if o.pose_mode == "6dof" else None) if o.target_image else None
+                                         mesh=mesh if o.pose_mode == "6dof" else None,
+                                         upright=search.upright_prior(o, mesh)) if o.target_image else None
     image_size, fov = (observed.size, observed.fov) if observed else (o.image_size, o.fov or targets.DEFAULT_FOV)
     output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
 

@@ -130,7 +130,8 @@ def fit(output_dir=RESULTS, loss_threshold: float = 800.0, weight_silhouette: fl
     mesh = load_cow(device)
     observed = targets.load_target_image(o.target_image, o.background, o.image_size, o.fov,
                                          relight=o.pose_mode == "6dof",
-                                         mesh=mesh if o.pose_mode == "6dof" else None) if o.target_image else None
+                                         mesh=mesh if o.pose_mode == "6dof" else None,
+                                         upright=search.upright_prior(o, mesh)) if o.target_image else None
     image_size, fov = (observed.size, observed.fov) if observed else (o.image_size, o.fov or targets.DEFAULT_FOV)
     if observed and observed.rgb is None and weight_texture:
         print(f"note: {observed.path} is a mask, with no colours to compare: fitting the silhouette only",

@@ -408,14 +408,15 @@ def test_a_photo_whose_colours_do_not_show_the_object_is_fitted_by_its_outline(t
     with pytest.raises(UserError, match="no foreground"):
         targets.load_target_image(tmp_path / "photo.png", fov=FOV)
     assert not targets.load_target_image(tmp_path / "photo.png", fov=FOV, unfound_ok=True).hard_mask.any()
-    mask = targets.load_target_image(tmp_path / "photo.png", fov=FOV, mesh=mesh).hard_mask
+    upright = initial.Upright.of(mesh)
+    mask = targets.load_target_image(tmp_path / "photo.png", fov=FOV, mesh=mesh, upright=upright).hard_mask
     assert pose.silhouette_iou(mask, torch.from_numpy(truth)) > 0.8
     summary = fit_6dof(tmp_path / "photo.png", tmp_path / "out")
     assert fitted_and_true_iou(mesh, summary, R, T, (96, 128)) > 0.9
     floor, noise = grey_floor((96, 128))
     Image.fromarray(((floor[..., None] + noise).clip(0, 1) * 255).astype(np.uint8)).save(tmp_path / "floor.png")
     with pytest.raises(UserError, match="no foreground"):
-        targets.load_target_image(tmp_path / "floor.png", fov=FOV, mesh=mesh)
+        targets.load_target_image(tmp_path / "floor.png", fov=FOV, mesh=mesh, upright=upright)
 
 
 def test_the_reported_iou_leaves_out_what_was_taken_for_something_in_front():

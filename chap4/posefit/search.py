@@ -513,10 +513,15 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     return hypotheses
 
 
+def upright_prior(options, mesh) -> initial.Upright | None:
+    """The floor's prior a fit's options (posefit.run.FitOptions) ask for: --upright and --max-roll, or None."""
+    return initial.Upright.of(mesh, options.max_roll) if options.upright else None
+
+
 def start_fit(options, mesh, target: targets.Target, fov: float, **schedule) -> Hypotheses:
     """start() with a fit's options (posefit.run.FitOptions): its pose mode, start, restarts, iterations, rate,
-    and its schedule keywords over `schedule`'s."""
-    upright = initial.Upright.of(mesh, options.max_roll) if options.upright else None
+    prior, and its schedule keywords over `schedule`'s."""
+    upright = upright_prior(options, mesh)
     return start(options.pose_mode, mesh, target, fov, init_position=options.init_position,
                  restarts=options.restarts, iterations=options.iterations, lr=options.lr, upright=upright,
                  **{**schedule, **(options.schedule or {})})

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posefit import blend_kernels, initial, masks, outlines, pose, render
+from posefit import blend_kernels, masks, outlines, pose, render
 from posefit.errors import UserError
 
 
@@ -244,7 +244,7 @@ def exif_fov(image, size) -> tuple[float | None, str]:
 
 
 def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: float | None = None,
-                      relight: bool = False, mesh=None, unfound_ok: bool = False) -> Target:
+                      relight: bool = False, mesh=None, upright=None, unfound_ok: bool = False) -> Target:
     """Read an observed image, scale it to the working size, and decide which pixels are the object.
 
     A 1-channel image is a mask (foreground >= half its full scale); an image
@@ -263,7 +263,8 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
     white teapot on a grey floor under a lamp), the mesh looks for its own
     outline among the photo's edges (posefit.outlines.outline_reading), and
     the mask is what it finds if its outline follows them well enough
-    (MIN_OUTLINE_SHARE); None: such a photo is refused. unfound_ok: return
+    (MIN_OUTLINE_SHARE); None: such a photo is refused. upright: the fit's
+    floor prior for that search (posefit.initial.Upright), if any. unfound_ok: return
     such a photo with its empty mask instead (for a check of the file that
     the fit, with the mesh, repeats).
     """
@@ -336,7 +337,7 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
             mask = next((m for m in masks.floor_readings(photo, background)[1:] if usable_mask(m)), mask)
         if not usable_mask(mask) and masks.is_photo(photo):
             if mesh is not None:
-                found, share = outlines.outline_reading(mesh, photo, fov, upright=initial.Upright.of(mesh))
+                found, share = outlines.outline_reading(mesh, photo, fov, upright=upright)
                 mask = found if share >= MIN_OUTLINE_SHARE else np.zeros_like(found)
             unfound = unfound_ok and not usable_mask(mask)
         shown = photo
