@@ -307,6 +307,40 @@ def test_a_mask_that_leaves_the_bar_out_borrows_the_piece_another_reading_found(
     assert initial.borrowed_piece(grid.silhouettes, visible, grid.angles, [own_piece, None], grid.best_score) is None
 
 
+def test_a_candidate_in_front_takes_in_the_shaded_face_of_its_hue_and_not_the_white_object():
+    # A red post's lit face and its shaded face (darker, a little greyer: the room's light) are two regions of
+    # the photo; a candidate grows from the lit one into the shaded one beside it, and not into the white
+    # object, which a coloured floor tints too, nor into a red patch beyond OCCLUDER_GROWTH pixels.
+    H, W = 60, 80
+    photo = np.zeros((H, W, 3))
+    photo[:] = (0.8, 0.5, 0.3)  # the floor
+    mask = np.zeros((H, W), bool)
+    mask[10:50, 20:60] = True
+    photo[mask] = (0.92, 0.86, 0.82)  # a white object with the floor's tint
+    lit, shaded = np.zeros_like(mask), np.zeros_like(mask)
+    lit[5:55, 36:42] = True
+    shaded[5:55, 32:36] = True
+    far = np.zeros_like(mask)
+    far[14:20, 50:56] = True  # a red spot on the object, away from the post
+    photo[lit] = (0.75, 0.12, 0.1)
+    photo[shaded] = (0.3, 0.1, 0.09)
+    photo[far] = (0.75, 0.12, 0.1)
+    photo += np.random.default_rng(0).normal(0, 0.01, photo.shape)
+    mask |= lit | shaded
+    chroma = masks.chromaticity(masks.smoothed(photo))
+    grown = initial.same_hue_around(chroma, mask, lit)
+    assert (grown & shaded).sum() > 0.7 * shaded.sum(), "all but its column blurred into the white"
+    assert (grown & ~lit & ~shaded).sum() < 0.05 * shaded.sum() + 2 * (H - 10), "only the post's blurred rim"
+    assert not (grown & far).any()
+    # A grey piece has no hue to follow, and one with a floor's tint (a white object's shaded side) is not
+    # followed: each stays as it is.
+    for lit_colour, shaded_colour in (((0.5, 0.5, 0.5), (0.3, 0.3, 0.3)), ((0.8, 0.7, 0.6), (0.4, 0.35, 0.3))):
+        photo[lit] = lit_colour
+        photo[shaded] = shaded_colour
+        chroma = masks.chromaticity(masks.smoothed(photo))
+        assert np.array_equal(initial.same_hue_around(chroma, mask, lit), lit)
+
+
 def fit_6dof(photo_path, output_dir):
     """The silhouette script's 6-DoF fit of a photo file, as the README runs it (4 starts)."""
     return diff_render.fit(output_dir=output_dir, target_image=photo_path, fov=FOV, pose_mode="6dof", restarts=4,

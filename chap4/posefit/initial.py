@@ -27,7 +27,7 @@ from pytorch3d.transforms import axis_angle_to_matrix
 from scipy import ndimage
 from skimage import graph, segmentation
 
-from posefit import render
+from posefit import masks, render
 
 GRID_VIEWS = 240  # view directions, a Fibonacci lattice on the whole sphere (about 13 degrees apart)
 GRID_ROLLS = 24  # in-plane rotations, 15 degrees apart
@@ -50,6 +50,17 @@ OCCLUDER_RIM = 3
 BORROW_INSIDE = 0.2  # borrowed_piece: a piece of another reading at most this much inside the chosen mask ...
 BORROW_TOLERANCE = 0.005  # ... whose leaving out lowers the grid's best score by at most this
 OCCLUDER_CANDIDATES = 3
+# ... each grown into the mask's pixels of its hue within OCCLUDER_GROWTH pixels of it: felzenszwalb parts a
+# post's or a bar's lit face from its shaded one, whose hue is the same (OCCLUDER_HUE_COS: the cosine between
+# two chromaticities' offsets from grey) and its saturation lower (at least OCCLUDER_SATURATION[1] of the
+# piece's); left in the mask, the shaded face pulled the fit (seed 11 cases 15 and 23, cows behind a red post,
+# 71 and 130 degrees off). A piece less saturated than OCCLUDER_SATURATION[0] is not grown: a grey one has no
+# hue to follow, and a white object's side takes the tint of a coloured floor's light (0.02-0.1 on seeds 7-11,
+# where at 0.04 the growth took in more of a white teapot's shaded side; the painted posts and bars there are
+# 0.13-0.31). The growth stays near the piece for the same reason.
+OCCLUDER_GROWTH = 4
+OCCLUDER_HUE_COS = 0.9
+OCCLUDER_SATURATION = (0.1, 0.35)
 OCCLUDER_GAIN = 0.05
 OCCLUDED_SCALES = (1.0, 1.12, 1.25)
 # A photo's masks read with each surface of its border taken for the floor (choose_reading): another than the
@@ -430,7 +441,8 @@ def occluder_candidates(photo: np.ndarray, mask: np.ndarray, regions: np.ndarray
     """Pieces of the mask that may be something in front of the object: its regions of one colour
     (felzenszwalb on the photo) that hold OCCLUDER_SHARE of the mask and reach its outline, or within
     OCCLUDER_RIM pixels of it (a thing in front of the object reaches beyond it), the OCCLUDER_CANDIDATES
-    largest first. regions: photo_regions(photo), if already found."""
+    largest first, each with the pixels of its hue beside it (same_hue_around). regions: photo_regions(photo),
+    if already found."""
     regions = photo_regions(photo) if regions is None else regions
     rim = mask & ~ndimage.binary_erosion(mask, iterations=OCCLUDER_RIM)
     area = int(mask.sum())
@@ -441,7 +453,23 @@ def occluder_candidates(photo: np.ndarray, mask: np.ndarray, regions: np.ndarray
         if OCCLUDER_SHARE[0] <= share <= OCCLUDER_SHARE[1] and (piece & rim).any():
             pieces.append((share, piece))
     pieces.sort(key=lambda item: -item[0])
-    return [piece for _, piece in pieces[:OCCLUDER_CANDIDATES]]
+    chroma = masks.chromaticity(masks.smoothed(photo))
+    return [same_hue_around(chroma, mask, piece) for _, piece in pieces[:OCCLUDER_CANDIDATES]]
+
+
+def same_hue_around(chroma: np.ndarray, mask: np.ndarray, piece: np.ndarray) -> np.ndarray:
+    """The piece (H, W bool) with the mask's pixels of its hue joined to it within OCCLUDER_GROWTH pixels
+    (chroma: the photo's chromaticity, posefit.masks.chromaticity)."""
+    offset = chroma - 1.0 / 3.0  # from grey
+    hue = np.median(chroma[piece], 0) - 1.0 / 3.0
+    saturation = float(np.linalg.norm(hue))
+    if saturation < OCCLUDER_SATURATION[0]:
+        return piece
+    length = np.linalg.norm(offset, axis=-1)
+    alike = (offset @ hue >= OCCLUDER_HUE_COS * length * saturation) & (length >= OCCLUDER_SATURATION[1] * saturation)
+    near = ndimage.binary_dilation(piece, iterations=OCCLUDER_GROWTH)
+    joined, _ = ndimage.label((alike & near & mask) | piece)
+    return np.isin(joined, np.unique(joined[piece])) & mask
 
 
 def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, photo: np.ndarray,

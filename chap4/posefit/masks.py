@@ -123,6 +123,17 @@ def _spread(rgb: np.ndarray, border: np.ndarray) -> float:
     return float(np.percentile(np.abs(pixels - np.median(pixels, 0)).max(-1), 90))
 
 
+def smoothed(rgb: np.ndarray) -> np.ndarray:
+    """The (H, W, 3) photo's colours with its sensor noise and JPEG blocks averaged out (a Gaussian, SMOOTHING)."""
+    return np.stack([ndimage.gaussian_filter(rgb[..., c], SMOOTHING) for c in range(3)], -1)
+
+
+def chromaticity(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours' chromaticity: each divided by its sum, so that a lit and a shaded side of one paint
+    have about one (their r + g + b is 1 but for the darkest pixels)."""
+    return rgb / (rgb.sum(-1, keepdims=True) + 6e-3)
+
+
 def gradient(rgb: np.ndarray) -> np.ndarray:
     """How steeply the (H, W, 3) photo's colours change at each pixel: the sum of its channels' Sobel magnitudes."""
     return sum(filters.sobel(ndimage.gaussian_filter(rgb[..., c], 0.5)) for c in range(3))
@@ -224,9 +235,9 @@ def backdrop(rgb: np.ndarray, background=None, floor: int | None = None) -> tupl
     H, W, _ = rgb.shape
     border = border_band(H, W)
     # A photo's colours are smoothed before they are compared (sensor noise, JPEG blocks).
-    smooth = np.stack([ndimage.gaussian_filter(rgb[..., c], SMOOTHING) for c in range(3)], -1)
+    smooth = smoothed(rgb)
     brightness = smooth.mean(-1) + 2e-3
-    chroma = (smooth / (smooth.sum(-1, keepdims=True) + 6e-3))[..., :2]
+    chroma = chromaticity(smooth)[..., :2]
     if background is not None:
         labels = np.zeros(int(border.sum()), int)
         colours = [np.asarray(background, np.float64) / 255.0]
