@@ -325,6 +325,9 @@ def test_a_candidate_in_front_takes_in_the_shaded_face_of_its_hue_and_not_the_wh
     photo[lit] = (0.75, 0.12, 0.1)
     photo[shaded] = (0.3, 0.1, 0.09)
     photo[far] = (0.75, 0.12, 0.1)
+    green = np.zeros_like(mask)
+    green[25:35, 42:46] = True  # a saturated patch of another hue beside the post
+    photo[green] = (0.15, 0.6, 0.2)
     photo += np.random.default_rng(0).normal(0, 0.01, photo.shape)
     mask |= lit | shaded
     chroma = masks.chromaticity(masks.smoothed(photo))
@@ -332,6 +335,7 @@ def test_a_candidate_in_front_takes_in_the_shaded_face_of_its_hue_and_not_the_wh
     assert (grown & shaded).sum() > 0.7 * shaded.sum(), "all but its column blurred into the white"
     assert (grown & ~lit & ~shaded).sum() < 0.05 * shaded.sum() + 2 * (H - 10), "only the post's blurred rim"
     assert not (grown & far).any()
+    assert (grown & green).sum() <= 2 * green.any(1).sum(), "another hue stays out (but for the blurred rim)"
     # A grey piece has no hue to follow, and one with a floor's tint (a white object's shaded side) is not
     # followed: each stays as it is.
     for lit_colour, shaded_colour in (((0.5, 0.5, 0.5), (0.3, 0.3, 0.3)), ((0.8, 0.7, 0.6), (0.4, 0.35, 0.3))):

@@ -52,8 +52,8 @@ BORROW_TOLERANCE = 0.005  # ... whose leaving out lowers the grid's best score b
 OCCLUDER_CANDIDATES = 3
 # ... each grown into the mask's pixels of its hue within OCCLUDER_GROWTH pixels of it: felzenszwalb parts a
 # post's or a bar's lit face from its shaded one, whose hue is the same (OCCLUDER_HUE_COS: the cosine between
-# two chromaticities' offsets from grey) and its saturation lower (at least OCCLUDER_SATURATION[1] of the
-# piece's); left in the mask, the shaded face pulled the fit (seed 11 cases 15 and 23, cows behind a red post,
+# two chromaticities' offsets from grey) and its saturation often lower (pixels need at least
+# OCCLUDER_SATURATION[1] of the piece's); left in the mask, the shaded face pulled the fit (seed 11 cases 15 and 23, cows behind a red post,
 # 71 and 130 degrees off). A piece less saturated than OCCLUDER_SATURATION[0] is not grown: a grey one has no
 # hue to follow, and a white object's side takes the tint of a coloured floor's light (0.02-0.1 on seeds 7-11,
 # where at 0.04 the growth took in more of a white teapot's shaded side; the painted posts and bars there are
