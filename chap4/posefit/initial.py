@@ -53,8 +53,8 @@ OCCLUDER_CANDIDATES = 3
 # ... each grown into the mask's pixels of its hue within OCCLUDER_GROWTH pixels of it: felzenszwalb parts a
 # post's or a bar's lit face from its shaded one, whose hue is the same (OCCLUDER_HUE_COS: the cosine between
 # two chromaticities' offsets from grey) and its saturation often lower (pixels need at least
-# OCCLUDER_SATURATION[1] of the piece's); left in the mask, the shaded face pulled the fit (seed 11 cases 15 and 23, cows behind a red post,
-# 71 and 130 degrees off). A piece less saturated than OCCLUDER_SATURATION[0] is not grown: a grey one has no
+# OCCLUDER_SATURATION[1] of the piece's); left in the mask, the shaded face pulled the fit (seed 11 cases 15
+# and 23, cows behind a red post, 71 and 130 degrees off). A piece less saturated than OCCLUDER_SATURATION[0] is not grown: a grey one has no
 # hue to follow, and a white object's side takes the tint of a coloured floor's light (0.02-0.1 on seeds 7-11,
 # where at 0.04 the growth took in more of a white teapot's shaded side; the painted posts and bars there are
 # 0.13-0.31). The growth stays near the piece for the same reason.

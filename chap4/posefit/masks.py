@@ -264,7 +264,7 @@ def backdrop(rgb: np.ndarray, background=None, floor: int | None = None) -> tupl
         # Off the surface's colour, two ways, each against its spread on the border: the chromaticity
         # (what a light or dark patch of the same surface keeps) and the RGB residual (what a dark,
         # noisy pixel keeps); the backdrop must match both.
-        surface_chroma = (colour / (colour.sum() + 6e-3))[:2]
+        surface_chroma = chromaticity(colour)[:2]
         off_chroma = np.sqrt(((chroma - surface_chroma) ** 2).sum(-1))
         off_rgb = np.linalg.norm(smooth - along[..., None] * direction, axis=-1)
         distance = np.maximum(
