@@ -411,6 +411,38 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
                                   outline_on_edges=[0.0, 1.0])[0] == 1
 
 
+def test_a_short_fit_tells_a_photos_readings_apart(meshes_ready):
+    # search.trial_iou: the grid's views are 13 degrees apart; a short fit from its best ones explains the
+    # mesh's own silhouette at a pose off the grid better than any of them, and all but fully.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
+    renderers = render.make_renderers("cpu", (96, 128), fov=FOV)
+    with torch.no_grad():
+        silhouette = render.hard_render(renderers, mesh, R[None], T[None])[1][0].bool()
+    upright = initial.Upright.of(mesh)
+    grid = initial.view_grid(mesh, FOV, upright=upright)
+    on_the_grid = grid.best_score(*initial.score_grid(grid.silhouettes, silhouette.float(), grid.angles)[:2])
+    fitted = search.trial_iou(mesh, silhouette.float(), None, FOV, grid, upright=upright)
+    assert fitted > max(on_the_grid + 0.03, 0.93), (on_the_grid, fitted)
+    # choose_reading scores again by the trial the readings within TRIAL_MARGIN of the best (their handicaps
+    # kept), and only those: here the trial prefers the silhouette moved by two pixels, and the fragment.
+    moved = torch.roll(silhouette, 2, dims=1)
+    fragment = silhouette.clone()
+    fragment[int(torch.nonzero(silhouette.any(1))[:, 0].float().mean()):] = False
+    tried = []
+
+    def trial(mask, care):
+        tried.append(mask.bool())
+        return 1.0 if torch.equal(mask.bool(), silhouette) else 0.9
+
+    assert initial.choose_reading(mesh, [moved, silhouette], FOV, upright=upright, grid=grid, trial=trial)[0] == 1
+    assert initial.choose_reading(mesh, [fragment, silhouette], FOV, upright=upright, grid=grid)[0] == 1
+    tried.clear()
+    assert initial.choose_reading(mesh, [silhouette, fragment], FOV, upright=upright, grid=grid,
+                                  trial=lambda mask, care: 1.0 - trial(mask, care))[0] == 0
+    assert len(tried) == 1, "the fragment is out of the margin: not tried"
+
+
 def test_the_mesh_finds_its_outline_among_the_photos_edges(meshes_ready):
     # posefit.outlines: from the photo's edges alone (no colour model), where the teapot is, how big, and its
     # silhouette; on a floor with nothing on it, no outline follows any edge.

@@ -68,6 +68,9 @@ OCCLUDED_SCALES = (1.0, 1.12, 1.25)
 # times the share of its outline that lies off the photo's strong edges.
 READING_GAIN = 0.02
 OUTLINE_PENALTY = 0.2
+# ... and with a trial (a short fit of each, posefit.search.trial_iou), the readings whose scores are within
+# TRIAL_MARGIN of the best are scored again by it (their handicaps kept), the others are out.
+TRIAL_MARGIN = 0.05
 SEGMENT_SCALE = 100.0  # felzenszwalb's scale (larger: larger regions) at the working size
 MERGE_COLOUR = 0.06  # neighbouring regions whose mean colours (RGB in [0, 1]) are this close are merged
 
@@ -311,7 +314,7 @@ def view_distance(mesh, fov: float) -> float:
 
 def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: Upright | None = None,
                    photo: np.ndarray | None = None, regions: np.ndarray | None = None,
-                   outline_on_edges: list[float] | None = None, grid: ViewGrid | None = None
+                   outline_on_edges: list[float] | None = None, grid: ViewGrid | None = None, trial=None
                    ) -> tuple[int, torch.Tensor | None]:
     """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's,
     and the care weights of what in it was taken for something in front of the object (None: nothing; give
@@ -323,13 +326,16 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
     (outline_on_edges, from posefit.masks.outline_on_edges): a mask that takes in the wall or a lamp's patch
     is no silhouette of the mesh, or has an outline that no edge of the photo backs. Another than the first
     is chosen only if it scores READING_GAIN better. regions: photo_regions(photo), grid: view_grid(mesh,
-    fov, upright=upright), if already made.
+    fov, upright=upright), if already made. trial(mask, care) -> IoU: if given, the readings scored within
+    TRIAL_MARGIN of the best are scored again by it, the others are out (posefit.search.trial_iou: the IoU after a short fit; the
+    grid's views are 13 degrees apart and 64 px wide, which favours a compact mask over one whose thin parts
+    no view quite matches).
     """
     grid = grid or view_grid(mesh, fov, upright=upright)
     silhouettes, angles, best_score = grid.silhouettes, grid.angles, grid.best_score
     if photo is not None and regions is None:
         regions = photo_regions(photo)
-    scores, cares, wholes = [], [], []
+    scores, cares, wholes, handicaps = [], [], [], []
     for k, mask in enumerate(readings):
         mask = mask.float().to(mesh.device)
         best = best_score(*score_grid(silhouettes, mask, angles)[:2])
@@ -338,8 +344,13 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
         if care is not None:
             best = max(best, best_score(*score_grid(silhouettes, mask, angles, care=care, scales=OCCLUDED_SCALES)[:2]))
         off_edges = 0.0 if outline_on_edges is None else 1.0 - outline_on_edges[k]
-        scores.append(best - OUTLINE_PENALTY * off_edges - (0.0 if k == 0 else READING_GAIN))
+        handicaps.append(OUTLINE_PENALTY * off_edges + (0.0 if k == 0 else READING_GAIN))
+        scores.append(best - handicaps[-1])
         cares.append(care)
+    if trial is not None and len(readings) > 1:
+        cut = max(scores) - TRIAL_MARGIN
+        scores = [-math.inf if score < cut else trial(mask.float().to(mesh.device), care) - handicap
+                  for score, handicap, mask, care in zip(scores, handicaps, readings, cares, strict=True)]
     k = int(np.argmax(scores))
     if cares[k] is None:
         cares[k] = borrowed_piece(silhouettes, readings[k].float().to(mesh.device), angles, cares, best_score,
