@@ -327,9 +327,9 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
     is no silhouette of the mesh, or has an outline that no edge of the photo backs. Another than the first
     is chosen only if it scores READING_GAIN better. regions: photo_regions(photo), grid: view_grid(mesh,
     fov, upright=upright), if already made. trial(mask, care) -> IoU: if given, the readings scored within
-    TRIAL_MARGIN of the best are scored again by it, the others are out (posefit.search.trial_iou: the IoU after a short fit; the
-    grid's views are 13 degrees apart and 64 px wide, which favours a compact mask over one whose thin parts
-    no view quite matches).
+    TRIAL_MARGIN of the best are scored again by it, the others are out (posefit.search.trial_iou: the IoU
+    after a short fit; the grid's views are 13 degrees apart and 64 px wide, which favours a compact mask
+    over one whose thin parts no view quite matches).
     """
     grid = grid or view_grid(mesh, fov, upright=upright)
     silhouettes, angles, best_score = grid.silhouettes, grid.angles, grid.best_score
