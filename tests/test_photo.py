@@ -387,15 +387,20 @@ def test_a_wall_that_holds_most_of_the_border_is_not_taken_for_the_floor(tmp_pat
     assert fitted_and_true_iou(mesh, summary, R, T, (128, 96)) > 0.9
 
 
-def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
-    # initial.choose_reading: the mask that some view of the mesh explains, over a fragment of it (the lit top
-    # of a white teapot, all that a wall taken for the floor left) or the silhouette with a strip of the wall;
-    # the usual (first) reading stays unless another is clearly better.
+def teapot_silhouette():
+    """The teapot and its hard silhouette (96 x 128) at an off-centre, rolled pose off the grid's views."""
     mesh = teapot()
     R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
     renderers = render.make_renderers("cpu", (96, 128), fov=FOV)
     with torch.no_grad():
-        silhouette = render.hard_render(renderers, mesh, R[None], T[None])[1][0].bool()
+        return mesh, render.hard_render(renderers, mesh, R[None], T[None])[1][0].bool()
+
+
+def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
+    # initial.choose_reading: the mask that some view of the mesh explains, over a fragment of it (the lit top
+    # of a white teapot, all that a wall taken for the floor left) or the silhouette with a strip of the wall;
+    # the usual (first) reading stays unless another is clearly better.
+    mesh, silhouette = teapot_silhouette()
     rows = torch.nonzero(silhouette.any(1))[:, 0]
     fragment = silhouette.clone()
     fragment[int(rows[0] + (rows[-1] - rows[0]) // 3):] = False
@@ -414,11 +419,7 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
 def test_a_short_fit_tells_a_photos_readings_apart(meshes_ready):
     # search.trial_iou: the grid's views are 13 degrees apart; a short fit from its best ones explains the
     # mesh's own silhouette at a pose off the grid better than any of them, and all but fully.
-    mesh = teapot()
-    R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
-    renderers = render.make_renderers("cpu", (96, 128), fov=FOV)
-    with torch.no_grad():
-        silhouette = render.hard_render(renderers, mesh, R[None], T[None])[1][0].bool()
+    mesh, silhouette = teapot_silhouette()
     upright = initial.Upright.of(mesh)
     grid = initial.view_grid(mesh, FOV, upright=upright)
     on_the_grid = grid.best_score(*initial.score_grid(grid.silhouettes, silhouette.float(), grid.angles)[:2])
