@@ -426,7 +426,8 @@ def test_a_short_fit_tells_a_photos_readings_apart(meshes_ready):
     fitted = search.trial_iou(mesh, silhouette.float(), None, FOV, grid, upright=upright)
     assert fitted > max(on_the_grid + 0.03, 0.93), (on_the_grid, fitted)
     # choose_reading scores again by the trial the readings within TRIAL_MARGIN of the best (their handicaps
-    # kept), and only those: here the trial prefers the silhouette moved by two pixels, and the fragment.
+    # kept), and only those: the grid keeps the usual reading of two alike (the silhouette moved by two
+    # pixels), the trial here prefers the other; and a fragment, far behind on the grid, is not tried.
     moved = torch.roll(silhouette, 2, dims=1)
     fragment = silhouette.clone()
     fragment[int(torch.nonzero(silhouette.any(1))[:, 0].float().mean()):] = False
@@ -436,12 +437,16 @@ def test_a_short_fit_tells_a_photos_readings_apart(meshes_ready):
         tried.append(mask.bool())
         return 1.0 if torch.equal(mask.bool(), silhouette) else 0.9
 
+    assert initial.choose_reading(mesh, [moved, silhouette], FOV, upright=upright, grid=grid)[0] == 0
     assert initial.choose_reading(mesh, [moved, silhouette], FOV, upright=upright, grid=grid, trial=trial)[0] == 1
-    assert initial.choose_reading(mesh, [fragment, silhouette], FOV, upright=upright, grid=grid)[0] == 1
+    assert len(tried) == 2
     tried.clear()
-    assert initial.choose_reading(mesh, [silhouette, fragment], FOV, upright=upright, grid=grid,
-                                  trial=lambda mask, care: 1.0 - trial(mask, care))[0] == 0
-    assert len(tried) == 1, "the fragment is out of the margin: not tried"
+    assert initial.choose_reading(mesh, [silhouette, moved, fragment], FOV, upright=upright, grid=grid,
+                                  trial=lambda mask, care: 1.0 - trial(mask, care))[0] == 1
+    assert len(tried) == 2 and not any(torch.equal(mask, fragment) for mask in tried), "the fragment: not tried"
+    tried.clear()
+    assert initial.choose_reading(mesh, [silhouette, fragment], FOV, upright=upright, grid=grid, trial=trial)[0] == 0
+    assert not tried, "one reading within the margin: nothing to tell apart"
 
 
 def test_the_mesh_finds_its_outline_among_the_photos_edges(meshes_ready):
@@ -648,6 +653,7 @@ def test_command_line_photo_fit_writes_its_files(tmp_path, meshes_ready):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["fov"] == targets.DEFAULT_FOV and summary["fov_source"].startswith("default")
     assert len(summary["R"]) == 3 and len(summary["T"]) == 3 and summary["settings"]["pose_mode"] == "6dof"
+    assert summary["final_loss"] == summary["hypotheses"][summary["best_hypothesis"]]["final_loss"]  # the answer's
     with Image.open(out / "target_mask.png") as mask:
         assert mask.size == (SIZE[1], SIZE[0]) and mask.mode == "L"
     assert {"final.png", "fitting_0.png", "fitting.gif"} <= {p.name for p in out.iterdir()}

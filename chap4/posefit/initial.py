@@ -69,7 +69,8 @@ OCCLUDED_SCALES = (1.0, 1.12, 1.25)
 READING_GAIN = 0.02
 OUTLINE_PENALTY = 0.2
 # ... and with a trial (a short fit of each, posefit.search.trial_iou), the readings whose scores are within
-# TRIAL_MARGIN of the best are scored again by it (their handicaps kept), the others are out.
+# TRIAL_MARGIN of the best are scored again by it (their handicaps kept), the others are out (with one within
+# it, nothing is tried).
 TRIAL_MARGIN = 0.05
 SEGMENT_SCALE = 100.0  # felzenszwalb's scale (larger: larger regions) at the working size
 MERGE_COLOUR = 0.06  # neighbouring regions whose mean colours (RGB in [0, 1]) are this close are merged
@@ -347,8 +348,8 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: U
         handicaps.append(OUTLINE_PENALTY * off_edges + (0.0 if k == 0 else READING_GAIN))
         scores.append(best - handicaps[-1])
         cares.append(care)
-    if trial is not None and len(readings) > 1:
-        cut = max(scores) - TRIAL_MARGIN
+    cut = max(scores) - TRIAL_MARGIN
+    if trial is not None and sum(score >= cut for score in scores) > 1:
         scores = [-math.inf if score < cut else trial(mask.float().to(mesh.device), care) - handicap
                   for score, handicap, mask, care in zip(scores, handicaps, readings, cares, strict=True)]
     k = int(np.argmax(scores))

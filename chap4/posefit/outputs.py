@@ -158,6 +158,10 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
     for message in frames.close():
         print(f"warning: a picture could not be written: {message}", file=sys.stderr)
     summary = {**loop.summary(), "device": str(device), **extra, "settings": settings or {}}
+    if hypotheses.final_loss[best] is not None:
+        # The answer's own last loss in the loop: with the floor's prior, or the polish's choice (a photo), the
+        # answer need not be the hypothesis with the lowest loss, whose loss the loop's record ends with.
+        summary["final_loss"] = hypotheses.final_loss[best]
     title = f"{summary['iterations']} iterations, loss {summary['final_loss'] or 0:.1f}, IoU {ious[best]:.3f}"
     shown, fitted_rgb, fitted_mask = target.shown, rgb_every[best, ..., :3], mask_every[best]
     if target.original is not None:
