@@ -19,7 +19,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from posefit import frame_fit, initial, masks, outlines, pose, render, targets
 
@@ -543,8 +542,8 @@ def trial_iou(mesh, mask: torch.Tensor, care: torch.Tensor | None, fov: float, g
     size = tuple(max(targets.MIN_TARGET_SIDE, round(s * EXPLORE_SCALE)) for s in mask.shape)
     renderers = render.make_renderers(device, size, fov=fov, faces_per_pixel=SIX_DOF_FACES_PER_PIXEL)
     render.set_sigma(renderers, SIX_DOF_EXPLORE_SIGMA)
-    small = F.interpolate(mask[None, None], size=size, mode="area")[0, 0]
-    weights = None if care is None else F.interpolate(care.float()[None, None], size=size, mode="area")[0, 0]
+    small = targets.resize_image(mask, size)
+    weights = None if care is None else targets.resize_image(care.float(), size)
     optimizer = torch.optim.Adam(poses.parameters(), lr=lr)
     meshes = mesh.extend(len(poses))
     with render.cpu_threads(1):  # (the fast path's many small operations: a second thread slows them)
@@ -556,11 +555,7 @@ def trial_iou(mesh, mask: torch.Tensor, care: torch.Tensor | None, fov: float, g
             optimizer.step()
             poses.constrain()
     silhouettes = initial.hard_silhouettes(mesh, *poses.poses(), fov, tuple(mask.shape)) > 0.5
-    counted = torch.ones_like(mask, dtype=torch.bool) if care is None else care > 0.5
-    inside = mask > 0.5
-    overlap = (silhouettes & inside & counted).sum((1, 2))
-    union = ((silhouettes | inside) & counted).sum((1, 2)).clamp(min=1)
-    return float((overlap / union).max())
+    return max(pose.silhouette_iou(silhouette, mask > 0.5, care) for silhouette in silhouettes)
 
 
 def upright_prior(options, mesh) -> initial.Upright | None:
