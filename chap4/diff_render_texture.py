@@ -169,7 +169,7 @@ def fit(output_dir=RESULTS, loss_threshold: float = 800.0, weight_silhouette: fl
 
     # 5. Adam until the loss is below the threshold, pictures of every step. (With several starts
     #    the schedule explores at a smaller size and on the silhouette first: posefit.search.)
-    hypotheses.prepare(model, mesh, renderers, target, lambda size: render.make_renderers(
+    hypotheses.prepare(model, renderers, target, lambda size: render.make_renderers(
         device, size, rasterizer=o.rasterizer, fov=fov, **settings))
     optimizer = torch.optim.Adam(model.parameters(), lr=hypotheses.lr_at(0))  # lr itself with one start
     with FitLoop(hypotheses.iterations, loss_threshold, desc="cow", save_every=o.save_every,

@@ -79,7 +79,6 @@ SIX_DOF_EXPLORE_SIGMA = 1e-5
 # MIN_DEPTH_RADII radii: one that comes close and fills the view costs the rasterizer minutes.
 MIN_DEPTH_VIEW = 0.6
 MIN_DEPTH_RADII = 1.2
-REFINE_MASK_MIN_IOU = 0.75  # a photo's mask is redone around the best pose only if that pose fits it this well
 # The polish (a photo's 6-DoF fit) refines the finalists whose loop loss is at most this many times the lowest,
 # and answers the one whose colours then explain the photo best. A finalist far behind can still win that
 # (the polish draws each one's mask around its own silhouette): on seed 7, case 7, a cow's twin 174.7 degrees
@@ -167,7 +166,7 @@ class Hypotheses:
         self._remember(list(range(n)))
         self.init_positions = poses.initial_positions()
         self.best_row, self.best_index, self.best_loss, self.best_position = 0, 0, math.inf, None
-        self.model = self.full = self.explore = self.mesh = None
+        self.model = self.full = self.explore = None
         self.polished = False  # the answer refined by a photo's colours after the loop (polish)
         self.polish_loss: list[float | None] = [None] * n  # each finalist's loss after it (polish)
         self.chosen = None  # the answer the polish chose, if it did (else the loop's lowest loss)
@@ -232,10 +231,10 @@ class Hypotheses:
 
     @property
     def target(self) -> targets.Target | None:
-        """The full-size target as the fit ends (a photo's mask may have been redone around the best pose)."""
+        """The full-size target as the fit ends (a photo's: the mask its starts chose, as it began)."""
         return None if self.full is None else self.full[1]
 
-    def prepare(self, model, mesh, renderers: render.Renderers, target: targets.Target, make_renderers) -> None:
+    def prepare(self, model, renderers: render.Renderers, target: targets.Target, make_renderers) -> None:
         """Set the model up for iteration 0.
 
         With several starts the exploration renders at explore_size (from
@@ -248,7 +247,7 @@ class Hypotheses:
             target = target.with_mask(self.mask)
         if self.care is not None:  # something in front of the object, found with the starts: left out
             target = replace(target, care=self.care.to(target.mask.device))
-        self.model, self.mesh, self.full = model, mesh, (renderers, target)
+        self.model, self.full = model, (renderers, target)
         self.book_sigma = renderers.silhouette.shader.blend_params.sigma
         size = self.explore_size(target.size)
         if size != target.size and self.refine_from > 0:
@@ -266,12 +265,9 @@ class Hypotheses:
         if self.full is None or not self.refining(i):
             return
         if i == self.refine_from:
-            # Full size from here; a photo's mask is redone around the best pose's silhouette (posefit.masks).
-            renderers, target = self.full
-            with torch.no_grad():
-                _, silhouette = render.hard_render(renderers, self.mesh, *self.best_pose())
-            if pose.silhouette_iou(silhouette[0], target.hard_mask) >= REFINE_MASK_MIN_IOU:
-                self.full = (renderers, target.refined(silhouette[0]))
+            # Full size from here, on the mask the fit began with. (A photo's mask was once redone here around
+            # the best pose's silhouette: every finalist was then refined on a mask in that one pose's shape, and
+            # the teapots 6-8 degrees off stayed there; see the README's session 22 notes.)
             self.model.use(*self.full, colour=True)
         render.set_sigma(self.full[0], self.sigma_at(i, self.book_sigma))
 

@@ -153,13 +153,6 @@ class Target:
                  if getattr(self, name) is not None}
         return replace(self, **moved)
 
-    def refined(self, silhouette: torch.Tensor) -> Target:
-        """A photo's mask redone around a fitted pose's hard silhouette (posefit.masks); other targets as they are."""
-        if self.photo is None:
-            return self
-        photo = self.photo.cpu().numpy()
-        return self.with_mask(torch.from_numpy(masks.refine_with_silhouette(photo, silhouette.cpu().numpy())))
-
     def with_mask(self, mask: torch.Tensor) -> Target:
         """A photo's target with another mask (H, W, bool) of its pixels: the colour term's reference follows."""
         mask = mask.to(self.mask.device)
