@@ -96,3 +96,38 @@ def test_tracking_benchmark_runs_a_prepared_sequence(tmp_path, meshes_ready):
     assert "where a frame's time goes" in result.stdout
     assert row["timing_ms"]["fit"] > 0 and row["reference_timing_ms"]["total"] >= row["reference_timing_ms"]["fit"]
     assert (tmp_path / "errors.png").exists()
+
+
+def test_mask_benchmark_scores_the_fits_start_against_the_truth(tmp_path, meshes_ready):
+    """Two cases as bench_photo renders them (drawn by PyTorch3D): a teapot on brown, and the same with a bar
+    in front. The table and rows say how the start read each: the bar in the mask and left out of it."""
+    import numpy as np
+    from test_photo import off_centre_rolled_pose, photograph, teapot, with_a_bar_in_front
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
+    occluded, bar = with_a_bar_in_front(photo, truth)
+    cases = []
+    for i, (image, visible) in enumerate([(photo, truth), (occluded, truth & ~bar)]):
+        Image.fromarray(image).save(folder / f"case_{i:02d}.png")
+        Image.fromarray(visible.astype(np.uint8) * 255).save(folder / f"case_{i:02d}_truth_mask.png")
+        cases.append({"case": i, "file": f"case_{i:02d}.png", "mesh": "teapot", "R": R.tolist(), "T": T.tolist(),
+                      "fov": 50.0, "size": list(image.shape[:2]), "floor": "brown", "cutout": False, "jpeg": None,
+                      "occluded_share": float((truth & bar).sum() / truth.sum()) if i else 0.0, "roll_deg": 30.0})
+    (folder / "cases.json").write_text(json.dumps({"seed": 0, "cases": cases}))
+    rows = tmp_path / "rows.json"
+    result = run_benchmark("bench_masks.py", "--cases", folder, "--json", rows)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| cases/0 | teapot | brown |" in result.stdout and "2 cases: chosen mask IoU mean" in result.stdout
+    clean, behind = json.loads(rows.read_text())
+    assert clean["piece_share"] == 0.0 and clean["in_front_share"] < 0.05 and clean["mask_iou"] > 0.8
+    assert behind["in_front_share"] > 0.1, "the bar is in the chosen mask"
+    assert behind["piece_covers"] > 0.8 and behind["piece_on_object"] < 0.2, "and left out of it"
+    assert behind["mask_iou"] > 0.7 and all(0.0 <= r["nearest_start_deg"] <= 180.0 for r in (clean, behind))
+    assert "1 of 1 occluded cases had half or more of it left out" in result.stdout
+    # A folder with no cases in it: one line, exit 2.
+    empty = run_benchmark("bench_masks.py", "--cases", tmp_path)
+    assert empty.returncode == 2 and "holds no cases.json" in empty.stderr
