@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from posefit import initial, masks, outlines, pose, search, targets  # noqa: E402
+from posefit import initial, masks, pose, search, targets  # noqa: E402
 
 TRUTH_MARGIN = 2  # pixels: what lies this far from the true mask is not the object
 POOR_MASK = 0.85  # a chosen mask below this IoU with the truth is counted as poor
@@ -63,10 +63,7 @@ def read_case(folder: Path, case: dict) -> dict:
     photo = None if target.photo is None else target.photo.cpu().numpy()
     readings = [target.hard_mask.cpu().numpy() > 0.5]
     if photo is not None and masks.is_photo(photo):  # the readings start() chooses among
-        readings = [m for m in masks.floor_readings(photo) if targets.usable_mask(m)] or readings
-        outline, _ = outlines.outline_reading(mesh, photo, case["fov"], upright=upright)
-        if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
-            readings.append(outline)
+        readings = search.photo_readings(mesh, photo, case["fov"], upright=upright) or readings
     hypotheses = search.start("6dof", mesh, target, case["fov"], init_position=None, restarts=8, iterations=200,
                               lr=0.05, upright=upright)
     chosen = (target.hard_mask if hypotheses.mask is None else hypotheses.mask).cpu().numpy() > 0.5

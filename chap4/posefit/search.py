@@ -484,14 +484,8 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         grid = initial.view_grid(mesh, fov, upright=upright)  # (rendered once, for every mask scored)
         if photo is not None:
             regions = initial.photo_regions(photo)  # (one segmentation for every mask scored with it)
-            # Which surface of the border is the floor, the mesh tells (initial.choose_reading); and the mesh reads
-            # the photo itself too, from its outline among the photo's edges (posefit.outlines). (With no usable
-            # reading of the colours, the target's mask is already that one: targets.load_target_image.)
-            readings = [m for m in masks.floor_readings(photo, target.background) if targets.usable_mask(m)]
-            if readings:
-                outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)
-                if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
-                    readings.append(outline)
+            # Which surface of the border is the floor, the mesh tells (initial.choose_reading).
+            readings = photo_readings(mesh, photo, fov, target.background, upright)
             if len(readings) > 1:
                 on_edges = [masks.outline_on_edges(photo, m) for m in readings]
                 k, care = initial.choose_reading(mesh, [torch.from_numpy(m) for m in readings], fov,
@@ -517,6 +511,20 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         hypotheses.care = care
         hypotheses.in_front_share = float(((1 - care.to(counted.device)) * counted).sum() / counted.sum().clamp(min=1))
     return hypotheses
+
+
+def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
+                   upright: initial.Upright | None = None) -> list[np.ndarray]:
+    """The usable masks of a photo that a 6-DoF fit chooses among: one with each surface of the border taken for
+    the floor (posefit.masks.floor_readings), and the mesh's outline among the photo's edges (posefit.outlines)
+    unless it is one of those. Empty if no colour reading is usable (the target's mask is then already the
+    outline's: targets.load_target_image)."""
+    readings = [m for m in masks.floor_readings(photo, background) if targets.usable_mask(m)]
+    if readings:
+        outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)
+        if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
+            readings.append(outline)
+    return readings
 
 
 def six_dof_poses(mesh, R: torch.Tensor, T: torch.Tensor, fov: float) -> pose.SixDoF:
