@@ -27,9 +27,10 @@ report, whose white teapot on wood-brown showed the readings' trial; checked
 on the photos of 7-12 with several readings), 13 and 14 (session 21's
 reports, whose teapots a few degrees off showed the loop's mask redrawn around
 one pose holding them there; checked on the failures of 10, 11, 13 and 14 and
-the successes of 13, 14 and part of 10); the README reports seed 15, fresh in
-session 22 (its failures looked into in session 23, with bench_masks.py: a
-tuning seed now), and the seeds of earlier rounds. The next fresh seed is 16.
+the successes of 13, 14 and part of 10); seed 15, fresh in session 22 (its
+failures looked into in session 23, with bench_masks.py: a tuning seed now);
+the README reports seed 16, fresh in session 24 (its two failures looked at
+then), and the seeds of earlier rounds. The next fresh seed is 17.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):
