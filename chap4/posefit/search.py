@@ -14,6 +14,7 @@ does nothing but keep the record: no pruning, no schedule.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import replace
 
@@ -482,6 +483,7 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     searched = False  # for something in front of the object, in the mask the fit will use
     with render.cpu_threads(render.DEFAULT_CPU_THREADS):
         grid = initial.view_grid(mesh, fov, upright=upright)  # (rendered once, for every mask scored)
+        trial = TrialCache(mesh, fov, grid, upright)
         if photo is not None:
             regions = initial.photo_regions(photo)  # (one segmentation for every mask scored with it)
             # Which surface of the border is the floor, the mesh tells (initial.choose_reading).
@@ -490,9 +492,7 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
                 on_edges = [masks.outline_on_edges(photo, m) for m in readings]
                 k, care = initial.choose_reading(mesh, [torch.from_numpy(m) for m in readings], fov,
                                                  upright=upright, photo=photo, regions=regions,
-                                                 outline_on_edges=on_edges, grid=grid,
-                                                 trial=lambda mask, care: trial_iou(mesh, mask, care, fov, grid,
-                                                                                    upright=upright))
+                                                 outline_on_edges=on_edges, grid=grid, trial=trial)
                 searched = True
                 if not np.array_equal(readings[k], target.hard_mask.cpu().numpy()):
                     mask = torch.from_numpy(readings[k])
@@ -500,7 +500,7 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         # A photo's mask may hold something in front of the object: the grid finds it (initial.in_front_piece).
         R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright,
                                               photo=None if searched else photo, regions=regions, care=care,
-                                              grid=grid)
+                                              grid=grid, trial=trial)
     poses = six_dof_poses(mesh, R, T, fov)
     hypotheses = Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
                             scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
@@ -560,6 +560,23 @@ def trial_iou(mesh, mask: torch.Tensor, care: torch.Tensor | None, fov: float, g
             poses.constrain()
     silhouettes = initial.hard_silhouettes(mesh, *poses.poses(), fov, tuple(mask.shape)) > 0.5
     return max(pose.silhouette_iou(silhouette, mask > 0.5, care) for silhouette in silhouettes)
+
+
+class TrialCache:
+    """trial_iou(mesh, mask, care, fov, grid, upright=upright) as a function of (mask, care), each pair fitted
+    once: a reading's trial with and without its piece in front (initial.in_front_piece) is asked for again when
+    the readings are told apart (initial.choose_reading)."""
+
+    def __init__(self, mesh, fov: float, grid: initial.ViewGrid, upright: initial.Upright | None):
+        self.mesh, self.fov, self.grid, self.upright = mesh, fov, grid, upright
+        self.known: dict[tuple, float] = {}
+
+    def __call__(self, mask: torch.Tensor, care: torch.Tensor | None) -> float:
+        key = tuple(None if t is None else hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()
+                    for t in (mask, care))
+        if key not in self.known:
+            self.known[key] = trial_iou(self.mesh, mask, care, self.fov, self.grid, upright=self.upright)
+        return self.known[key]
 
 
 def upright_prior(options, mesh) -> initial.Upright | None:
