@@ -564,8 +564,8 @@ def trial_iou(mesh, mask: torch.Tensor, care: torch.Tensor | None, fov: float, g
 
 class TrialCache:
     """trial_iou(mesh, mask, care, fov, grid, upright=upright) as a function of (mask, care), each pair fitted
-    once: a reading's trial with and without its piece in front (initial.in_front_piece) is asked for again when
-    the readings are told apart (initial.choose_reading)."""
+    once: the chosen reading's trial as a whole, from when the readings were told apart
+    (initial.choose_reading), is asked for again when its near misses are tried (initial.in_front_piece)."""
 
     def __init__(self, mesh, fov: float, grid: initial.ViewGrid, upright: initial.Upright | None):
         self.mesh, self.fov, self.grid, self.upright = mesh, fov, grid, upright
