@@ -151,6 +151,7 @@ class SceneSpec:
     noise_sigma: float = 0.0  # 8-bit units, Gaussian per channel
     jpeg_quality: int | None = None  # None = PNG
     cutout: bool = False  # RGBA: the object alone, alpha = its anti-aliased coverage
+    object_rgb: tuple | None = None  # the teapot's diffuse reflectance (linear); None: white plastic (TEAPOT_WHITE)
     exposure_key: float = 0.18  # auto-exposure: mean luminance maps to this (highlights capped)
     seed: int = 0  # Mitsuba sampler + noise
     meta: dict = field(default_factory=dict)
@@ -329,13 +330,32 @@ def _mesh_shape(mesh: str, bsdf: dict, flip_tex_coords: bool = True) -> dict:
             "flip_tex_coords": bool(flip_tex_coords)}
 
 
-def _object_bsdf(mesh: str) -> dict:
+TEAPOT_WHITE = (0.80, 0.80, 0.78)  # the benchmark's teapot: plain white plastic
+# Outside the fixed ranges, a probe (bench_photo.py --teapot-colours): teapots of other colours, in turn (linear).
+TEAPOT_COLOURS = {"red": (0.55, 0.06, 0.05), "blue": (0.08, 0.16, 0.55), "black": (0.04, 0.04, 0.04),
+                  "green": (0.15, 0.45, 0.12), "yellow": (0.75, 0.6, 0.08), "brown": (0.3, 0.16, 0.07),
+                  "pink": (0.8, 0.4, 0.5), "teal": (0.1, 0.45, 0.45)}
+
+
+def coloured_teapots(specs: list[SceneSpec]) -> list[tuple[SceneSpec, str | None]]:
+    """Each spec with its teapot painted the next of TEAPOT_COLOURS in turn (a cow is left as it is), and the
+    colour's name (None for a cow): the probe's cases, the same poses, floors and lights as the benchmark's."""
+    names, out = list(TEAPOT_COLOURS), []
+    for spec in specs:
+        if spec.mesh != "teapot":
+            out.append((spec, None))
+            continue
+        name = names[sum(1 for _, n in out if n is not None) % len(names)]
+        out.append((spec.replace(object_rgb=TEAPOT_COLOURS[name]), name))
+    return out
+
+
+def _object_bsdf(mesh: str, rgb: tuple | None = None) -> dict:
     if mesh == "cow":
         return {"type": "diffuse", "reflectance": {"type": "bitmap", "filename": str(COW_TEXTURE),
                                                    "filter_type": "bilinear"}}
-    # the teapot: plain white plastic
     return {"type": "roughplastic", "distribution": "ggx", "alpha": 0.12,
-            "diffuse_reflectance": {"type": "rgb", "value": [0.80, 0.80, 0.78]}}
+            "diffuse_reflectance": {"type": "rgb", "value": list(rgb or TEAPOT_WHITE)}}
 
 
 def _occluder_shapes(occ: Occluder, bsdf: dict) -> dict:
@@ -388,7 +408,7 @@ def build_scene_dict(spec: SceneSpec, pass_: str, spp: int) -> dict:
     if pass_ == "beauty":
         scene["integrator"] = {"type": "path", "max_depth": 5}
         scene["sensor"] = _sensor(spec, spp, "gaussian")
-        scene["object"] = _mesh_shape(spec.mesh, _object_bsdf(spec.mesh))
+        scene["object"] = _mesh_shape(spec.mesh, _object_bsdf(spec.mesh, spec.object_rgb))
         floor = {"type": "diffuse", "reflectance": {"type": "rgb", "value": srgb_to_linear(spec.floor_rgb).tolist()}}
         scene["floor"] = {
             "type": "rectangle",
@@ -438,7 +458,7 @@ def render_albedo(spec: SceneSpec, spp: int = 16, flip_tex_coords: bool = True) 
     """The object's albedo (H, W, 3, linear; the cow's texture colour) under no lighting at all, and its
     coverage: to compare texture placement with PyTorch3D's TexturesUV."""
     scene = build_scene_dict(spec, "silhouette", spp)
-    scene["object"] = _mesh_shape(spec.mesh, _object_bsdf(spec.mesh), flip_tex_coords)
+    scene["object"] = _mesh_shape(spec.mesh, _object_bsdf(spec.mesh, spec.object_rgb), flip_tex_coords)
     albedo = _render(scene)[..., -3:]
     cov = render_coverage(spec, "silhouette", spp)
     return albedo / np.maximum(cov, 1e-6)[..., None], cov

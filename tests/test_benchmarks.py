@@ -4,9 +4,12 @@ These check the plumbing (arguments, output tables, files), not the figures:
 the full runs and their targets are in the README.
 """
 
+import importlib.util
 import json
 import math
+import sys
 
+import numpy as np
 from conftest import REPO, run_script
 from PIL import Image
 
@@ -131,3 +134,23 @@ def test_mask_benchmark_scores_the_fits_start_against_the_truth(tmp_path, meshes
     # A folder with no cases in it: one line, exit 2.
     empty = run_benchmark("bench_masks.py", "--cases", tmp_path)
     assert empty.returncode == 2 and "holds no cases.json" in empty.stderr
+
+
+def test_the_teapot_colour_probe_paints_only_the_teapots_and_keeps_each_case(monkeypatch):
+    loader = importlib.util.spec_from_file_location("scenes", BENCHMARKS / "scenes.py")
+    scenes = importlib.util.module_from_spec(loader)
+    monkeypatch.setitem(sys.modules, "scenes", scenes)  # (its dataclasses look their module up; undone after)
+    loader.loader.exec_module(scenes)  # (Mitsuba is imported only to render)
+
+    specs = scenes.sample_photo_cases(3, 6)
+    painted = scenes.coloured_teapots(specs)
+    names = [name for _, name in painted]
+    assert names == ["red", None, "blue", None, "black", None]  # teapots first, then every other case
+    for (spec, name), plain in zip(painted, specs, strict=True):
+        assert np.array_equal(spec.R, plain.R) and np.array_equal(spec.T, plain.T)
+        assert spec.floor_name == plain.floor_name and spec.occluder == plain.occluder
+        assert spec.object_rgb == (None if name is None else scenes.TEAPOT_COLOURS[name])
+        colour = scenes._object_bsdf(spec.mesh, spec.object_rgb)
+        if spec.mesh == "teapot":
+            assert colour["diffuse_reflectance"]["value"] == list(spec.object_rgb)
+    assert scenes._object_bsdf("teapot")["diffuse_reflectance"]["value"] == list(scenes.TEAPOT_WHITE)
