@@ -94,7 +94,8 @@ def render_cases(seed: int, count: int, folder: Path, teapot_colours: bool = Fal
         Image.fromarray(result["object_mask"].astype(np.uint8) * 255).save(folder / f"case_{i:02d}_truth_mask.png")
         cases.append({"case": i, "file": path.name, "mesh": spec.mesh, "R": np.asarray(spec.R).tolist(),
                       "T": np.asarray(spec.T).tolist(), "fov": float(spec.fov), "size": list(spec.size),
-                      "floor": spec.floor_name + (f"/{colour} teapot" if colour else ""), "cutout": bool(spec.cutout), "jpeg": spec.jpeg_quality,
+                      "floor": spec.floor_name + (f"/{colour} teapot" if colour else ""),
+                      "cutout": bool(spec.cutout), "jpeg": spec.jpeg_quality,
                       "occluded_share": float(result["occluded_share"]) if spec.occluder is not None else 0.0,
                       "roll_deg": float(spec.meta.get("roll_deg", 0.0))})
         print(f"rendered case {i:2d}: {spec.mesh} on {spec.floor_name}, {path.name}, "

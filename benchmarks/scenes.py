@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -340,12 +341,12 @@ TEAPOT_COLOURS = {"red": (0.55, 0.06, 0.05), "blue": (0.08, 0.16, 0.55), "black"
 def coloured_teapots(specs: list[SceneSpec]) -> list[tuple[SceneSpec, str | None]]:
     """Each spec with its teapot painted the next of TEAPOT_COLOURS in turn (a cow is left as it is), and the
     colour's name (None for a cow): the probe's cases, the same poses, floors and lights as the benchmark's."""
-    names, out = list(TEAPOT_COLOURS), []
+    names, out = itertools.cycle(TEAPOT_COLOURS), []
     for spec in specs:
         if spec.mesh != "teapot":
             out.append((spec, None))
             continue
-        name = names[sum(1 for _, n in out if n is not None) % len(names)]
+        name = next(names)
         out.append((spec.replace(object_rgb=TEAPOT_COLOURS[name]), name))
     return out
 

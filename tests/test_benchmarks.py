@@ -152,7 +152,6 @@ def test_the_teapot_colour_probe_paints_only_the_teapots_and_keeps_each_case(mon
         assert np.array_equal(spec.R, plain.R) and np.array_equal(spec.T, plain.T)
         assert spec.floor_name == plain.floor_name and spec.occluder == plain.occluder
         assert spec.object_rgb == (None if name is None else scenes.TEAPOT_COLOURS[name])
-        colour = scenes._object_bsdf(spec.mesh, spec.object_rgb)
         if spec.mesh == "teapot":
-            assert colour["diffuse_reflectance"]["value"] == list(spec.object_rgb)
+            assert scenes._object_bsdf(spec.mesh, spec.object_rgb)["diffuse_reflectance"]["value"] == list(spec.object_rgb)
     assert scenes._object_bsdf("teapot")["diffuse_reflectance"]["value"] == list(scenes.TEAPOT_WHITE)
