@@ -516,6 +516,29 @@ def test_the_compiled_light_solve_gives_torchs_light(monkeypatch):
     assert torch.allclose(lights[0], lights[1], atol=1e-4)
 
 
+def test_a_photos_edge_pixel_is_matched_at_its_true_share_only_when_mixed_as_light():
+    # A camera averages the light over a pixel, then encodes it: a bright object covering 40% of a pixel over a
+    # dark floor. encoded_composite reproduces that pixel at the object's true share; mixing the encoded colours
+    # (a render's way) needs a larger share, i.e. a bright object fitted too large, too close.
+    from posefit import frame_fit
+
+    bright, dark, coverage = torch.tensor([0.9, 0.85, 0.8]), torch.tensor([0.25, 0.3, 0.2]), 0.4
+    light = coverage * frame_fit.to_linear(bright) + (1 - coverage) * frame_fit.to_linear(dark)
+    pixel = frame_fit.to_srgb(light)
+    assert torch.allclose(frame_fit.to_linear(pixel), light, atol=1e-6)  # the two transfer functions invert
+    share = torch.full((1, 1, 1, 1), coverage)
+    composite = frame_fit.encoded_composite(share, bright.reshape(1, 1, 1, 3), frame_fit.to_linear(dark).reshape(1, 1, 3))
+    assert torch.allclose(composite.reshape(3), pixel, atol=1e-5)
+    encoded_share = (pixel - dark) / (bright - dark)  # the share at which the encoded colours' mix matches
+    assert (encoded_share > coverage + 0.1).all()
+    # Wholly the object, it is the object's colour; not at all, the backdrop's (a light's values below 0 too).
+    shaded = torch.tensor([[-0.05, 0.5, 1.1]]).reshape(1, 1, 1, 3)
+    behind = frame_fit.to_linear(torch.tensor([0.0, 0.3, 0.7])).reshape(1, 1, 3)
+    for share, expected in ((1.0, shaded.reshape(3)), (0.0, torch.tensor([0.0, 0.3, 0.7]))):
+        out = frame_fit.encoded_composite(torch.full((1, 1, 1, 1), share), shaded, behind)
+        assert torch.allclose(out.reshape(3), expected, atol=1e-5)
+
+
 def test_a_pose_that_shows_nothing_is_lost_even_against_an_empty_mask():
     # A fitted pose whose silhouette is empty (the object gone far away or behind the camera) must not pass
     # for a perfect fit of an empty mask (IoU 1): the tracker would follow it for ever.
