@@ -62,6 +62,7 @@ from posefit import cli, data, initial, outputs, pose, render, video
 from posefit.errors import EXIT_INTERRUPTED, UserError
 from posefit.frame_fit import (
     FACES_PER_PIXEL,
+    ROBUST_LIGHT_PASSES,
     SIGMA_AT_128,
     WEIGHT_COLOUR,
     GradientScale,
@@ -181,7 +182,7 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     R0 = torch.cat([torch.stack([R for R, _ in candidates]), R0])
     T0 = torch.cat([torch.stack([T for _, T in candidates]), T0])
     R, T, loss, _ = fit(renderers, mesh.extend(len(R0)), R0, T0, frame, iterations=iterations, lr=lr,
-                        lr_end=lr_end, weight_colour=weight_colour)
+                        lr_end=lr_end, weight_colour=weight_colour, light_passes=ROBUST_LIGHT_PASSES)
     best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
     R, T = R[best : best + 1], T[best : best + 1]
     # The frame's mask drawn again around the pose found, as for any tracked frame: the frame's own mask
@@ -193,7 +194,7 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     if found.any() and (redrawn.mask.bool() & found).sum() >= MIN_REDRAWN_SHARE * found.sum():
         frame = redrawn
     R, T, _, silhouette = fit(renderers, mesh, R, T, frame, iterations=final_iterations, lr=lr, lr_end=lr_end,
-                              weight_colour=weight_colour)
+                              weight_colour=weight_colour, light_passes=ROBUST_LIGHT_PASSES)
     return frame, R, T, silhouette
 
 
@@ -465,7 +466,7 @@ def track(
             R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
                                    lr_end=lr_end, weight_colour=weight_colour,
                                    prior_weight=prior_weight if len(history) >= 2 else 0.0,
-                                   scale=scale)
+                                   scale=scale, light_passes=ROBUST_LIGHT_PASSES)
             clock.lap("fit")
             silhouette = hard_silhouette(renderers, mesh, R, T, frame.window)
             iou = tracked_iou(silhouette, frame.mask)
@@ -477,7 +478,8 @@ def track(
                 # A frame that only lags behind a fast turn needs a few more steps, not a search (a tenth
                 # of its cost): it is searched only if they do not bring its IoU back above --lost-iou.
                 R_more, T_more, loss_more, _ = fit(renderers, mesh, R, T, frame, iterations=iterations, lr=lr,
-                                                   lr_end=lr_end, weight_colour=weight_colour, scale=scale)
+                                                   lr_end=lr_end, weight_colour=weight_colour, scale=scale,
+                                                   light_passes=ROBUST_LIGHT_PASSES)
                 silhouette_more = hard_silhouette(renderers, mesh, R_more, T_more, frame.window)
                 iou_more = tracked_iou(silhouette_more, frame.mask)
                 steps += iterations

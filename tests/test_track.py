@@ -539,6 +539,33 @@ def test_a_photos_edge_pixel_is_matched_at_its_true_share_only_when_mixed_as_lig
         assert torch.allclose(out.reshape(3), expected, atol=1e-5)
 
 
+def test_a_post_in_front_skews_the_plain_light_but_not_the_robust_one():
+    # A third of the object's pixels covered by a red post: solved on every pixel, the light makes up for the
+    # post (its ambient and direction skewed, every pixel's shading wrong); reweighted as the colour term
+    # weighs the pixels, it comes back near the true light. Without a post the two agree.
+    from posefit import frame_fit, targets
+
+    g = torch.Generator().manual_seed(0)
+    H, W = 24, 30
+    albedo = torch.where(torch.rand(1, H, W, 1, generator=g) < 0.4, 0.1, 0.85).expand(1, H, W, 3).contiguous()
+    normals = torch.nn.functional.normalize(torch.randn(1, H, W, 3, generator=g) + torch.tensor([0, 0, -1.5]), dim=-1)
+    true = torch.tensor([[0.55, 0.5, 0.45, 0.1, 0.3, -0.35, 0.02, 0.03, 0.01]])
+    clean = targets.shade(albedo, normals, true)[0]
+    weights = torch.ones(1, H, W)
+    covered = clean.clone()
+    covered[:, 10:20] = torch.tensor([0.7, 0.15, 0.12])  # the post, over a third of the columns
+
+    def error(light):
+        return float((targets.shade(albedo, normals, light) - clean).norm(dim=-1)[0, :, :10].mean())
+
+    plain = targets.solve_light(albedo, normals, covered, weights)
+    robust = frame_fit.robust_light(albedo, normals, covered, weights, frame_fit.ROBUST_LIGHT_PASSES)
+    assert error(plain) > 0.05  # the shading of the pixels the post leaves alone, off by 5% of white or more
+    assert error(robust) < 0.5 * error(plain)
+    unharmed = frame_fit.robust_light(albedo, normals, clean, weights, frame_fit.ROBUST_LIGHT_PASSES)
+    assert error(unharmed) < 0.01 and abs(error(unharmed) - error(targets.solve_light(albedo, normals, clean, weights))) < 1e-3
+
+
 def test_a_pose_that_shows_nothing_is_lost_even_against_an_empty_mask():
     # A fitted pose whose silhouette is empty (the object gone far away or behind the camera) must not pass
     # for a perfect fit of an empty mask (IoU 1): the tracker would follow it for ever.
