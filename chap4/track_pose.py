@@ -58,7 +58,7 @@ from pytorch3d.renderer import look_at_view_transform
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 from tqdm import tqdm
 
-from posefit import cli, data, initial, outputs, pose, render, video
+from posefit import cli, data, initial, masks, outputs, pose, render, video
 from posefit.errors import EXIT_INTERRUPTED, UserError
 from posefit.frame_fit import (
     FACES_PER_PIXEL,
@@ -164,7 +164,8 @@ def synthetic_poses(num_frames: int, seed: int = 0, distance: float = 3.0, eleva
 
 
 def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degrees: float, starts: int,
-              iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float):
+              iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float,
+              palette=None):
     """A lost frame searched again: the 6-DoF initialisation (posefit.initial) over the views within `degrees`
     of the first candidate (the last good pose), on the frame's own mask (not one drawn from a prediction),
     and the candidates themselves (the last good pose, the frame's own fit); all refined together, the lowest
@@ -194,7 +195,7 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     if found.any() and (redrawn.mask.bool() & found).sum() >= MIN_REDRAWN_SHARE * found.sum():
         frame = redrawn
     R, T, _, silhouette = fit(renderers, mesh, R, T, frame, iterations=final_iterations, lr=lr, lr_end=lr_end,
-                              weight_colour=weight_colour, light_passes=ROBUST_LIGHT_PASSES)
+                              weight_colour=weight_colour, light_passes=ROBUST_LIGHT_PASSES, palette=palette)
     return frame, R, T, silhouette
 
 
@@ -434,6 +435,7 @@ def track(
     scale = GradientScale()  # the gradients' running scale, carried through the frames' fits
     history, last_good, recent_loss = [], init, []  # estimates since the start or a search; per-pixel losses
     silhouette = None  # the last fitted silhouette, where the next frame's object is looked for
+    palette = None  # a photo's object colours (frame 0's at the given pose): what covers it is told from them
     paused_until = 0  # no search before this frame index (SEARCH_PAUSE)
     stopped = "done"
     bar = tqdm(total=total, disable=not progress, desc="tracking", unit="frame")
@@ -458,6 +460,8 @@ def track(
             if silhouette is None:  # no fitted silhouette to look near: the start's
                 silhouette = hard_silhouette(renderers, mesh, R_start[None], T_start[None])
             frame = Observed(prepared, size, background, silhouette)
+            if palette is None and frame.photo:  # the object's colours, where frame 0 shows it at the given pose
+                palette = masks.object_palette(frame.colours.numpy(), silhouette.cpu().numpy())
             clock.lap("mask")
             if len(history) >= 1:  # move the start onto the object's centroid (a pan) in this frame
                 T_start = recentre(T_start, hard_silhouette(renderers, mesh, R_start[None], T_start[None], frame.window),
@@ -466,7 +470,7 @@ def track(
             R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
                                    lr_end=lr_end, weight_colour=weight_colour,
                                    prior_weight=prior_weight if len(history) >= 2 else 0.0,
-                                   scale=scale, light_passes=ROBUST_LIGHT_PASSES)
+                                   scale=scale, light_passes=ROBUST_LIGHT_PASSES, palette=palette)
             clock.lap("fit")
             silhouette = hard_silhouette(renderers, mesh, R, T, frame.window)
             iou = tracked_iou(silhouette, frame.mask)
@@ -479,7 +483,7 @@ def track(
                 # of its cost): it is searched only if they do not bring its IoU back above --lost-iou.
                 R_more, T_more, loss_more, _ = fit(renderers, mesh, R, T, frame, iterations=iterations, lr=lr,
                                                    lr_end=lr_end, weight_colour=weight_colour, scale=scale,
-                                                   light_passes=ROBUST_LIGHT_PASSES)
+                                                   light_passes=ROBUST_LIGHT_PASSES, palette=palette)
                 silhouette_more = hard_silhouette(renderers, mesh, R_more, T_more, frame.window)
                 iou_more = tracked_iou(silhouette_more, frame.mask)
                 steps += iterations
@@ -493,7 +497,8 @@ def track(
                 frame, R, T, _ = reacquire(renderers, mesh, prepared, size, background, fov, [last_good, (R[0], T[0])],
                                               degrees=search_degrees, starts=search_starts,
                                               iterations=search_iterations, final_iterations=search_final_iterations,
-                                              lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour)
+                                              lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour,
+                                              palette=palette)
                 silhouette = hard_silhouette(renderers, mesh, R, T)
                 iou = tracked_iou(silhouette, frame.mask)
                 lost = iou < lost_iou

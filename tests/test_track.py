@@ -639,6 +639,33 @@ def test_something_in_front_is_found_where_it_crosses_the_predicted_silhouette_a
     assert not masks.in_front(mask | (bar & disc), background, disc).any(), "nothing in front: nothing found"
 
 
+def test_the_pixels_a_post_covers_are_told_from_the_object_by_colour_and_reach():
+    # A black-and-white object (a disc of patches) on a brown floor, a teal post crossing it from top to
+    # bottom: the post's pixels over the disc are found (they are nearer the post's colours than the object's
+    # expected ones), the object's own pixels are not, even its black patches; without a post, or with a
+    # post of the object's own white (not told apart here), nothing is.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:60, :80]
+    disc = (yy - 30) ** 2 + (xx - 40) ** 2 <= 15**2
+    patches = np.kron(rng.random((12, 16)) < 0.35, np.ones((5, 5), bool))  # black patches of 5x5 pixels
+    expected = np.where(patches[..., None], 0.08, 0.85) * np.ones(3)
+    floor = np.array([0.55, 0.36, 0.25])
+    frame = np.where(disc[..., None], expected, floor)
+    palette = masks.object_palette(frame, disc)
+    post = (xx >= 44) & (xx < 50)
+    for colour, shade, found in (((0.1, 0.45, 0.45), 0.8 + 0.2 * (yy / 60)[..., None], True),
+                                 ((0.85, 0.85, 0.85), 1.0, False)):
+        seen = np.where(post[..., None], np.array(colour) * shade, frame) + rng.normal(0, 0.01, frame.shape)
+        sure_object = disc | post
+        covered = masks.covered_by_front(seen, disc, sure_object, expected, palette)
+        if found:
+            assert masks.iou(covered, post & disc) > 0.9, "the post's pixels over the object"
+            assert not covered[disc & ~post].any(), "the object's own pixels, black patches included"
+        else:
+            assert not covered.any(), "a post coloured like the object is not told from it"
+    assert not masks.covered_by_front(frame, disc, disc.copy(), expected, palette).any(), "no post: nothing"
+
+
 def test_a_photo_frame_keeps_the_predicted_object_behind_something_in_front():
     # A white box on a terracotta floor, a navy post crossing its right side and reaching well above and
     # below it. Drawn around the box's silhouette, the mask keeps the box behind the post (the mask drawn

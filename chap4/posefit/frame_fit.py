@@ -123,12 +123,16 @@ class Observed:
             else:
                 mask = masks.photo_mask(colours, background, model=prepared.backdrop)
         beyond = None  # the pixels of something in front of the object, beyond its predicted silhouette
+        # The backdrop model's sure object (a photo's, with a prediction), and the silhouette's pixels that
+        # something in front covers (set by `fit` with a palette: find_covered).
+        self.sure_object, self.covered = None, None
         if self.photo and predicted is not None:  # (a cut-out is no photo: its alpha is the mask)
             # Something in front of the object: where it covers the predicted silhouette the object is
             # taken to go on behind it (those pixels join the mask: the prediction holds there), and
             # beyond the silhouette its pixels do not count (the object may move behind it).
             hidden = masks.in_front(mask, prepared.backdrop[0], predicted)
             mask, beyond = mask | (hidden & predicted), hidden & ~predicted
+            self.sure_object = prepared.backdrop[1]
         self.colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32))
         self.mask = torch.from_numpy(mask.astype(np.float32))
         self.weight = None
@@ -211,7 +215,9 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     if weight_colour:
         albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
         share, colours = silhouette[..., None], frame.colours[y, x]
-        light = robust_light(albedo, normals, colours, (silhouette.detach() > 0.5) * mask,
+        # The pixels something in front covers (find_covered) count neither for the light nor for the colours.
+        seen = 1.0 if frame.covered is None else 1.0 - frame.covered[y, x]
+        light = robust_light(albedo, normals, colours, (silhouette.detach() > 0.5) * mask * seen,
                              light_passes if frame.photo else 0)
         shaded = targets.shade(albedo, normals, light)
         if frame.backdrop_linear is not None:  # a photo
@@ -221,10 +227,31 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
         residual = composite - colours
         with torch.no_grad():
             weight = 1.0 / (1.0 + (residual.norm(dim=-1, keepdim=True) / COLOUR_OUTLIER) ** 2)
+            if frame.covered is not None:
+                weight = weight * seen[..., None]
         loss = loss + weight_colour * (weight * residual**2).sum(dim=(1, 2, 3))
     if prior is not None:
         loss = loss + prior()
     return loss, silhouette.detach()
+
+
+def find_covered(renderers, meshes, R, T, frame: Observed, palette: np.ndarray, light_passes: int) -> None:
+    """frame.covered: the pixels of pose (R, T)'s silhouette (1, 3, 3), (1, 3) that something in front of the
+    object covers (masks.covered_by_front), the object's expected colours rendered at that pose and lit by
+    the frame's light (robust_light). A photo's frame with a prediction only (frame.sure_object)."""
+    y0, y1, x0, x1 = frame.window
+    y, x = slice(y0, y1), slice(x0, x1)
+    with torch.no_grad():
+        fragments = render.rasterize_window(renderers.textured.rasterizer, meshes, frame.window, R=R, T=T)
+        silhouette = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
+        albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
+        colours = frame.colours[y, x]
+        light = robust_light(albedo, normals, colours, (silhouette > 0.5) * frame.mask[y, x], light_passes)
+        expected = targets.shade(albedo, normals, light)[0]
+    covered = masks.covered_by_front(colours.numpy(), (silhouette[0] > 0.5).numpy(), frame.sure_object[y, x],
+                                     expected.numpy(), palette)
+    frame.covered = torch.zeros_like(frame.mask)
+    frame.covered[y, x] = torch.from_numpy(covered.astype(np.float32))
 
 
 class GradientScale:
@@ -265,7 +292,7 @@ class GradientScale:
 
 def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int, lr: float, lr_end: float,
         weight_colour: float, prior_weight: float = 0.0, scale: GradientScale | None = None,
-        light_passes: int = 0):
+        light_passes: int = 0, palette: np.ndarray | None = None):
     """Adam on N 6-DoF poses at once, each a correction of its start (posefit.pose.SixDoF); with `scale`
     (a GradientScale, carried through the frames of one track), its steps instead.
 
@@ -274,9 +301,13 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
     pulls the correction towards zero (the prediction): per pixel of the frame,
     times the squared rotation (radians) and the squared translation as a
     share of the depth. A step that makes a number non-finite is undone and
-    ends the refinement. light_passes: see `losses`. Returns each pose's final (R, T), its loss and its
+    ends the refinement. light_passes: see `losses`. palette (the object's colours, masks.object_palette):
+    a photo's frame with a prediction first finds what covers the object at the start (find_covered, one
+    pose only; once a frame). Returns each pose's final (R, T), its loss and its
     soft silhouette at the last evaluation.
     """
+    if palette is not None and frame.sure_object is not None and frame.covered is None and len(R_start) == 1:
+        find_covered(renderers, meshes, R_start, T_start, frame, palette, light_passes)
     poses = pose.SixDoF(R_start, T_start)
     parameters = list(poses.parameters())
     optimizer = torch.optim.Adam(parameters, lr=lr) if scale is None else None

@@ -80,6 +80,10 @@ FAR_SHARE = 0.5  # a piece of floor cut off by edges (FLOOR_EDGE) stays backgrou
 SILHOUETTE_BAND = 0.12  # around a predicted silhouette, the band a mask decides: this share of its size
 IN_FRONT_REACH = 0.03  # in_front: a piece reaching beyond the silhouette by this share of its area (pixels)
 PRIOR_ODDS = 3.0  # a band pixel goes against the silhouette only if the other side's colour is this much nearer
+OCCLUDER_AWAY = 2.0  # covered_by_front: what stands in front is sampled this many band widths from the silhouette
+OCCLUDER_NEAR = 0.08  # ... and followed, outside the silhouette, through pixels this close to its colours (RGB)
+PALETTE_MARGIN = 0.05  # ... leaving out samples this close to one of the object's own colours (RGB)
+PALETTE_SAMPLES = 300  # object_palette and covered_by_front: colours kept (at random, seeded) for nearest neighbours
 KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
 MIN_SPECK = 0.0005  # smaller blobs are specks (share of the image)
 SAME_READING = 0.97  # floor_readings: a reading whose IoU with an earlier one is at least this is that one
@@ -482,3 +486,55 @@ def refine_with_silhouette(rgb: np.ndarray, silhouette: np.ndarray, margin: floa
         bias = np.where(silhouette[band], PRIOR_ODDS, 1.0 / PRIOR_ODDS)
         mask[band] = nearest_object < bias * nearest_background
     return clean(mask)
+
+
+def _some(colours: np.ndarray, count: int = PALETTE_SAMPLES, seed: int = 0) -> np.ndarray:
+    """At most `count` of the colours, drawn at random (seeded) without replacement."""
+    if len(colours) <= count:
+        return colours
+    return colours[np.random.default_rng(seed).choice(len(colours), count, replace=False)]
+
+
+def object_palette(rgb: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
+    """The object's own colours as a frame shows them, (n, 3) float64: its pixels (the silhouette of its known
+    pose, eroded by a pixel so that the outline's mix with the floor stays out), at most PALETTE_SAMPLES."""
+    inside = ndimage.binary_erosion(silhouette, iterations=1)
+    return _some(rgb[inside if inside.any() else silhouette].astype(np.float64))
+
+
+def covered_by_front(rgb: np.ndarray, silhouette: np.ndarray, sure_object: np.ndarray, expected: np.ndarray,
+                     palette: np.ndarray, margin: float = SILHOUETTE_BAND) -> np.ndarray:
+    """The pixels (H, W) bool of the silhouette that something in front of the object covers (a post).
+
+    What stands in front is sampled away from the silhouette (OCCLUDER_AWAY
+    band widths and more): the pixels the backdrop model is sure are no floor
+    (`sure_object`), less those coloured like the object itself (within
+    PALETTE_MARGIN of its `palette`, object_palette: a pose a few pixels off
+    leaves some of the object outside its silhouette). A pixel of the
+    silhouette is covered when its colour is nearer those samples than the
+    object's `expected` colour anywhere within a pixel of it (the render at
+    the pose, lit by the frame's light: a pose a pixel off moves the
+    texture's patches by a pixel), and it is reached from the samples through
+    such pixels (outside the silhouette: within OCCLUDER_NEAR of the
+    samples' colours). Nothing is covered when there is no such sample (a
+    post coloured like the object is not told from it here).
+    """
+    covered = np.zeros_like(silhouette)
+    if not silhouette.any():
+        return covered
+    colours = rgb.astype(np.float64)
+    away = ~ndimage.binary_dilation(silhouette, iterations=int(OCCLUDER_AWAY * band_width(silhouette, margin)))
+    front = sure_object & away
+    if front.any() and len(palette):
+        front[front] = cKDTree(palette).query(colours[front], k=1)[0] > PALETTE_MARGIN
+    if front.sum() < 5:
+        return covered
+    H, W = silhouette.shape
+    to_front = cKDTree(_some(colours[front])).query(colours.reshape(-1, 3), k=1)[0].reshape(H, W)
+    padded = np.pad(expected.astype(np.float64), ((1, 1), (1, 1), (0, 0)), mode="edge")
+    to_object = np.sqrt(np.min([((padded[i:i + H, j:j + W] - colours) ** 2).sum(-1)
+                                for i in range(3) for j in range(3)], axis=0))
+    like_front = np.where(silhouette, to_front < to_object, to_front < OCCLUDER_NEAR) & (front | silhouette | ~away)
+    labels, _ = ndimage.label(like_front, structure=np.ones((3, 3)))
+    reached = np.unique(labels[front & like_front])
+    return np.isin(labels, reached[reached > 0]) & silhouette
