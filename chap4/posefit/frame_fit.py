@@ -125,14 +125,14 @@ class Observed:
         beyond = None  # the pixels of something in front of the object, beyond its predicted silhouette
         # The backdrop model's sure object (a photo's, with a prediction), and the silhouette's pixels that
         # something in front covers (set by `fit` with a palette: find_covered).
-        self.sure_object, self.covered = None, None
+        self.sure_object, self.predicted, self.covered = None, None, None
         if self.photo and predicted is not None:  # (a cut-out is no photo: its alpha is the mask)
             # Something in front of the object: where it covers the predicted silhouette the object is
             # taken to go on behind it (those pixels join the mask: the prediction holds there), and
             # beyond the silhouette its pixels do not count (the object may move behind it).
             hidden = masks.in_front(mask, prepared.backdrop[0], predicted)
             mask, beyond = mask | (hidden & predicted), hidden & ~predicted
-            self.sure_object = prepared.backdrop[1]
+            self.sure_object, self.predicted = prepared.backdrop[1], predicted
         self.colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32))
         self.mask = torch.from_numpy(mask.astype(np.float32))
         self.weight = None
@@ -238,19 +238,24 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
 def find_covered(renderers, meshes, R, T, frame: Observed, palette: np.ndarray, light_passes: int) -> None:
     """frame.covered: the pixels of pose (R, T)'s silhouette (1, 3, 3), (1, 3) that something in front of the
     object covers (masks.covered_by_front), the object's expected colours rendered at that pose and lit by
-    the frame's light (robust_light). A photo's frame with a prediction only (frame.sure_object)."""
+    the frame's light (robust_light); none (and no render) when nothing unlike the floor and the object lies
+    away from the predicted silhouette. A photo's frame with a prediction only (frame.sure_object)."""
     y0, y1, x0, x1 = frame.window
     y, x = slice(y0, y1), slice(x0, x1)
+    colours = frame.colours[y, x]
+    frame.covered = torch.zeros_like(frame.mask)
+    # Nothing to sample away from the predicted silhouette, nothing in front: no render (a tenth of a frame).
+    front, _ = masks.front_samples(colours.numpy(), frame.predicted[y, x], frame.sure_object[y, x], palette)
+    if front.sum() < masks.MIN_FRONT_SAMPLES:
+        return
     with torch.no_grad():
         fragments = render.rasterize_window(renderers.textured.rasterizer, meshes, frame.window, R=R, T=T)
         silhouette = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
         albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
-        colours = frame.colours[y, x]
         light = robust_light(albedo, normals, colours, (silhouette > 0.5) * frame.mask[y, x], light_passes)
         expected = targets.shade(albedo, normals, light)[0]
     covered = masks.covered_by_front(colours.numpy(), (silhouette[0] > 0.5).numpy(), frame.sure_object[y, x],
                                      expected.numpy(), palette)
-    frame.covered = torch.zeros_like(frame.mask)
     frame.covered[y, x] = torch.from_numpy(covered.astype(np.float32))
 
 

@@ -83,6 +83,7 @@ PRIOR_ODDS = 3.0  # a band pixel goes against the silhouette only if the other s
 OCCLUDER_AWAY = 2.0  # covered_by_front: what stands in front is sampled this many band widths from the silhouette
 OCCLUDER_NEAR = 0.08  # ... and followed, outside the silhouette, through pixels this close to its colours (RGB)
 PALETTE_MARGIN = 0.05  # ... leaving out samples this close to one of the object's own colours (RGB)
+MIN_FRONT_SAMPLES = 5  # ... and finds nothing with fewer such samples
 PALETTE_SAMPLES = 300  # object_palette and covered_by_front: colours kept (at random, seeded) for nearest neighbours
 KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
 MIN_SPECK = 0.0005  # smaller blobs are specks (share of the image)
@@ -502,6 +503,17 @@ def object_palette(rgb: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
     return _some(rgb[inside if inside.any() else silhouette].astype(np.float64))
 
 
+def front_samples(rgb: np.ndarray, silhouette: np.ndarray, sure_object: np.ndarray, palette: np.ndarray,
+                  margin: float = SILHOUETTE_BAND) -> tuple[np.ndarray, np.ndarray]:
+    """covered_by_front's samples of what stands in front (H, W) bool, and the pixels away from the
+    silhouette: the sure object OCCLUDER_AWAY band widths and more from it, less the object's own colours."""
+    away = ~ndimage.binary_dilation(silhouette, iterations=int(OCCLUDER_AWAY * band_width(silhouette, margin)))
+    front = sure_object & away
+    if front.any() and len(palette):
+        front[front] = cKDTree(palette).query(rgb[front].astype(np.float64), k=1)[0] > PALETTE_MARGIN
+    return front, away
+
+
 def covered_by_front(rgb: np.ndarray, silhouette: np.ndarray, sure_object: np.ndarray, expected: np.ndarray,
                      palette: np.ndarray, margin: float = SILHOUETTE_BAND) -> np.ndarray:
     """The pixels (H, W) bool of the silhouette that something in front of the object covers (a post).
@@ -523,11 +535,8 @@ def covered_by_front(rgb: np.ndarray, silhouette: np.ndarray, sure_object: np.nd
     if not silhouette.any():
         return covered
     colours = rgb.astype(np.float64)
-    away = ~ndimage.binary_dilation(silhouette, iterations=int(OCCLUDER_AWAY * band_width(silhouette, margin)))
-    front = sure_object & away
-    if front.any() and len(palette):
-        front[front] = cKDTree(palette).query(colours[front], k=1)[0] > PALETTE_MARGIN
-    if front.sum() < 5:
+    front, away = front_samples(colours, silhouette, sure_object, palette, margin)
+    if front.sum() < MIN_FRONT_SAMPLES:
         return covered
     H, W = silhouette.shape
     to_front = cKDTree(_some(colours[front])).query(colours.reshape(-1, 3), k=1)[0].reshape(H, W)
