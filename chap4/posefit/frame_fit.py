@@ -177,7 +177,8 @@ def robust_light(albedo, normals, colours, weights, passes: int):
     return light
 
 
-def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior=None, light_passes: int = 0):
+def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior=None, light_passes: int = 0,
+           palette: np.ndarray | None = None):
     """Per pose: summed squared silhouette error + weight_colour * robust colour error (+ the motion prior).
 
     One soft rasterization feeds both terms. The colour term compares the
@@ -200,8 +201,10 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     On the nine occluded tuning sequences from three starts: 17 of 27 runs
     within the targets instead of 11 (with the post's pixels known, from the
     renderer, and left out of the light and the colour term: 23). Only the
-    frame's window (Observed.window) is rendered and compared. Returns the loss per
-    pose and the soft silhouettes (of the window).
+    frame's window (Observed.window) is rendered and compared. With a palette
+    (a frame's first step, one pose), what covers the object is found first
+    from this very render (find_covered). Returns the loss per pose and the
+    soft silhouettes (of the window).
     """
     y0, y1, x0, x1 = frame.window
     y, x = slice(y0, y1), slice(x0, x1)
@@ -215,6 +218,8 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     if weight_colour:
         albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
         share, colours = silhouette[..., None], frame.colours[y, x]
+        if palette is not None:
+            find_covered(frame, silhouette.detach(), albedo.detach(), normals.detach(), palette, light_passes)
         # The pixels something in front covers (find_covered) count neither for the light nor for the colours.
         seen = 1.0 if frame.covered is None else 1.0 - frame.covered[y, x]
         light = robust_light(albedo, normals, colours, (silhouette.detach() > 0.5) * mask * seen,
@@ -235,27 +240,30 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     return loss, silhouette.detach()
 
 
-def find_covered(renderers, meshes, R, T, frame: Observed, palette: np.ndarray, light_passes: int) -> None:
-    """frame.covered: the pixels of pose (R, T)'s silhouette (1, 3, 3), (1, 3) that something in front of the
-    object covers (masks.covered_by_front), the object's expected colours rendered at that pose and lit by
-    the frame's light (robust_light); none (and no render) when nothing unlike the floor and the object lies
-    away from the predicted silhouette. A photo's frame with a prediction only (frame.sure_object)."""
+def nothing_in_front(frame: Observed, palette: np.ndarray) -> bool:
+    """Whether nothing unlike the floor and the object lies away from a photo's predicted silhouette
+    (masks.front_samples): then nothing covers the object and find_covered is not needed."""
+    y0, y1, x0, x1 = frame.window
+    y, x = slice(y0, y1), slice(x0, x1)
+    front, _ = masks.front_samples(frame.colours[y, x].numpy(), frame.predicted[y, x], frame.sure_object[y, x],
+                                   palette)
+    return front.sum() < masks.MIN_FRONT_SAMPLES
+
+
+def find_covered(frame: Observed, silhouette, albedo, normals, palette: np.ndarray, light_passes: int) -> None:
+    """frame.covered: the pixels of a pose's silhouette that something in front of the object covers
+    (masks.covered_by_front), the object's expected colours from that pose's render of the frame's window
+    (its soft silhouette (1, h, w), albedo and normals, as `losses` renders them) lit by the frame's light
+    (robust_light). A photo's frame with a prediction only (frame.sure_object)."""
     y0, y1, x0, x1 = frame.window
     y, x = slice(y0, y1), slice(x0, x1)
     colours = frame.colours[y, x]
-    frame.covered = torch.zeros_like(frame.mask)
-    # Nothing to sample away from the predicted silhouette, nothing in front: no render (a tenth of a frame).
-    front, _ = masks.front_samples(colours.numpy(), frame.predicted[y, x], frame.sure_object[y, x], palette)
-    if front.sum() < masks.MIN_FRONT_SAMPLES:
-        return
     with torch.no_grad():
-        fragments = render.rasterize_window(renderers.textured.rasterizer, meshes, frame.window, R=R, T=T)
-        silhouette = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
-        albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
         light = robust_light(albedo, normals, colours, (silhouette > 0.5) * frame.mask[y, x], light_passes)
         expected = targets.shade(albedo, normals, light)[0]
     covered = masks.covered_by_front(colours.numpy(), (silhouette[0] > 0.5).numpy(), frame.sure_object[y, x],
                                      expected.numpy(), palette)
+    frame.covered = torch.zeros_like(frame.mask)
     frame.covered[y, x] = torch.from_numpy(covered.astype(np.float32))
 
 
@@ -311,8 +319,10 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
     pose only; once a frame). Returns each pose's final (R, T), its loss and its
     soft silhouette at the last evaluation.
     """
-    if palette is not None and frame.sure_object is not None and frame.covered is None and len(R_start) == 1:
-        find_covered(renderers, meshes, R_start, T_start, frame, palette, light_passes)
+    # What covers the object: found from the first step's render, unless nothing lies in front (no search).
+    find = palette is not None and frame.sure_object is not None and frame.covered is None and len(R_start) == 1
+    if find and nothing_in_front(frame, palette):
+        frame.covered, find = torch.zeros_like(frame.mask), False
     poses = pose.SixDoF(R_start, T_start)
     parameters = list(poses.parameters())
     optimizer = torch.optim.Adam(parameters, lr=lr) if scale is None else None
@@ -329,7 +339,7 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
     for step in range(iterations):
         rate = lr * lr_end ** (step / max(iterations - 1, 1))
         loss, silhouette = losses(renderers, meshes, *poses(), frame, weight_colour,
-                                  prior if prior_weight else None, light_passes)
+                                  prior if prior_weight else None, light_passes, palette if find and step == 0 else None)
         if not torch.isfinite(loss).all():
             break
         for p in parameters:
