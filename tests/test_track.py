@@ -516,6 +516,28 @@ def test_the_compiled_light_solve_gives_torchs_light(monkeypatch):
     assert torch.allclose(lights[0], lights[1], atol=1e-4)
 
 
+def test_the_compiled_robust_light_gives_the_reweighted_solves_light(monkeypatch):
+    # frame_fit.robust_light's passes in one compiled loop (the CPU default) and as torch's solves and
+    # reweightings, one after the other: one light per image, for each number of passes.
+    from posefit import frame_fit
+
+    rng = np.random.default_rng(2)
+    albedo = torch.from_numpy(rng.uniform(0.1, 0.9, (2, 10, 12, 3)).astype(np.float32))
+    normals = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(2, 10, 12, 3)).astype(np.float32)),
+                                            dim=-1)
+    colours = torch.from_numpy(rng.uniform(0, 1, (10, 12, 3)).astype(np.float32))
+    weights = torch.from_numpy((rng.uniform(size=(2, 10, 12)) > 0.4).astype(np.float32))
+    for passes in (1, 2, 4):
+        lights = []
+        for compiled in (True, False):
+            monkeypatch.setattr(render, "COMPILED_BLEND", compiled)
+            lights.append(frame_fit.robust_light(albedo, normals, colours, weights, passes))
+        assert lights[0].shape == (2, 9) and not torch.equal(lights[0][0], lights[0][1])
+        assert torch.allclose(lights[0], lights[1], atol=1e-4)
+    plain = frame_fit.robust_light(albedo, normals, colours, weights, 0)
+    assert (plain - lights[1]).abs().max() > 1e-3  # the passes do change the light
+
+
 def test_a_photos_edge_pixel_is_matched_at_its_true_share_only_when_mixed_as_light():
     # A camera averages the light over a pixel, then encodes it: a bright object covering 40% of a pixel over a
     # dark floor. encoded_composite reproduces that pixel at the object's true share; mixing the encoded colours

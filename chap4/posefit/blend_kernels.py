@@ -205,3 +205,54 @@ def light_normal_equations(albedo, normals, reference, weights):
     matrix, right = np.zeros((N, 9, 9)), np.zeros((N, 9))
     _light_normal_equations(*arrays, matrix, right)
     return torch.from_numpy(matrix).float(), torch.from_numpy(right).float()
+
+
+@numba.njit(cache=True, nogil=True)
+def _robust_light(albedo, normals, reference, weights, passes, outlier, ridge, lights):
+    """robust_light's passes in one compiled loop per image: the normal equations (as _light_normal_equations,
+    float64), rounded to float32 and regularised as targets.solve_light does, solved; then, `passes` times,
+    each weighed pixel's weight times 1 / (1 + (residual / outlier)^2), its residual under that light (float32,
+    targets.shade's formula), and solved again."""
+    N, P = weights.shape
+    weight = np.empty(P, dtype=np.float32)
+    for i in range(N):
+        for p in range(P):
+            weight[p] = weights[i, p]
+        for step in range(passes + 1):
+            matrix = np.zeros((1, 9, 9))
+            right = np.zeros((1, 9))
+            _light_normal_equations(albedo[i:i + 1], normals[i:i + 1], reference, weight.reshape(1, P), matrix,
+                                    right)
+            count = np.float32(0.0)
+            for p in range(P):
+                count += weight[p]
+            count = max(count, np.float32(1.0))
+            system = matrix[0].astype(np.float32)
+            for j in range(9):
+                system[j, j] += np.float32(ridge) * count
+            light = np.linalg.solve(system, right[0].astype(np.float32))
+            lights[i] = light
+            if step == passes:
+                break
+            for p in range(P):
+                if weights[i, p] == 0.0:
+                    continue
+                lit = (normals[i, p, 0] * light[3] + normals[i, p, 1] * light[4]) + normals[i, p, 2] * light[5]
+                square = np.float32(0.0)
+                for c in range(3):
+                    shaded = albedo[i, p, c] * (light[c] + lit) + light[6 + c]
+                    square += (shaded - reference[p, c]) ** 2
+                ratio = np.sqrt(square) / np.float32(outlier)
+                weight[p] = weights[i, p] / (np.float32(1.0) + ratio * ratio)
+
+
+def robust_light(albedo, normals, reference, weights, passes: int, outlier: float, ridge: float) -> torch.Tensor:
+    """frame_fit.robust_light (targets.solve_light, then solved `passes` times more, reweighted by the residual
+    under the last light) in one compiled pass per image (CPU tensors): albedo and normals (N, H, W, 3),
+    reference (H, W, 3), weights (N, H, W). Returns the light (N, 9); the same numbers to float rounding."""
+    N = albedo.shape[0]
+    arrays = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32).reshape(shape) for t, shape in
+              ((albedo, (N, -1, 3)), (normals, (N, -1, 3)), (reference, (-1, 3)), (weights, (N, -1)))]
+    lights = np.zeros((N, 9), dtype=np.float32)
+    _robust_light(*arrays, int(passes), float(outlier), float(ridge), lights)
+    return torch.from_numpy(lights)

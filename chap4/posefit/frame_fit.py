@@ -20,7 +20,7 @@ from pytorch3d.renderer.utils import parse_image_size
 from pytorch3d.structures import Meshes
 from scipy import ndimage
 
-from posefit import masks, pose, render, targets, video
+from posefit import blend_kernels, masks, pose, render, targets, video
 
 # The colour term's weight. The silhouette pins the outline, but for an out-of-plane turn of a few degrees
 # it hardly changes, and a photo's mask is shifted by its shading (the shaded side lost to the shadow), which
@@ -168,7 +168,12 @@ def fit_window(mask: np.ndarray, silhouette: np.ndarray | None = None) -> tuple[
 def robust_light(albedo, normals, colours, weights, passes: int):
     """targets.solve_light, then solved again `passes` times with each pixel's weight times
     1 / (1 + (residual / COLOUR_OUTLIER)^2), its residual under the last light: the colour term's weights.
-    Returns the light (N, 9)."""
+    Returns the light (N, 9). On the CPU all passes run as one compiled loop (blend_kernels.robust_light: the
+    same numbers to float rounding; a tracker's step spent a tenth of its time on the passes' small tensor
+    operations)."""
+    if passes and not albedo.is_cuda and render.COMPILED_BLEND:
+        return blend_kernels.robust_light(albedo, normals, colours, weights, passes, COLOUR_OUTLIER,
+                                          targets.SHADE_RIDGE)
     light = targets.solve_light(albedo, normals, colours, weights)
     for _ in range(passes):
         with torch.no_grad():
