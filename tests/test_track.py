@@ -538,6 +538,40 @@ def test_the_compiled_robust_light_gives_the_reweighted_solves_light(monkeypatch
     assert (plain - lights[1]).abs().max() > 1e-3  # the passes do change the light
 
 
+def test_the_compiled_photo_colour_term_gives_torchs_loss_and_gradient(monkeypatch, meshes_ready):
+    # losses' colour term of a photo's frame, in one compiled loop (the CPU default) and as torch's
+    # operations: the same loss and the same gradient in the pose, with something in front and without.
+    from posefit import frame_fit
+
+    mesh = data.load_mesh(data.provision_all(data.COW_FILES)[0], "cpu")
+    R, T = track_pose.synthetic_poses(1)
+    size, fov = (48, 64), 55.0
+    renderers, meshes = frame_fit.make_renderers(mesh, size, fov, "cpu")
+    silhouette = frame_fit.hard_silhouette(renderers, meshes, R, T)
+    rng = np.random.default_rng(3)
+    pixels = np.where(silhouette[0, ..., None].numpy(), rng.uniform(0.2, 0.9, (*size, 3)), [0.3, 0.5, 0.4])
+    pixels = pixels + rng.normal(0, 0.02, pixels.shape)  # a noisy floor: a photo
+    raw = video.RawFrame(0, "frame.png", (255 * np.clip(pixels, 0, 1)).astype(np.uint8))
+    R_off, T_off = pose.rotate(R, torch.tensor([[0.03, -0.02, 0.01]])), T * 1.02
+    for covered in (False, True):
+        results = []
+        for compiled in (True, False):
+            monkeypatch.setattr(render, "COMPILED_BLEND", compiled)
+            frame = frame_fit.Observed(raw, size, None, silhouette)
+            assert frame.photo
+            if covered:
+                frame.covered = torch.zeros_like(frame.mask)
+                frame.covered[20:30, 25:35] = 1.0
+            poses = pose.SixDoF(R_off, T_off)
+            loss, _ = frame_fit.losses(renderers, meshes, *poses(), frame, frame_fit.WEIGHT_COLOUR)
+            loss.sum().backward()
+            results.append((loss.detach(), poses.rotation.grad.clone(), poses.translation.grad.clone()))
+        (loss_a, *grads_a), (loss_b, *grads_b) = results
+        assert torch.allclose(loss_a, loss_b, rtol=1e-4)
+        for a, b in zip(grads_a, grads_b, strict=True):
+            assert a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
 def test_a_photos_edge_pixel_is_matched_at_its_true_share_only_when_mixed_as_light():
     # A camera averages the light over a pixel, then encodes it: a bright object covering 40% of a pixel over a
     # dark floor. encoded_composite reproduces that pixel at the object's true share; mixing the encoded colours

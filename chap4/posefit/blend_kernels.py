@@ -256,3 +256,81 @@ def robust_light(albedo, normals, reference, weights, passes: int, outlier: floa
     lights = np.zeros((N, 9), dtype=np.float32)
     _robust_light(*arrays, int(passes), float(outlier), float(ridge), lights)
     return torch.from_numpy(lights)
+
+
+@numba.njit(cache=True, nogil=True)
+def _photo_colour_error(share, albedo, normals, light, behind, colours, seen, outlier, loss, grad_share,
+                        grad_albedo, grad_normals):
+    """frame_fit.losses' colour term of a photo, per image i: sum over pixels p of
+    w_p * |to_srgb(s_p * to_linear(shaded_p) + (1 - s_p) * behind_p) - colours_p|^2, shaded = targets.shade's
+    albedo * (ambient + normal . direction) + offset, w_p = seen_p / (1 + (|residual_p| / outlier)^2) held
+    constant; and its gradient in the share s, the albedo and the normals (float32, the same formulas)."""
+    N, P = share.shape
+    residual, slope_srgb = np.empty(3, dtype=np.float32), np.empty(3, dtype=np.float32)
+    linear, slope_linear = np.empty(3, dtype=np.float32), np.empty(3, dtype=np.float32)
+    for i in range(N):
+        total = F32(0.0)
+        for p in range(P):
+            s = share[i, p]
+            lit = (normals[i, p, 0] * light[i, 3] + normals[i, p, 1] * light[i, 4]) + normals[i, p, 2] * light[i, 5]
+            square = F32(0.0)
+            for c in range(3):
+                shaded = albedo[i, p, c] * (light[i, c] + lit) + light[i, 6 + c]
+                if shaded <= F32(0.04045):
+                    linear[c], slope_linear[c] = shaded / F32(12.92), F32(1.0) / F32(12.92)
+                else:
+                    base = (shaded + F32(0.055)) / F32(1.055)
+                    linear[c] = base ** F32(2.4)
+                    slope_linear[c] = F32(2.4) / F32(1.055) * base ** F32(1.4)
+                mixed = s * linear[c] + (F32(1.0) - s) * behind[p, c]
+                if mixed <= F32(0.0031308):
+                    encoded, slope_srgb[c] = F32(12.92) * mixed, F32(12.92)
+                else:
+                    root = mixed ** (F32(1.0) / F32(2.4))
+                    encoded = F32(1.055) * root - F32(0.055)
+                    slope_srgb[c] = F32(1.055) / F32(2.4) * root / mixed
+                residual[c] = encoded - colours[p, c]
+                square += residual[c] * residual[c]
+            ratio = F32(math.sqrt(square)) / F32(outlier)
+            weight = seen[p] / (F32(1.0) + ratio * ratio)
+            total += weight * square
+            lit_grad = F32(0.0)
+            share_grad = F32(0.0)
+            for c in range(3):
+                d_mixed = F32(2.0) * weight * residual[c] * slope_srgb[c]
+                share_grad += d_mixed * (linear[c] - behind[p, c])
+                d_shaded = d_mixed * s * slope_linear[c]
+                grad_albedo[i, p, c] = d_shaded * (light[i, c] + lit)
+                lit_grad += d_shaded * albedo[i, p, c]
+            grad_share[i, p] = share_grad
+            for j in range(3):
+                grad_normals[i, p, j] = lit_grad * light[i, 3 + j]
+        loss[i] = total
+
+
+class _PhotoColourError(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, share, albedo, normals, light, behind, colours, seen, outlier):
+        N = share.shape[0]
+        arrays = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32).reshape(shape) for t, shape in
+                  ((share, (N, -1)), (albedo, (N, -1, 3)), (normals, (N, -1, 3)), (light, (N, 9)),
+                   (behind, (-1, 3)), (colours, (-1, 3)), (seen, (-1,)))]
+        loss = np.empty(N, dtype=np.float32)
+        grads = (np.empty_like(arrays[0]), np.empty_like(arrays[1]), np.empty_like(arrays[2]))
+        _photo_colour_error(*arrays, float(outlier), loss, *grads)
+        ctx.grads = [torch.from_numpy(g).reshape(t.shape) for g, t in zip(grads, (share, albedo, normals),
+                                                                           strict=True)]
+        return torch.from_numpy(loss)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        share, albedo, normals = (g * grad_loss.reshape(-1, *([1] * (g.dim() - 1))) for g in ctx.grads)
+        return share, albedo, normals, None, None, None, None, None
+
+
+def photo_colour_error(share, albedo, normals, light, behind_linear, colours, seen, outlier: float) -> torch.Tensor:
+    """frame_fit.losses' colour term of a photo (N,) in one compiled loop, forward and gradient (CPU tensors):
+    share (N, h, w), the soft silhouette; albedo and normals (N, h, w, 3); light (N, 9), constant;
+    behind_linear and colours (h, w, 3); seen (h, w), the pixels' weights before the residual's (1: all).
+    Differentiable in share, albedo and normals; the same numbers as the torch operations to float rounding."""
+    return _PhotoColourError.apply(share, albedo, normals, light, behind_linear, colours, seen, outlier)
