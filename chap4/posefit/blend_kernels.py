@@ -275,14 +275,18 @@ def _photo_colour_error(share, albedo, normals, light, behind, colours, seen, ou
             lit = (normals[i, p, 0] * light[i, 3] + normals[i, p, 1] * light[i, 4]) + normals[i, p, 2] * light[i, 5]
             square = F32(0.0)
             for c in range(3):
-                shaded = albedo[i, p, c] * (light[i, c] + lit) + light[i, 6 + c]
-                if shaded <= F32(0.04045):
-                    linear[c], slope_linear[c] = shaded / F32(12.92), F32(1.0) / F32(12.92)
+                if s == F32(0.0):  # no face here: the backdrop alone, and no gradient flows back to the share
+                    linear[c], slope_linear[c] = F32(0.0), F32(0.0)
+                    mixed = behind[p, c]
                 else:
-                    base = (shaded + F32(0.055)) / F32(1.055)
-                    linear[c] = base ** F32(2.4)
-                    slope_linear[c] = F32(2.4) / F32(1.055) * base ** F32(1.4)
-                mixed = s * linear[c] + (F32(1.0) - s) * behind[p, c]
+                    shaded = albedo[i, p, c] * (light[i, c] + lit) + light[i, 6 + c]
+                    if shaded <= F32(0.04045):
+                        linear[c], slope_linear[c] = shaded / F32(12.92), F32(1.0) / F32(12.92)
+                    else:
+                        base = (shaded + F32(0.055)) / F32(1.055)
+                        linear[c] = base ** F32(2.4)
+                        slope_linear[c] = F32(2.4) / F32(1.055) * linear[c] / base
+                    mixed = s * linear[c] + (F32(1.0) - s) * behind[p, c]
                 if mixed <= F32(0.0031308):
                     encoded, slope_srgb[c] = F32(12.92) * mixed, F32(12.92)
                 else:
@@ -298,7 +302,8 @@ def _photo_colour_error(share, albedo, normals, light, behind, colours, seen, ou
             share_grad = F32(0.0)
             for c in range(3):
                 d_mixed = F32(2.0) * weight * residual[c] * slope_srgb[c]
-                share_grad += d_mixed * (linear[c] - behind[p, c])
+                if s != F32(0.0):
+                    share_grad += d_mixed * (linear[c] - behind[p, c])
                 d_shaded = d_mixed * s * slope_linear[c]
                 grad_albedo[i, p, c] = d_shaded * (light[i, c] + lit)
                 lit_grad += d_shaded * albedo[i, p, c]
