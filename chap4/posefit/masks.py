@@ -539,11 +539,13 @@ def covered_by_front(rgb: np.ndarray, silhouette: np.ndarray, sure_object: np.nd
     if front.sum() < MIN_FRONT_SAMPLES:
         return covered
     H, W = silhouette.shape
-    to_front = cKDTree(_some(colours[front])).query(colours.reshape(-1, 3), k=1)[0].reshape(H, W)
+    asked = front | silhouette | ~away  # the pixels a piece can hold (only their distances are needed)
+    to_front = np.full((H, W), np.inf)
+    to_front[asked] = cKDTree(_some(colours[front])).query(colours[asked], k=1)[0]
     padded = np.pad(expected.astype(np.float64), ((1, 1), (1, 1), (0, 0)), mode="edge")
     to_object = np.sqrt(np.min([((padded[i:i + H, j:j + W] - colours) ** 2).sum(-1)
                                 for i in range(3) for j in range(3)], axis=0))
-    like_front = np.where(silhouette, to_front < to_object, to_front < OCCLUDER_NEAR) & (front | silhouette | ~away)
+    like_front = np.where(silhouette, to_front < to_object, to_front < OCCLUDER_NEAR) & asked
     labels, _ = ndimage.label(like_front, structure=np.ones((3, 3)))
     reached = np.unique(labels[front & like_front])
     return np.isin(labels, reached[reached > 0]) & silhouette
