@@ -498,16 +498,22 @@ def test_the_compiled_colour_blend_gives_torchs_numbers_and_gradients(meshes_rea
         assert torch.allclose(grad, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
 
 
-def test_the_compiled_light_solve_gives_torchs_light(monkeypatch):
-    # targets.solve_light's normal equations by blend_kernels (the CPU default) and by torch's einsum: one light.
-    from posefit import targets
-
-    rng = np.random.default_rng(1)
+def random_shading(seed: int):
+    """Two images' albedo and normals (2, 10, 12, 3), a reference's colours (10, 12, 3) and weights (2, 10, 12)."""
+    rng = np.random.default_rng(seed)
     albedo = torch.from_numpy(rng.uniform(0.1, 0.9, (2, 10, 12, 3)).astype(np.float32))
     normals = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(2, 10, 12, 3)).astype(np.float32)),
                                             dim=-1)
     colours = torch.from_numpy(rng.uniform(0, 1, (10, 12, 3)).astype(np.float32))
     weights = torch.from_numpy((rng.uniform(size=(2, 10, 12)) > 0.4).astype(np.float32))
+    return albedo, normals, colours, weights
+
+
+def test_the_compiled_light_solve_gives_torchs_light(monkeypatch):
+    # targets.solve_light's normal equations by blend_kernels (the CPU default) and by torch's einsum: one light.
+    from posefit import targets
+
+    albedo, normals, colours, weights = random_shading(seed=1)
     lights = []
     for compiled in (True, False):
         monkeypatch.setattr(render, "COMPILED_BLEND", compiled)
@@ -521,12 +527,7 @@ def test_the_compiled_robust_light_gives_the_reweighted_solves_light(monkeypatch
     # reweightings, one after the other: one light per image, for each number of passes.
     from posefit import frame_fit
 
-    rng = np.random.default_rng(2)
-    albedo = torch.from_numpy(rng.uniform(0.1, 0.9, (2, 10, 12, 3)).astype(np.float32))
-    normals = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(2, 10, 12, 3)).astype(np.float32)),
-                                            dim=-1)
-    colours = torch.from_numpy(rng.uniform(0, 1, (10, 12, 3)).astype(np.float32))
-    weights = torch.from_numpy((rng.uniform(size=(2, 10, 12)) > 0.4).astype(np.float32))
+    albedo, normals, colours, weights = random_shading(seed=2)
     for passes in (1, 2, 4):
         lights = []
         for compiled in (True, False):
