@@ -222,7 +222,7 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
     loss = error.sum(dim=(1, 2))
     if weight_colour:
         albedo, normals = renderers.textured.shader(fragments, meshes, normals=True, R=R, T=T)
-        share, colours = silhouette[..., None], frame.colours[y, x]
+        colours = frame.colours[y, x]
         if palette is not None:
             find_covered(frame, silhouette.detach(), albedo.detach(), normals.detach(), palette, light_passes)
         # The pixels something in front covers (find_covered) count neither for the light nor for the colours.
@@ -236,7 +236,7 @@ def losses(renderers, meshes, R, T, frame: Observed, weight_colour: float, prior
                 silhouette, albedo, normals, light, frame.backdrop_linear[y, x], colours,
                 seen if torch.is_tensor(seen) else torch.ones_like(mask), COLOUR_OUTLIER)
         else:
-            shaded = targets.shade(albedo, normals, light)
+            share, shaded = silhouette[..., None], targets.shade(albedo, normals, light)
             if frame.backdrop_linear is not None:  # a photo
                 composite = encoded_composite(share, shaded, frame.backdrop_linear[y, x])
             else:
