@@ -80,6 +80,7 @@ WORKING_SIDE = 120  # frames are tracked at this shorter side at most (--image-s
 LOSS_JUMP = 4.0  # a frame whose loss per pixel is this many times the recent median's is searched again
 RECORD_EVERY_S = 1.0  # tracking.json is rewritten at most this often while tracking (and at the end)
 RECENTRE_MIN_SHIFT = 1.5  # pixels: a predicted start is moved onto the mask's centroid only this far off (recentre)
+MIN_OBJECT_SHARE = 0.05  # frame 0 is refused if less of the init pose's silhouette than this shows no backdrop
 MIN_REDRAWN_SHARE = 0.5  # a search's mask drawn around its pose is kept if it covers this share of its silhouette
 # Frames after a search that found nothing (lost) in which a low IoU is not searched again: such searches,
 # at something passing in front, found nothing better 2 times in 3 and cost 0.5 s each. On the 9 tuning
@@ -304,9 +305,9 @@ def save_path_plot(frames: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def open_frames(frames_dir, video_path, num_frames, image_size, background):
-    """A folder's or a video's frames (RawFrame, one at a time), their count and working size; frame 0 is
-    read and its object found now, so that bad input is refused before anything is written."""
+def open_frames(frames_dir, video_path, num_frames, image_size):
+    """A folder's or a video's frames (RawFrame, one at a time), their count, working size and frame 0, read
+    now so that bad input is refused before anything is written."""
     source = video.FolderFrames(frames_dir) if frames_dir is not None else video.VideoFrames(video_path)
     H, W = source.size
     factor = min(1.0, image_size / min(H, W))
@@ -314,11 +315,24 @@ def open_frames(frames_dir, video_path, num_frames, image_size, background):
     first = next(iter(source))
     if first.pixels is None:
         raise UserError(f"frame 0 cannot be read: {first.error}")
-    if not Observed(first, size, background).mask.any():
-        raise UserError("frame 0: no object found against the backdrop (the mask is empty); check the frame, "
-                        "or give the backdrop's colour with --background R G B")
     total = len(source) if num_frames is None else min(num_frames, len(source))
-    return source, total, size
+    return source, total, size, first
+
+
+def check_first_frame(first, size, background, silhouette: torch.Tensor) -> None:
+    """Frame 0 refused when the object is not where --init-pose puts it: its silhouette (at the working size)
+    is empty, or the frame shows nothing there but backdrop. Judged around that silhouette, as frame 0 is
+    tracked, not by the frame's own mask: a wall as light as the object behind a floor made that mask empty
+    (the object taken for the wall) where the mask drawn around the pose holds the object."""
+    if not silhouette.any():
+        raise UserError("--init-pose puts the object outside frame 0 (its silhouette is empty there)")
+    prepared = video.prepare(first, size, background)
+    found = Observed(prepared, size, background, silhouette).mask.numpy() > 0.5
+    if prepared.photo and prepared.backdrop is not None:
+        found &= ~prepared.backdrop[0]  # what the backdrop model is sure is backdrop is no object
+    if found.sum() < MIN_OBJECT_SHARE * float(silhouette.sum()):
+        raise UserError("frame 0: no object found against the backdrop where --init-pose puts it; check the "
+                        "frame and the pose, or give the backdrop's colour with --background R G B")
 
 
 def synthesise(num_frames, image_size, mesh, fov, seed, output_dir):
@@ -395,14 +409,26 @@ def track(
     mesh_path = Path(mesh_path) if mesh_path is not None else data.provision_all(data.COW_FILES)[0]
     mesh = data.load_mesh(mesh_path, device)  # an untextured mesh is shaded in plain grey
     knobs["mesh_path"] = mesh_path
+    first = None  # a folder's or a video's frame 0, checked against --init-pose once the renderers are made
     if frames_dir is not None or video_path is not None:
-        source, total, size = open_frames(frames_dir, video_path, num_frames, image_size, background)
+        source, total, size, first = open_frames(frames_dir, video_path, num_frames, image_size)
         if truth is not None and len(truth) < total:
             raise UserError(f"--truth has {len(truth)} poses for {total} frames")
-        output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
     else:
         output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
         source, total, size, truth, init_pose = synthesise(num_frames, image_size, mesh, fov, seed, output_dir)
+
+    # 2. Renderers: one soft rasterization of the front faces for a soft silhouette and a soft colour
+    #    (one albedo per face, so the mesh fitted carries no texture map); --rasterizer stock keeps
+    #    PyTorch3D's rasterizer.
+    renderers, mesh = make_renderers(mesh, size, fov, device, faces_per_pixel=faces_per_pixel, sigma=sigma,
+                                     rasterizer=rasterizer)
+    render.set_up_cpu(rasterizer)  # one thread; glibc keeps large blocks (process-wide)
+    init = tuple(p.to(device) for p in init_pose)
+    silhouette = hard_silhouette(renderers, mesh, init[0][None], init[1][None])  # where frame 0's object is
+    if first is not None:
+        check_first_frame(first, size, background, silhouette)
+        output_dir = outputs.prepare_output_dir(output_dir, FRAME_PREFIXES)
     # The frames are read (a folder's, a video's) or rendered (the synthesised ones) and scaled, and a photo's
     # backdrop found, ahead in the background: a folder's or a video's in a process of their own (a thread
     # holds the interpreter's lock that each of the fit's small tensor operations waits for), started now so
@@ -413,12 +439,6 @@ def track(
                                                                           background=background),
                              process=background_frames and not isinstance(source, video.SyntheticFrames))
 
-    # 2. Renderers: one soft rasterization of the front faces for a soft silhouette and a soft colour
-    #    (one albedo per face, so the mesh fitted carries no texture map); --rasterizer stock keeps
-    #    PyTorch3D's rasterizer.
-    renderers, mesh = make_renderers(mesh, size, fov, device, faces_per_pixel=faces_per_pixel, sigma=sigma,
-                                     rasterizer=rasterizer)
-    render.set_up_cpu(rasterizer)  # one thread; glibc keeps large blocks (process-wide)
     # torch's first optimizer imports torch._dynamo (about 2 s): at start-up, not in frame 0's time.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     knobs.update(image_size=list(size), num_frames=total, device=str(device), init_pose=pose.pose_json(*init_pose),
@@ -431,10 +451,9 @@ def track(
     movie = pictures is not None and video_path is not None  # a video's overlays as an MP4 too
     if movie:
         pictures.movie(output_dir / "tracking.mp4", fps=source.fps)
-    init = tuple(p.to(device) for p in init_pose)
     scale = GradientScale()  # the gradients' running scale, carried through the frames' fits
     history, last_good, recent_loss = [], init, []  # estimates since the start or a search; per-pixel losses
-    silhouette = None  # the last fitted silhouette, where the next frame's object is looked for
+    # silhouette: the last fitted one (at first the init pose's), where the next frame's object is looked for
     palette = None  # a photo's object colours (frame 0's at the given pose): what covers it is told from them
     paused_until = 0  # no search before this frame index (SEARCH_PAUSE)
     stopped = "done"
@@ -457,8 +476,6 @@ def track(
                 bar.update(1)
                 clock = Stopwatch()
                 continue
-            if silhouette is None:  # no fitted silhouette to look near: the start's
-                silhouette = hard_silhouette(renderers, mesh, R_start[None], T_start[None])
             frame = Observed(prepared, size, background, silhouette)
             if palette is None and frame.photo:  # the object's colours, where frame 0 shows it at the given pose
                 palette = masks.object_palette(frame.colours.numpy(), silhouette.cpu().numpy())
@@ -494,18 +511,22 @@ def track(
                 lost = True  # a search a frame or two ago found nothing better: the frame keeps its fit
             elif iou < lost_iou or troubled:
                 recovered = True
-                frame, R, T, _ = reacquire(renderers, mesh, prepared, size, background, fov, [last_good, (R[0], T[0])],
-                                              degrees=search_degrees, starts=search_starts,
-                                              iterations=search_iterations, final_iterations=search_final_iterations,
-                                              lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour,
-                                              palette=palette)
-                silhouette = hard_silhouette(renderers, mesh, R, T)
-                iou = tracked_iou(silhouette, frame.mask)
+                found_frame, R_found, T_found, _ = reacquire(
+                    renderers, mesh, prepared, size, background, fov, [last_good, (R[0], T[0])],
+                    degrees=search_degrees, starts=search_starts, iterations=search_iterations,
+                    final_iterations=search_final_iterations, lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour,
+                    palette=palette)
+                found = hard_silhouette(renderers, mesh, R_found, T_found)
+                found_iou = tracked_iou(found, found_frame.mask)
+                # A search for a low IoU that found a lower one keeps the frame's own fit (a frame's own mask,
+                # the search's, can be far off: a floor or a wall the colour of the object).
+                if troubled or found_iou >= iou:
+                    frame, R, T, silhouette, iou = found_frame, R_found, T_found, found, found_iou
+                    history, recent_loss = [], []  # the motion before a jump says nothing about the one after it
                 lost = iou < lost_iou
                 if lost:
                     paused_until = raw.index + 1 + SEARCH_PAUSE
                 steps += search_iterations + search_final_iterations
-                history, recent_loss = [], []  # the motion before a jump says nothing about the motion after it
                 clock.lap("search")
             if not lost:
                 last_good = (R[0], T[0])

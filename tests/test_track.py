@@ -10,6 +10,7 @@ import torch
 from conftest import run_script
 from PIL import Image
 from pytorch3d.io import load_objs_as_meshes
+from pytorch3d.renderer import look_at_view_transform
 from pytorch3d.transforms import axis_angle_to_matrix
 from scipy import ndimage
 
@@ -177,6 +178,27 @@ def test_lost_frames_are_searched_again(tmp_path, meshes_ready):
     assert all(math.isfinite(f["rotation_error_deg"]) and f["iou"] > 0.8 for f in frames)
 
 
+def test_a_search_that_finds_a_lower_iou_keeps_the_frames_own_fit(tmp_path, meshes_ready, monkeypatch):
+    # Every frame is lost (an IoU above 1 is never reached) and every search "finds" the cow turned a quarter
+    # turn away (its own mask could be wrong: a wall the colour of the object): its IoU is lower than the
+    # frame's own fit's, which is kept, and the track stays on the cow.
+    searched = []
+
+    def wrong_search(renderers, mesh, raw, size, background, fov, candidates, **_):
+        R, T = candidates[1]
+        searched.append(raw.raw.index)
+        turned = R @ axis_angle_to_matrix(torch.tensor([0.0, math.pi / 2, 0.0]))
+        return frame_fit.Observed(raw, size, background), turned[None], T[None], None
+
+    monkeypatch.setattr(track_pose, "reacquire", wrong_search)
+    count = track_pose.SEARCH_PAUSE + 3
+    record = track_pose.track(output_dir=tmp_path, num_frames=count, image_size=64, lost_iou=1.01,
+                              save_overlays=False, progress=False)
+    frames = record["frames"]
+    assert searched == [0, track_pose.SEARCH_PAUSE + 1] and all(f["lost"] for f in frames)
+    check_accuracy(frames)
+
+
 def test_a_jump_is_found_by_the_search(tmp_path, meshes_ready):
     folder = tmp_path / "frames"
     write_sequence(folder, count=3)
@@ -260,6 +282,28 @@ def test_bad_input_is_refused_cleanly(tmp_path, make):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert message in result.stderr
+    assert (out / "tracking.json").read_text() == "{}", "refused before touching the output"
+
+
+@pytest.mark.parametrize("T, message", [([0, 0, 3], "no object found against the backdrop where --init-pose"),
+                                         ([40, 0, 3], "outside frame 0")], ids=["bare floor", "pose off frame"])
+def test_frame_0_without_the_object_where_the_init_pose_puts_it_is_refused(tmp_path, meshes_ready, T, message):
+    # A photo of a bare floor (noisy, so the backdrop model judges it): nothing of the object where the init
+    # pose puts it, or the pose puts the object outside the frame.
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        floor = np.array([200, 170, 120]) + rng.normal(0, 4, (48, 64, 3))
+        Image.fromarray(np.clip(floor, 0, 255).astype(np.uint8)).save(folder / f"frame_{i}.png")
+    R, _ = look_at_view_transform(3.0, 20.0, 30.0)
+    init = bad_init(tmp_path, R[0].tolist(), T)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tracking.json").write_text("{}")
+    result = run_script("track_pose.py", "--frames", folder, "--init-pose", init, "--output-dir", out)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
     assert (out / "tracking.json").read_text() == "{}", "refused before touching the output"
 
 
