@@ -684,3 +684,20 @@ def test_command_line_photo_fit_writes_its_files(tmp_path, meshes_ready):
     with Image.open(out / "target_mask.png") as mask:
         assert mask.size == (SIZE[1], SIZE[0]) and mask.mode == "L"
     assert {"final.png", "fitting_0.png", "fitting.gif"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-6, 1e-3, 0.1, 1.0, 3.0])
+def test_the_pose_corrections_rotation_and_its_gradient_are_pytorch3ds(scale):
+    # pose.ExpMap (one autograd node, its gradient in closed form) against PyTorch3D's axis_angle_to_matrix.
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, dtype=torch.float64) * scale
+    G = torch.randn(5, 3, 3, dtype=torch.float64)
+    theirs_w, ours_w = w.clone().requires_grad_(), w.clone().requires_grad_()
+    theirs, ours = axis_angle_to_matrix(theirs_w), pose.ExpMap.apply(ours_w)
+    (theirs * G).sum().backward()
+    (ours * G).sum().backward()
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    assert torch.allclose(ours_w.grad, theirs_w.grad, rtol=1e-6, atol=1e-6)
+    w32 = w.float().requires_grad_()  # float32 in, its gradient made in float64
+    (pose.ExpMap.apply(w32) * G.float()).sum().backward()
+    assert torch.allclose(w32.grad.double(), theirs_w.grad, rtol=1e-4, atol=1e-4)
