@@ -81,7 +81,9 @@ WORKING_SIDE = 120  # frames are tracked at this shorter side at most (--image-s
 # 20 of 42 runs within the targets, 8: 25, 9: 27, 10: 27 (with pose.ExpMap's rounding: 7: 18, 8: 25, 9: 25;
 # runs this chaotic move by two or three either way). The errors pile up where the loss is flat (the
 # object's far side hidden or seen end on); from the true pose, 40 steps end 1.3 degrees off on average.
-STEPS_PER_FRAME = 8
+# Not 8: a cow turned 30 degrees at once (tests: a jump is found by the search) then ended its 8 + 8 steps
+# 14 degrees off at an IoU of 0.86, above --lost-iou, and was not searched (with 7 or 9: found).
+STEPS_PER_FRAME = 9
 LOSS_JUMP = 4.0  # a frame whose loss per pixel is this many times the recent median's is searched again
 RECORD_EVERY_S = 1.0  # tracking.json is rewritten at most this often while tracking (and at the end)
 RECENTRE_MIN_SHIFT = 1.5  # pixels: a predicted start is moved onto the mask's centroid only this far off (recentre)
