@@ -397,8 +397,10 @@ def track(
     first ones), starting from init_pose = (R, T) and, if given, compared with
     truth, a list of (R, T). Each frame starts from the last estimate moved on
     by `extrapolate` times the last frame-to-frame motion; frames without a
-    motion yet (the first two, and the one after a search) get
-    start_iterations steps (default 3 * iterations). A searched frame's best
+    motion yet (the first two, and the one after a search) start from the
+    last estimate; the first two get start_iterations steps (default 3 *
+    iterations), the one after a search only `iterations`: the search has
+    just refined its start on the frame before. A searched frame's best
     hypothesis gets search_final_iterations steps on the mask drawn around it
     (9: on the tuning sequences the same errors as 18, a quarter less time a
     search). sigma is the soft edge width at 128 px, scaled with the pixel
@@ -463,6 +465,7 @@ def track(
     # silhouette: the last fitted one (at first the init pose's), where the next frame's object is looked for
     palette = None  # a photo's object colours (frame 0's at the given pose): what covers it is told from them
     paused_until = 0  # no search before this frame index (SEARCH_PAUSE)
+    fitted = 0  # frames fitted so far (not the undecodable ones)
     stopped = "done"
     bar = tqdm(total=total, disable=not progress, desc="tracking", unit="frame")
     written = time.perf_counter()  # when tracking.json was last written
@@ -490,7 +493,8 @@ def track(
             if len(history) >= 1:  # move the start onto the object's centroid (a pan) in this frame
                 T_start = recentre(T_start, hard_silhouette(renderers, mesh, R_start[None], T_start[None], frame.window),
                                    frame.mask, fov, photo=frame.photo)
-            steps = iterations if len(history) >= 2 else start_iterations
+            steps = start_iterations if fitted < 2 else iterations
+            fitted += 1
             R, T, loss, _ = fit(renderers, mesh, R_start[None], T_start[None], frame, iterations=steps, lr=lr,
                                    lr_end=lr_end, weight_colour=weight_colour,
                                    prior_weight=prior_weight if len(history) >= 2 else 0.0,

@@ -189,18 +189,23 @@ def rotate(R: torch.Tensor, axis_angle: torch.Tensor) -> torch.Tensor:
     return R @ ExpMap.apply(axis_angle.reshape(-1, 3)).reshape(*shape, 3, 3)
 
 
-def _exp(w: torch.Tensor) -> torch.Tensor:
-    """The rotation matrices (N, 3, 3) of axis-angle vectors w (N, 3): Rodrigues' formula (its series near 0)."""
+def _skew(w: np.ndarray) -> np.ndarray:
+    """The cross-product matrices (N, 3, 3) of vectors w (N, 3): _skew(w) @ v = w x v."""
+    W = np.zeros(w.shape[:-1] + (3, 3))
+    W[:, 0, 1], W[:, 0, 2], W[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+    return W - W.transpose(0, 2, 1)
+
+
+def _exp(w: np.ndarray) -> np.ndarray:
+    """The rotation matrices (N, 3, 3) of axis-angle vectors w (N, 3), float64: Rodrigues' formula (its
+    series near 0)."""
     theta2 = (w * w).sum(-1)
-    theta = theta2.sqrt()
-    small = theta < 1e-4
-    safe = torch.where(small, torch.ones_like(theta), theta)
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(safe) / safe)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe)) / (safe * safe))
-    zero = torch.zeros_like(w[:, 0])
-    W = torch.stack([torch.stack([zero, -w[:, 2], w[:, 1]], -1), torch.stack([w[:, 2], zero, -w[:, 0]], -1),
-                     torch.stack([-w[:, 1], w[:, 0], zero], -1)], 1)
-    return torch.eye(3, dtype=w.dtype, device=w.device) + a[:, None, None] * W + b[:, None, None] * (W @ W)
+    small = theta2 < 1e-8
+    theta = np.sqrt(np.where(small, 1.0, theta2))
+    a = np.where(small, 1 - theta2 / 6, np.sin(theta) / theta)
+    b = np.where(small, 0.5 - theta2 / 24, (1 - np.cos(theta)) / (theta * theta))
+    W = _skew(w)
+    return np.eye(3) + a[:, None, None] * W + b[:, None, None] * (W @ W)
 
 
 class ExpMap(torch.autograd.Function):
@@ -212,25 +217,27 @@ class ExpMap(torch.autograd.Function):
     3-D rotation in exponential coordinates", 2015): with H = G R^T for the
     incoming gradient G and h its skew part as a vector,
     dL/dw = (w (w . h) + (I - R)^T (h x w)) / |w|^2, which tends to h as w
-    tends to 0; computed in float64 (a float32 I - R loses the digits it needs).
+    tends to 0. Both ways in float64 (a float32 I - R loses the digits the gradient needs) and in numpy: a
+    tracker's step turns one or a few poses, and a few dozen torch operations on 3x3 matrices cost half a
+    millisecond of its seven, numpy's a tenth of that.
     """
 
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(w)
-        return _exp(w)
+        return torch.from_numpy(_exp(w.detach().cpu().double().numpy())).to(w.device, w.dtype)
 
     @staticmethod
     def backward(ctx, G: torch.Tensor) -> torch.Tensor:
         (w32,) = ctx.saved_tensors
-        w = w32.double()
+        w = w32.detach().cpu().double().numpy()
         R = _exp(w)
-        H = G.double() @ R.transpose(1, 2)
-        h = torch.stack([H[:, 2, 1] - H[:, 1, 2], H[:, 0, 2] - H[:, 2, 0], H[:, 1, 0] - H[:, 0, 1]], -1)
-        theta2 = (w * w).sum(-1, keepdim=True)
-        turned = (torch.eye(3, dtype=w.dtype, device=w.device) - R).transpose(1, 2) @ torch.linalg.cross(h, w)[..., None]
-        general = (w * (w * h).sum(-1, keepdim=True) + turned[..., 0]) / theta2.clamp(min=1e-30)
-        return torch.where(theta2 < 1e-14, h, general).to(w32.dtype)
+        H = G.detach().cpu().double().numpy() @ R.transpose(0, 2, 1)
+        h = np.stack([H[:, 2, 1] - H[:, 1, 2], H[:, 0, 2] - H[:, 2, 0], H[:, 1, 0] - H[:, 0, 1]], -1)
+        theta2 = (w * w).sum(-1, keepdims=True)
+        turned = ((np.eye(3) - R).transpose(0, 2, 1) @ np.cross(h, w)[..., None])[..., 0]
+        general = (w * (w * h).sum(-1, keepdims=True) + turned) / np.maximum(theta2, 1e-30)
+        return torch.from_numpy(np.where(theta2 < 1e-14, h, general)).to(w32.device, w32.dtype)
 
 
 def orthonormal(R: torch.Tensor) -> torch.Tensor:
