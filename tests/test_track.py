@@ -210,13 +210,29 @@ def test_a_jump_is_found_by_the_search(tmp_path, meshes_ready):
     mesh = load_objs_as_meshes([data.DATA_DIR / "cow_mesh" / "cow.obj"])
     with torch.no_grad():
         image, _ = render.hard_render(renderers, mesh, R[None], T[None])
-    Image.fromarray((image[0, ..., :3].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(folder / "frame_3.png")
+    picture = Image.fromarray((image[0, ..., :3].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
+    picture.save(folder / "frame_3.png")
+    picture.save(folder / "frame_4.png")  # and there it stays
     record = track_pose.track(output_dir=tmp_path / "out", frames_dir=folder, init_pose=pose.load_pose(
         folder / "init.json"), save_overlays=False, progress=False)
-    assert [f["recovered"] for f in record["frames"]] == [False, False, False, True]
-    last = record["frames"][-1]
-    assert last["iou"] > 0.95
-    assert pose.rotation_error_deg(torch.tensor(last["R"]), R) < 5.0
+    assert [f["recovered"] for f in record["frames"]] == [False, False, False, True, False]
+    for found in record["frames"][3:]:
+        assert found["iou"] > 0.95
+        assert pose.rotation_error_deg(torch.tensor(found["R"]), R) < 5.0
+    # The frame after the search starts from the pose it found, with a frame's steps (not frame 0's three
+    # times as many: the search has just refined that start).
+    assert record["frames"][4]["iterations"] == track_pose.STEPS_PER_FRAME
+
+
+def test_the_prediction_repeats_a_share_of_the_last_step():
+    R0, T0 = torch.eye(3), torch.tensor([0.0, 0.0, 3.0])
+    R1, T1 = axis_angle_to_matrix(torch.tensor([0.0, 0.1, 0.0])), torch.tensor([0.1, 0.0, 3.0])
+    R, T = track_pose.predict([(R0, T0), (R1, T1)], 0.8)
+    assert pose.rotation_error_deg(R, axis_angle_to_matrix(torch.tensor([0.0, 0.18, 0.0]))) < 1e-3
+    assert torch.allclose(T, torch.tensor([0.18, 0.0, 3.0]), atol=1e-6)
+    assert track_pose.predict([(R0, T0)], 0.8) == (R0, T0)  # no motion yet: the last estimate
+    # The tracker repeats less than the whole step: all of it carries the last frame's error on as motion.
+    assert 0.0 < track_pose.EXTRAPOLATE < 1.0
 
 
 def bad_init(folder, R, T):

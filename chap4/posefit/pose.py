@@ -219,7 +219,8 @@ class ExpMap(torch.autograd.Function):
     dL/dw = (w (w . h) + (I - R)^T (h x w)) / |w|^2, which tends to h as w
     tends to 0. Both ways in float64 (a float32 I - R loses the digits the gradient needs) and in numpy: a
     tracker's step turns one or a few poses, and a few dozen torch operations on 3x3 matrices cost half a
-    millisecond of its seven, numpy's a tenth of that.
+    millisecond of its seven, numpy's a tenth of that (on a GPU the few numbers make the trip to the CPU and
+    back).
     """
 
     @staticmethod
