@@ -225,20 +225,21 @@ class ExpMap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(w)
-        return torch.from_numpy(_exp(w.detach().cpu().double().numpy())).to(w.device, w.dtype)
+        # The float64 axis-angles and rotations, kept for the backward pass (numpy arrays, not tensors).
+        ctx.w64 = w.detach().cpu().double().numpy()
+        ctx.R64 = _exp(ctx.w64)
+        ctx.device, ctx.dtype = w.device, w.dtype
+        return torch.from_numpy(ctx.R64).to(w.device, w.dtype)
 
     @staticmethod
     def backward(ctx, G: torch.Tensor) -> torch.Tensor:
-        (w32,) = ctx.saved_tensors
-        w = w32.detach().cpu().double().numpy()
-        R = _exp(w)
+        w, R = ctx.w64, ctx.R64
         H = G.detach().cpu().double().numpy() @ R.transpose(0, 2, 1)
         h = np.stack([H[:, 2, 1] - H[:, 1, 2], H[:, 0, 2] - H[:, 2, 0], H[:, 1, 0] - H[:, 0, 1]], -1)
         theta2 = (w * w).sum(-1, keepdims=True)
         turned = ((np.eye(3) - R).transpose(0, 2, 1) @ np.cross(h, w)[..., None])[..., 0]
         general = (w * (w * h).sum(-1, keepdims=True) + turned) / np.maximum(theta2, 1e-30)
-        return torch.from_numpy(np.where(theta2 < 1e-14, h, general)).to(w32.device, w32.dtype)
+        return torch.from_numpy(np.where(theta2 < 1e-14, h, general)).to(ctx.device, ctx.dtype)
 
 
 def orthonormal(R: torch.Tensor) -> torch.Tensor:
