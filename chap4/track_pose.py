@@ -641,7 +641,7 @@ def main() -> int:
         help=f"the shorter side frames are tracked at (default {WORKING_SIDE}; larger frames are scaled down, "
              "overlays drawn on the frames as they came)")
     add("--iterations", type=cli.positive_int, default=STEPS_PER_FRAME,
-        help=f"steps per frame (default {STEPS_PER_FRAME}; three times as many while there is no motion to extrapolate)")
+        help=f"steps per frame (default {STEPS_PER_FRAME}; three times as many on the first two frames)")
     add("--lr", type=cli.positive_float, default=0.014,
         help="learning rate at each frame's first step, falling to a fifth by its last (default 0.014); a step "
              "is Adam's with the gradient's running scale carried from frame to frame")
