@@ -69,6 +69,7 @@ from posefit.frame_fit import (
     GradientScale,
     Observed,
     fit,
+    halved,
     hard_silhouette,
     make_renderers,
 )
@@ -104,6 +105,7 @@ MIN_REDRAWN_SHARE = 0.5  # a search's mask drawn around its pose is kept if it c
 # sequences x 3 starts: 22 of 27 runs within either way, 18 searches instead of 27, mean 2.44 against 2.74
 # degrees (seed 4: 3 searches instead of 11, 3.5 degrees against 12.9).
 SEARCH_PAUSE = 3
+MIN_COARSE_SIDE = 48  # a search fits its hypotheses on the frame halved (reacquire) if it is at least this big
 
 
 # ---------------------------------------------------------------------------
@@ -183,12 +185,17 @@ def synthetic_poses(num_frames: int, seed: int = 0, distance: float = 3.0, eleva
 
 def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degrees: float, starts: int,
               iterations: int, final_iterations: int, lr: float, lr_end: float, weight_colour: float,
-              palette=None):
+              palette=None, coarse=None):
     """A lost frame searched again: the 6-DoF initialisation (posefit.initial) over the views within `degrees`
     of the first candidate (the last good pose), on the frame's own mask (not one drawn from a prediction),
-    and the candidates themselves (the last good pose, the frame's own fit); all refined together, the lowest
-    loss refined further on the mask drawn around it. Returns the frame as observed, the pose, its
-    silhouette."""
+    and the candidates themselves (the last good pose, the frame's own fit); all refined together (on the
+    frame halved, with `coarse`: renderers at half the size), the lowest loss refined further at full size
+    on the mask drawn around it. Returns the frame as observed, the pose, its silhouette.
+
+    Why halved: the hypotheses' steps were half a search's time (a search is ~0.5 s, 20 frames' worth of
+    steps), and at half the size they take half as long; the pose they find is a little rougher, made up
+    by three more final steps (12, not 9). On the 14 occluded tuning sequences from 3 starts: 35 of 42
+    runs within the targets (full size and 9 final steps: 34; halved and 9: 32)."""
     frame = Observed(raw, size, background)
     last = hard_silhouette(renderers, mesh, candidates[0][0][None], candidates[0][1][None])
     if frame.mask.sum() < MIN_REDRAWN_SHARE * last.sum():
@@ -200,7 +207,8 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     R0, T0, _, _ = initial.initial_poses(mesh, frame.mask, fov, starts, near=(candidates[0][0], degrees))
     R0 = torch.cat([torch.stack([R for R, _ in candidates]), R0])
     T0 = torch.cat([torch.stack([T for _, T in candidates]), T0])
-    R, T, loss, _ = fit(renderers, mesh.extend(len(R0)), R0, T0, frame, iterations=iterations, lr=lr,
+    batch_renderers, batch_frame = (renderers, frame) if coarse is None else (coarse, halved(frame))
+    R, T, loss, _ = fit(batch_renderers, mesh.extend(len(R0)), R0, T0, batch_frame, iterations=iterations, lr=lr,
                         lr_end=lr_end, weight_colour=weight_colour, light_passes=ROBUST_LIGHT_PASSES)
     best = int(torch.argmin(torch.nan_to_num(loss, nan=math.inf)))
     R, T = R[best : best + 1], T[best : best + 1]
@@ -390,7 +398,7 @@ def track(
     search_degrees: float = 45.0,
     search_starts: int = 4,
     search_iterations: int = 6,
-    search_final_iterations: int = 9,
+    search_final_iterations: int = 12,
     device: str = "cpu",
     rasterizer: str = "fast",
     seed: int = 0,
@@ -412,8 +420,7 @@ def track(
     iterations), the one after a search only `iterations`: the search has
     just refined its start on the frame before. A searched frame's best
     hypothesis gets search_final_iterations steps on the mask drawn around it
-    (9: on the tuning sequences the same errors as 18, a quarter less time a
-    search). sigma is the soft edge width at 128 px, scaled with the pixel
+    (see reacquire). sigma is the soft edge width at 128 px, scaled with the pixel
     area at other sizes.
     """
     started = time.perf_counter()
@@ -440,8 +447,13 @@ def track(
     # 2. Renderers: one soft rasterization of the front faces for a soft silhouette and a soft colour
     #    (one albedo per face, so the mesh fitted carries no texture map); --rasterizer stock keeps
     #    PyTorch3D's rasterizer.
+    textured = mesh
     renderers, mesh = make_renderers(mesh, size, fov, device, faces_per_pixel=faces_per_pixel, sigma=sigma,
                                      rasterizer=rasterizer)
+    # A search's hypotheses are fitted at half the size (reacquire), with renderers made at its first search.
+    coarse_renderers = functools.cache(lambda: make_renderers(
+        textured, (size[0] // 2, size[1] // 2), fov, device, faces_per_pixel=faces_per_pixel, sigma=sigma,
+        rasterizer=rasterizer)[0])
     render.set_up_cpu(rasterizer)  # one thread; glibc keeps large blocks (process-wide)
     init = tuple(p.to(device) for p in init_pose)
     silhouette = hard_silhouette(renderers, mesh, init[0][None], init[1][None])  # where frame 0's object is
@@ -536,7 +548,7 @@ def track(
                     renderers, mesh, prepared, size, background, fov, [last_good, (R[0], T[0])],
                     degrees=search_degrees, starts=search_starts, iterations=search_iterations,
                     final_iterations=search_final_iterations, lr=2 * lr, lr_end=lr_end, weight_colour=weight_colour,
-                    palette=palette)
+                    palette=palette, coarse=coarse_renderers() if min(size) >= MIN_COARSE_SIDE else None)
                 found = hard_silhouette(renderers, mesh, R_found, T_found)
                 found_iou = tracked_iou(found, found_frame.mask)
                 # A search for a low IoU that found a lower one keeps the frame's own fit (a frame's own mask,

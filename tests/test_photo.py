@@ -194,6 +194,25 @@ def test_the_grid_keeps_to_upright_poses_whose_mirror_twins_come_from_below(mesh
     assert min(pose.rotation_error_deg(r, R) for r in R_up) < 20.0
 
 
+def test_a_search_near_a_pose_scores_only_the_nearby_views_and_rolls_and_those_alike(meshes_ready):
+    mesh = cow()
+    R, T = rolled(*(p[0] for p in pose.view_camera(3.0, 25.0, 60.0, "cpu")[:2]), 20.0)
+    renderers = render.make_renderers("cpu", SIZE, fov=FOV)
+    with torch.no_grad():
+        _, mask = render.hard_render(renderers, mesh, R[None], T[None])
+    grid = initial.view_grid(mesh, FOV, near=(R, 45.0))
+    trace = (grid.R_all @ R.T).diagonal(dim1=-2, dim2=-1).sum(-1)
+    near = (trace - 1) / 2 >= math.cos(math.radians(45.0))
+    assert 0 < int(near.sum()) < near.numel() / 2  # most (view, roll) pairs are too far turned
+    whole = initial.score_grid(grid.silhouettes, mask[0].float(), grid.angles)
+    some = initial.score_grid(grid.silhouettes, mask[0].float(), grid.angles, pairs=near)
+    assert torch.allclose(some[0][near], whole[0][near], atol=1e-6)
+    assert bool((some[0][~near] == -1).all())
+    assert torch.allclose(some[1], whole[1]) and torch.allclose(some[2], whole[2])
+    R_found, _, _, _ = initial.initial_poses(mesh, mask[0], FOV, 1, near=(R, 45.0))
+    assert pose.rotation_error_deg(R_found[0], R) < 20.0
+
+
 def test_with_the_floor_the_answer_and_its_ambiguity_are_poses_above_it(meshes_ready):
     mesh = cow()
     centre, _ = initial.mesh_centre_radius(mesh)

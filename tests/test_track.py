@@ -392,6 +392,26 @@ def test_a_photo_frame_leaves_its_outline_out_and_a_render_does_not():
     assert not clean.photo and clean.weight is None
 
 
+def test_a_frame_halved_is_the_frame_seen_at_half_its_size():
+    # A search's coarse fit sees the frame halved: the same photo read at half the size gives the same
+    # mask (but for its soft edge), colours and backdrop, and the fit's window still holds the object.
+    rng = np.random.default_rng(0)
+    pixels = np.full((80, 100, 3), (180, 90, 60), np.float32)
+    pixels[20:60, 30:70] = (240, 240, 240)
+    noisy = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+    full = frame_fit.Observed(video.RawFrame(0, None, noisy), (80, 100))
+    coarse, small = frame_fit.halved(full), frame_fit.Observed(video.RawFrame(0, None, noisy), (40, 50))
+    assert coarse.mask.shape == small.mask.shape == (40, 50) and coarse.photo
+    assert float(((coarse.mask > 0.5) != (small.mask > 0.5)).float().mean()) < 0.02
+    assert float((coarse.colours - small.colours).abs().mean()) < 0.01
+    assert float((coarse.backdrop - small.backdrop).abs().mean()) < 0.01
+    assert torch.allclose(coarse.backdrop_linear, frame_fit.to_linear(coarse.backdrop))
+    y0, y1, x0, x1 = coarse.window
+    rows, cols = np.nonzero(small.mask.numpy() > 0.5)
+    assert y0 <= rows.min() and rows.max() < y1 and x0 <= cols.min() and cols.max() < x1
+    assert full.mask.shape == (80, 100)  # the frame itself is left as it was
+
+
 def test_read_ahead_keeps_order_raises_in_place_and_stops_when_closed():
     import threading
 

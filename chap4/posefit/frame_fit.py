@@ -150,6 +150,28 @@ class Observed:
         self.window = fit_window(mask, predicted)
 
 
+def halved(frame: Observed) -> Observed:
+    """The frame at half its size, each new pixel the mean of a 2 x 2 block (an odd last row or column is
+    dropped): a search's coarse fit of many hypotheses (a step's cost goes with the pixels rendered). Its mask
+    is soft at the edges; nothing that covers the object is known there (no palette)."""
+    coarse = object.__new__(Observed)
+    coarse.__dict__.update(frame.__dict__)
+
+    def pool(image):  # (h, w) or (h, w, c)
+        flat = image if image.dim() == 3 else image[..., None]
+        pooled = torch.nn.functional.avg_pool2d(flat.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
+        return pooled if image.dim() == 3 else pooled[..., 0]
+
+    coarse.colours, coarse.mask, coarse.backdrop = pool(frame.colours), pool(frame.mask), pool(frame.backdrop)
+    coarse.weight = None if frame.weight is None else pool(frame.weight)
+    coarse.backdrop_linear = None if frame.backdrop_linear is None else to_linear(coarse.backdrop)
+    coarse.sure_object = coarse.predicted = coarse.covered = None
+    H, W = coarse.mask.shape
+    y0, y1, x0, x1 = frame.window
+    coarse.window = (y0 // 2, min(H, (y1 + 1) // 2), x0 // 2, min(W, (x1 + 1) // 2))
+    return coarse
+
+
 def fit_window(mask: np.ndarray, silhouette: np.ndarray | None = None) -> tuple[int, int, int, int]:
     """The rows and columns (y0, y1, x0, x1) a frame's fit renders and compares: the box around the mask and
     the predicted silhouette, widened by WINDOW_MARGIN pixels and a sixth of the object's size. Beyond it

@@ -208,13 +208,15 @@ def hard_silhouettes(mesh, R: torch.Tensor, T: torch.Tensor, fov: float, size) -
 
 
 def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, chunk: int = 16,
-               care: torch.Tensor | None = None, scales: tuple[float, ...] = (1.0,)):
+               care: torch.Tensor | None = None, scales: tuple[float, ...] = (1.0,), pairs: torch.Tensor | None = None):
     """IoU of every (view, roll) with the mask, scaled and shifted to the view's area and centroid.
 
     care: (H, W) weights of the mask's pixels in the IoU (None: all 1): 0 on something in front of the
     object, whose pixels neither the view nor the mask's area and centroid should count; the object's part
     behind it is missing from what is left, so each view is also tried at the `scales` (factors on the
     scale from the areas) and the best kept. Pixels beyond the image count (as background).
+    pairs: (V, n_rolls) bool, the (view, roll) pairs to score (None: all); the others score -1 (a lost
+    track's search scores only the rolls near its last pose's: a third of them).
 
     Returns iou (V, n_rolls), the scale s (mask NDC per view NDC) per (view, roll), and where the view's
     centre (its object's centre) lands in the mask, in NDC (V, n_rolls, 2).
@@ -222,6 +224,7 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
     V, n, _ = view_silhouettes.shape
     H, W = mask.shape
     S = min(H, W)
+    n_rolls = len(rolls)
     view_centroid, view_area = moments(view_silhouettes)
     (mask_centroid,), (mask_area,) = moments((mask if care is None else mask * care)[None])
     base_scale = torch.sqrt(mask_area / view_area.clamp(min=1e-9))  # (V,)
@@ -230,39 +233,41 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
     cos, sin = torch.cos(rolls), torch.sin(rolls)
     rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # row-vector 2-D rotations
     images = mask[None] if care is None else torch.stack([mask, care])
+    chosen = (torch.ones((V, n_rolls), dtype=torch.bool, device=mask.device) if pairs is None
+              else pairs.to(mask.device)).reshape(-1).nonzero()[:, 0]  # flat (view, roll) indices
+    # where each view's centre lands, for every roll (cheap: no pixels)
+    centre = torch.einsum("vi,rij->vrj", -view_centroid, rot)
     best_iou = best_scale = best_centre = None
     for factor in scales:
-        scale = base_scale * factor
-        ious, centres = [], []
-        for start in range(0, V, chunk):
-            stop = min(V, start + chunk)
-            offset = p - view_centroid[start:stop, None]  # (v, n*n, 2)
-            # q = mask centroid + s * (p - view centroid) @ rot(roll), for every roll
-            q = mask_centroid + scale[start:stop, None, None, None] * torch.einsum("vpi,rij->vrpj", offset, rot)
+        scale = (base_scale * factor)[:, None].expand(-1, n_rolls)
+        iou = torch.full((V * n_rolls,), -1.0, device=mask.device)
+        for start in range(0, len(chosen), chunk * n_rolls):
+            index = chosen[start : start + chunk * n_rolls]
+            v, r = index // n_rolls, index % n_rolls
+            # q = mask centroid + s * (p - view centroid) @ rot(roll), per pair
+            offset = p - view_centroid[v, None]  # (k, n*n, 2)
+            q = mask_centroid + scale.reshape(-1)[index, None, None] * torch.einsum("kpi,kij->kpj", offset, rot[r])
             # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
             grid = torch.stack([-q[..., 0] * S / W, -q[..., 1] * S / H], -1).reshape(-1, n, n, 2)
             warped = F.grid_sample(images[None].expand(grid.shape[0], len(images), H, W), grid, mode="bilinear",
                                    padding_mode="zeros", align_corners=False)
-            views = view_silhouettes[start:stop, None].expand(-1, len(rolls), n, n).reshape(-1, n, n)
+            views = view_silhouettes[v]
             warped_mask = warped[:, 0]
             # (times 1.0 without care: the same numbers, bit for bit)
             weight = 1.0 if care is None else torch.where((grid.abs() > 1).any(-1), 1.0, warped[:, 1])
             both = views * warped_mask
             inter = (both * weight).sum((1, 2))
             union = ((views + warped_mask - both) * weight).sum((1, 2))
-            ious.append((inter / union.clamp(min=1e-9)).reshape(stop - start, len(rolls)))
-            centre = mask_centroid + scale[start:stop, None, None] * torch.einsum(
-                "vi,rij->vrj", -view_centroid[start:stop], rot)
-            centres.append(centre)
-        iou, centre = torch.cat(ious), torch.cat(centres)
-        scale = scale[:, None].expand(-1, len(rolls))
+            iou[index] = inter / union.clamp(min=1e-9)
+        iou = iou.reshape(V, n_rolls)
+        where = mask_centroid + scale[..., None] * centre
         if best_iou is None:
-            best_iou, best_scale, best_centre = iou, scale, centre
+            best_iou, best_scale, best_centre = iou, scale, where
         else:
             better = iou > best_iou
             best_iou = torch.where(better, iou, best_iou)
             best_scale = torch.where(better, scale, best_scale)
-            best_centre = torch.where(better[..., None], centre, best_centre)
+            best_centre = torch.where(better[..., None], where, best_centre)
     return best_iou, best_scale, best_centre
 
 
@@ -427,16 +432,17 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     t = math.tan(math.radians(fov) / 2)
     grid = grid or view_grid(mesh, fov, views=views, rolls=rolls, side=side, near=near, upright=upright)
     silhouettes, angles, R_all, centre, distance = grid.silhouettes, grid.angles, grid.R_all, grid.centre, grid.distance
-    iou, scale, where = score_grid(silhouettes, mask.float(), angles)
+    pairs = None
+    if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out (score -1)
+        trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
+        pairs = (trace - 1) / 2 >= math.cos(math.radians(near[1]))
+    iou, scale, where = score_grid(silhouettes, mask.float(), angles, pairs=pairs)
     if care is None and photo is not None:
         care = in_front_piece(silhouettes, mask.float(), angles, photo, grid.best_score, regions, trial)
     if care is not None:
         care = care.to(device)
-        iou, scale, where = score_grid(silhouettes, mask.float(), angles, care=care, scales=OCCLUDED_SCALES)
-    if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out
-        cos_near = math.cos(math.radians(near[1]))
-        trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
-        iou = torch.where((trace - 1) / 2 >= cos_near, iou, torch.full_like(iou, -1.0))
+        iou, scale, where = score_grid(silhouettes, mask.float(), angles, care=care, scales=OCCLUDED_SCALES,
+                                       pairs=pairs)
     allows = grid.allowed(scale)
     if allows is not None:
         iou = torch.where(allows, iou, iou - 2.0)  # after every allowed one, in their own order
