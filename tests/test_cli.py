@@ -5,6 +5,8 @@ import json
 import pytest
 from conftest import assert_flags_refused, run_script
 
+from posefit import cli
+
 SCRIPTS = ["diff_render.py", "diff_render_texture.py"]
 
 
@@ -14,6 +16,19 @@ def test_help_shows_book_defaults(script):
     assert result.returncode == 0
     for text in ("--iterations", "default 200", "--lr", "0.05", "3.0 6.9 2.5", "--rasterizer", "--save-every"):
         assert text in result.stdout
+
+
+@pytest.mark.parametrize("book", [500.0, 800.0])
+def test_the_book_threshold_is_the_default_but_a_6dof_fit_runs_its_schedule(book, tmp_path):
+    parser = cli.fit_parser("a fit", loss_threshold=book, output_dir=tmp_path)
+
+    def threshold(*flags):
+        return cli.finish_fit_args(parser, parser.parse_args(list(flags))).loss_threshold
+
+    assert threshold() == pytest.approx(book)
+    assert threshold("--image-size", "128") == pytest.approx(book / 4)
+    assert threshold("--pose", "6dof") == 0.0
+    assert threshold("--pose", "6dof", "--loss-threshold", "30") == 30.0
 
 
 BAD_FLAGS = [
