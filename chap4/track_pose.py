@@ -470,8 +470,6 @@ def track(
                                                                           background=background),
                              process=background_frames and not isinstance(source, video.SyntheticFrames))
 
-    # torch's first optimizer imports torch._dynamo (about 2 s): at start-up, not in frame 0's time.
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     knobs.update(image_size=list(size), num_frames=total, device=str(device), init_pose=pose.pose_json(*init_pose),
                  truth=truth is not None, background=background)
     record = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in knobs.items()}, "frames": []}

@@ -348,6 +348,26 @@ def test_a_frame_that_cannot_be_decoded_is_skipped_and_tracking_goes_on(tmp_path
     assert "1 skipped" in result.stdout
 
 
+def test_the_frame_fits_adam_steps_as_torchs_adam():
+    # frame_fit.Adam replaces torch.optim.Adam in a frame's fit (torch's imports torch._dynamo, 1.5 s): the same
+    # parameters after every step, bit for bit, with the rate changing from step to step.
+    torch.manual_seed(0)
+    ours = [torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    start = ours[0].detach().clone()
+    adam, reference = frame_fit.Adam(ours), torch.optim.Adam(theirs, lr=0.1)
+    for step in range(12):
+        rate = 0.1 * 0.2 ** (step / 11)
+        grads = [torch.randn(4, 3) * 10.0 ** (step % 3 - 1) for _ in ours]
+        for p, q, g in zip(ours, theirs, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        adam.step(rate)
+        reference.param_groups[0]["lr"] = rate
+        reference.step()
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))
+    assert not torch.allclose(ours[0], start, atol=0.1)  # they did move
+
+
 def test_the_carried_gradient_scale_steps_with_the_gradient_where_fresh_adam_does_not():
     # Fresh Adam's first step is the rate times the gradient's sign, however small the gradient; with the
     # running scale of earlier frames' gradients carried, a gradient a hundredth of theirs moves a hundredth.

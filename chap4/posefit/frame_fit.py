@@ -338,6 +338,28 @@ class GradientScale:
             p.sub_(lr / (1 - self.momentum ** (step + 1)) * m / (v.sqrt() + self.eps))
 
 
+class Adam:
+    """torch.optim.Adam's arithmetic (its CPU path: one tensor at a time, no weight decay, no amsgrad), step by
+    step, for a frame's fit without a GradientScale: the same numbers. Why not torch's: constructing the first
+    torch.optim optimizer of a process imports torch._dynamo, 1.5 s of the tracker's start-up (which no
+    longer needs it) or of the first frame searched."""
+
+    def __init__(self, parameters, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.parameters, (self.beta1, self.beta2), self.eps = list(parameters), betas, eps
+        self.moments = [torch.zeros_like(p) for p in self.parameters]
+        self.squares = [torch.zeros_like(p) for p in self.parameters]
+        self.count = 0
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        self.count += 1
+        correction1, correction2 = 1 - self.beta1**self.count, 1 - self.beta2**self.count
+        for p, m, v in zip(self.parameters, self.moments, self.squares, strict=True):
+            m.lerp_(p.grad, 1 - self.beta1)
+            v.mul_(self.beta2).addcmul_(p.grad, p.grad, value=1 - self.beta2)
+            p.addcdiv_(m, (v.sqrt() / correction2**0.5).add_(self.eps), value=-(lr / correction1))
+
+
 def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int, lr: float, lr_end: float,
         weight_colour: float, prior_weight: float = 0.0, scale: GradientScale | None = None,
         light_passes: int = 0, palette: np.ndarray | None = None):
@@ -360,7 +382,7 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
         frame.covered, find = torch.zeros_like(frame.mask), False
     poses = pose.SixDoF(R_start, T_start)
     parameters = list(poses.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=lr) if scale is None else None
+    optimizer = Adam(parameters) if scale is None else None
     moments = scale.start(parameters) if scale is not None else None
     pixels, depth = frame.mask.numel(), T_start[:, 2:].clamp(min=1e-3)
 
@@ -382,8 +404,7 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
         loss.sum().backward()
         before = [p.detach().clone() for p in parameters]
         if scale is None:
-            optimizer.param_groups[0]["lr"] = rate
-            optimizer.step()
+            optimizer.step(rate)
         else:
             scale.step(parameters, moments, rate, step)
         with torch.no_grad():
