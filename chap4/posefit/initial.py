@@ -244,9 +244,14 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
         for start in range(0, len(chosen), chunk * n_rolls):
             index = chosen[start : start + chunk * n_rolls]
             v, r = index // n_rolls, index % n_rolls
-            # q = mask centroid + s * (p - view centroid) @ rot(roll), per pair
-            offset = p - view_centroid[v, None]  # (k, n*n, 2)
-            q = mask_centroid + scale.reshape(-1)[index, None, None] * torch.einsum("kpi,kij->kpj", offset, rot[r])
+            # q = mask centroid + s * (p - view centroid) @ rot(roll), per pair; for all pairs, a block of views
+            # under every roll (that einsum's rounding: the whole grid's scores as they always were)
+            if pairs is None:
+                views_in = slice(start // n_rolls, start // n_rolls + chunk)
+                turned = torch.einsum("vpi,rij->vrpj", p - view_centroid[views_in, None], rot).reshape(-1, n * n, 2)
+            else:
+                turned = torch.einsum("kpi,kij->kpj", p - view_centroid[v, None], rot[r])
+            q = mask_centroid + scale.reshape(-1)[index, None, None] * turned
             # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
             grid = torch.stack([-q[..., 0] * S / W, -q[..., 1] * S / H], -1).reshape(-1, n, n, 2)
             warped = F.grid_sample(images[None].expand(grid.shape[0], len(images), H, W), grid, mode="bilinear",
