@@ -676,7 +676,8 @@ def main() -> int:
     if not given and (args.init_pose is not None or args.truth is not None):
         parser.error("--init-pose and --truth go with --frames or --video")
     if given and args.init_pose is None:
-        parser.error("--frames and --video need --init-pose (the pose at frame 0)")
+        parser.error("--frames and --video need --init-pose (the pose at frame 0, e.g. the summary.json of "
+                     "diff_render_texture.py --target-image FRAME_0 --pose 6dof --restarts 8 --fov F: README)")
     cli.resolve_device(parser, args)
     record = track(
         output_dir=args.output_dir,

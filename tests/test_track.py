@@ -326,7 +326,7 @@ def test_frame_0_without_the_object_where_the_init_pose_puts_it_is_refused(tmp_p
 def test_frames_without_init_pose_is_a_usage_error(tmp_path):
     result = run_script("track_pose.py", "--frames", tmp_path, "--output-dir", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--init-pose" in result.stderr
+    assert "--init-pose" in result.stderr and "--pose 6dof" in result.stderr  # says where to get one
 
 
 def test_a_frame_that_cannot_be_decoded_is_skipped_and_tracking_goes_on(tmp_path, meshes_ready):
