@@ -192,8 +192,8 @@ def reacquire(renderers, mesh, raw, size, background, fov, candidates, *, degree
     frame halved, with `coarse`: renderers at half the size), the lowest loss refined further at full size
     on the mask drawn around it. Returns the frame as observed, the pose, its silhouette.
 
-    Why halved: the hypotheses' steps were half a search's time (a search is ~0.5 s, 20 frames' worth of
-    steps), and at half the size they take half as long; the pose they find is a little rougher, made up
+    Why halved: the hypotheses' steps were half a search's time (a search took ~0.6 s, six frames' worth),
+    and at half the size they take half as long; the pose they find is a little rougher, made up
     by three more final steps (12, not 9). On the 14 occluded tuning sequences from 3 starts: 35 of 42
     runs within the targets (full size and 9 final steps: 34; halved and 9: 32)."""
     frame = Observed(raw, size, background)

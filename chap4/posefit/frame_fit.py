@@ -355,6 +355,8 @@ class Adam:
         self.count += 1
         correction1, correction2 = 1 - self.beta1**self.count, 1 - self.beta2**self.count
         for p, m, v in zip(self.parameters, self.moments, self.squares, strict=True):
+            if p.grad is None:  # (as torch's: a parameter without a gradient is left alone)
+                continue
             m.lerp_(p.grad, 1 - self.beta1)
             v.mul_(self.beta2).addcmul_(p.grad, p.grad, value=1 - self.beta2)
             p.addcdiv_(m, (v.sqrt() / correction2**0.5).add_(self.eps), value=-(lr / correction1))
