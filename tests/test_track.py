@@ -393,13 +393,18 @@ def test_the_carried_gradient_scale_steps_with_the_gradient_where_fresh_adam_doe
     assert (moved < 2 * rate * 0.01).all() and (moved > 0.5 * rate * 0.01).all(), moved
 
 
+def white_box_photo(scale: int = 1):
+    """A white box on a terracotta floor (40 x 50 px times scale), as it is and with sensor noise."""
+    rng = np.random.default_rng(0)
+    pixels = np.full((40 * scale, 50 * scale, 3), (180, 90, 60), np.float32)
+    pixels[10 * scale : 30 * scale, 15 * scale : 35 * scale] = (240, 240, 240)
+    return pixels, np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+
+
 def test_a_photo_frame_leaves_its_outline_out_and_a_render_does_not():
     # A noisy frame (a photo): the pixels on the mask's outline weigh nothing, those a pixel further in and
     # out count fully. A clean render's mask is exact: every pixel counts.
-    rng = np.random.default_rng(0)
-    pixels = np.full((40, 50, 3), (180, 90, 60), np.float32)
-    pixels[10:30, 15:35] = (240, 240, 240)
-    noisy = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+    pixels, noisy = white_box_photo()
     frame = frame_fit.Observed(video.RawFrame(0, None, noisy), (40, 50))
     assert frame.photo and frame.weight is not None
     mask = frame.mask.numpy() > 0.5
@@ -415,10 +420,7 @@ def test_a_photo_frame_leaves_its_outline_out_and_a_render_does_not():
 def test_a_frame_halved_is_the_frame_seen_at_half_its_size():
     # A search's coarse fit sees the frame halved: the same photo read at half the size gives the same
     # mask (but for its soft edge), colours and backdrop, and the fit's window still holds the object.
-    rng = np.random.default_rng(0)
-    pixels = np.full((80, 100, 3), (180, 90, 60), np.float32)
-    pixels[20:60, 30:70] = (240, 240, 240)
-    noisy = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+    _, noisy = white_box_photo(scale=2)
     full = frame_fit.Observed(video.RawFrame(0, None, noisy), (80, 100))
     coarse, small = frame_fit.halved(full), frame_fit.Observed(video.RawFrame(0, None, noisy), (40, 50))
     assert coarse.mask.shape == small.mask.shape == (40, 50) and coarse.photo
