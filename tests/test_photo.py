@@ -462,6 +462,23 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
                                   outline_on_edges=[0.0, 1.0])[0] == 1
 
 
+@pytest.mark.parametrize("share, joins", [(0.1, False), (targets.MIN_OUTLINE_SHARE, True)])
+def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(meshes_ready, monkeypatch, share,
+                                                                                joins):
+    # With no strong edge in a photo, every outline scores about -0.8 and the best lay in a corner (seed 21
+    # case 12: the grid chose that speck, 537% off); below the share that makes it a photo's only mask, it
+    # is no reading either.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, mask, _ = photograph(mesh, R, T, (90, 140, 90))
+    speck = np.zeros_like(mask)
+    speck[:6, :6] = True
+    monkeypatch.setattr(search.outlines, "outline_reading", lambda *args, **kwargs: (speck, share))
+    readings = search.photo_readings(mesh, photo / 255.0, FOV, upright=initial.Upright.of(mesh))
+    assert readings and any(masks.iou(r, mask) > 0.8 for r in readings)  # the colour reading finds the teapot
+    assert any(np.array_equal(r, speck) for r in readings) == joins
+
+
 def test_a_short_fit_tells_a_photos_readings_apart(meshes_ready):
     # search.trial_iou: the grid's views are 13 degrees apart; a short fit from its best ones explains the
     # mesh's own silhouette at a pose off the grid better than any of them, and all but fully.
