@@ -517,16 +517,13 @@ def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
                    upright: initial.Upright | None = None) -> list[np.ndarray]:
     """The usable masks of a photo that a 6-DoF fit chooses among: one with each surface of the border taken for
     the floor (posefit.masks.floor_readings), and the mesh's outline among the photo's edges (posefit.outlines)
-    unless it is one of those or its edges hardly follow it (below targets.MIN_OUTLINE_SHARE, as when it is
-    the only reading: on the 44 RGB photos of seeds 20 and 21 every outline reading below it lay off the
-    object, IoU 0 with the truth, and a photo with no strong edge at all had its reading in a corner, which
-    the grid then chose). Empty if no colour reading is usable (the target's mask is then already the
+    unless it is one of those or its edges hardly follow it (outlines.MIN_OUTLINE_SHARE: a photo with no
+    strong edge at all had its outline reading in a corner, which the grid then chose). Empty if no colour reading is usable (the target's mask is then already the
     outline's: targets.load_target_image)."""
     readings = [m for m in masks.floor_readings(photo, background) if targets.usable_mask(m)]
     if readings:
-        outline, share = outlines.outline_reading(mesh, photo, fov, upright=upright)
-        if (share >= targets.MIN_OUTLINE_SHARE and targets.usable_mask(outline)
-                and all(masks.iou(outline, m) < masks.SAME_READING for m in readings)):
+        outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)  # (empty if poorly followed)
+        if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
             readings.append(outline)
     return readings
 

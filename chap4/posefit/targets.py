@@ -195,10 +195,6 @@ def fit_target(options, observed: Target | None, renderers: render.Renderers, me
 WORKING_SIDE = 256
 MIN_TARGET_SIDE = 8
 MIN_OBJECT_SHARE = 0.001  # a mask that covers less of the image is refused
-# A photo none of whose colour readings finds the object: the mesh's outline found among its edges is taken if
-# this share of it follows them (posefit.outlines; -1 to 1: on the benchmark's photos 0.5-0.85, on a floor with
-# nothing on it about -0.8).
-MIN_OUTLINE_SHARE = 0.3
 DEFAULT_FOV = 60.0  # PyTorch3D's, and the book's
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # a 35 mm-equivalent focal length refers to this diagonal
 
@@ -256,7 +252,7 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
     white teapot on a grey floor under a lamp), the mesh looks for its own
     outline among the photo's edges (posefit.outlines.outline_reading), and
     the mask is what it finds if its outline follows them well enough
-    (MIN_OUTLINE_SHARE); None: such a photo is refused. upright: the fit's
+    (posefit.outlines.MIN_OUTLINE_SHARE); None: such a photo is refused. upright: the fit's
     floor prior for that search (posefit.initial.Upright), if any. unfound_ok: return
     such a photo with its empty mask instead (for a check of the file that
     the fit, with the mesh, repeats).
@@ -330,8 +326,7 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
             mask = next((m for m in masks.floor_readings(photo, background)[1:] if usable_mask(m)), mask)
         if not usable_mask(mask) and masks.is_photo(photo):
             if mesh is not None:
-                found, share = outlines.outline_reading(mesh, photo, fov, upright=upright)
-                mask = found if share >= MIN_OUTLINE_SHARE else np.zeros_like(found)
+                mask, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)  # (empty if poorly followed)
             unfound = unfound_ok and not usable_mask(mask)
         shown = photo
         # The renderer draws the object on white, so the colour loss sees the same.
