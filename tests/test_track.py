@@ -479,6 +479,27 @@ def test_read_ahead_in_a_process_keeps_order_raises_in_place_and_stops_when_clos
         next(ahead)
 
 
+def test_the_outline_on_a_large_frame_is_drawn_wider_along_the_silhouettes_edge():
+    # A silhouette at the working size (120 x 160) with a notch, drawn on the frame as it came: at that size
+    # the 1-pixel inner boundary; on a frame 8 times larger a line several pixels wide that follows the
+    # silhouette's scaled-up edge (within a few pixels of it, all round it) and nothing else.
+    silhouette = torch.zeros(120, 160, dtype=torch.bool)
+    silhouette[30:90, 50:110] = True
+    silhouette[60:90, 70:90] = False
+    red = (255, 26, 26)
+    small = track_pose.overlay(np.zeros((120, 160, 3), np.uint8), silhouette)
+    inside = silhouette.numpy()
+    boundary = inside & ~ndimage.binary_erosion(inside)
+    assert np.array_equal((small == red).all(-1), boundary)
+    big = track_pose.overlay(np.zeros((960, 1280, 3), np.uint8), silhouette)
+    drawn = (big == red).all(-1)
+    scaled = np.kron(inside, np.ones((8, 8), bool))
+    edge = scaled ^ ndimage.binary_erosion(scaled)
+    assert (drawn & ~ndimage.binary_dilation(edge, iterations=4)).sum() == 0  # only near the edge
+    assert (edge & ~ndimage.binary_dilation(drawn, iterations=4)).sum() == 0  # all round it
+    assert drawn[480, :560].sum() >= 3  # the left side, crossed: several pixels wide, not one
+
+
 def test_tracker_overlays_are_captioned_at_their_own_size(tmp_path):
     from posefit.frames import FrameWriter
 
