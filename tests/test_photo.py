@@ -21,7 +21,7 @@ from scipy import ndimage
 
 import diff_render
 import diff_render_texture
-from posefit import data, frame_fit, initial, masks, outlines, pose, render, search, targets
+from posefit import data, frame_fit, initial, masks, outlines, outputs, pose, render, search, targets
 from posefit.errors import UserError
 
 SIZE = (48, 64)  # (H, W)
@@ -60,6 +60,25 @@ def photograph(mesh, R, T, backdrop, size=SIZE, shadow=0.45, noise=2.0, seed=0, 
     floor = np.asarray(backdrop, np.float64) / 255 * (1 - (1 - shadow) * shade)[..., None] * tint
     photo = np.where(mask[..., None], rgb, floor) + np.random.default_rng(seed).normal(0, noise / 255, rgb.shape)
     return (photo.clip(0, 1) * 255 + 0.5).astype(np.uint8), mask, shade > 0.2
+
+
+def test_the_final_outline_widens_with_the_image_so_that_a_photos_is_seen():
+    # final.png shows each picture about 280 pixels wide. At the book's 256 px the outline is the mask's
+    # 1-pixel inner boundary, as before; at a photo's 1024 px it is 4 pixels wide, inside the mask, along
+    # its edge (a 1-pixel line there shrinks to a quarter of a pixel in the figure).
+    def red(overlay):
+        return (overlay == np.float32([1.0, 0.1, 0.1])).all(-1)
+
+    small = np.zeros((256, 256), bool)
+    small[64:192, 80:176] = True
+    drawn = red(outputs.outline_overlay(np.zeros((256, 256, 3), np.float32), small))
+    assert np.array_equal(drawn, small & ~ndimage.binary_erosion(small))
+    large = np.kron(small, np.ones((4, 4), bool))[:, :1024]  # 1024 x 1024
+    drawn = red(outputs.outline_overlay(np.zeros((*large.shape, 3), np.float32), large))
+    assert not (drawn & ~large).any()
+    assert not (drawn & ndimage.binary_erosion(large, iterations=4)).any()
+    assert drawn[512, 320:340].sum() == 4  # the left side, crossed: 4 pixels wide
+    assert (large & ~ndimage.binary_erosion(large) & ~drawn).sum() == 0  # all round
 
 
 @pytest.mark.parametrize("backdrop, shadow_light", [((128, 128, 128), (1, 1, 1)), ((170, 110, 60), (1, 1, 1)),
