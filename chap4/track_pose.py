@@ -285,7 +285,7 @@ def overlay(original: np.ndarray, silhouette: torch.Tensor) -> np.ndarray:
 
     A frame larger than the working size gets the silhouette scaled up smoothly (bilinear, the outline at
     its half-way level) and an outline as wide as four tenths of the scale, where the pixels' level is
-    between 0.3 and 0.7: on a filmed clip's 1280x960 frame (8 times the working size) a line 3 pixels wide
+    between 0.3 and 0.7: on a filmed clip's 1280x960 frame (8 times the working size) a line 3-4 pixels wide
     instead of a 1-pixel staircase of 8-pixel steps, hard to see. At the working size it is the
     silhouette's 1-pixel inner boundary."""
     from PIL import Image
