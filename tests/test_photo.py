@@ -685,6 +685,24 @@ def test_a_large_photo_is_scaled_down_and_its_exif_read(tmp_path, meshes_ready):
     assert targets.load_target_image(tmp_path / "phone.jpg", fov=55.0).fov_source == "--fov"
 
 
+def test_a_photo_larger_than_the_kept_size_is_kept_averaged_down_and_its_mask_written_at_its_own(
+        tmp_path, meshes_ready, monkeypatch):
+    # The file as it came is kept for the pictures and the polish at most ORIGINAL_MAX_SIDE a side (here 200
+    # for a 300 x 400 file: 150 x 200, each pixel the mean of its block), and its own size is remembered:
+    # target_mask.png is written at 300 x 400.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, _, _ = photograph(mesh, R, T, (120, 130, 140), size=(300, 400))
+    Image.fromarray(photo).save(tmp_path / "big.png")
+    monkeypatch.setattr(targets, "ORIGINAL_MAX_SIDE", 200)
+    target = targets.load_target_image(tmp_path / "big.png")
+    assert target.original.shape == (150, 200, 3) and target.original_size == (300, 400)
+    block_means = photo.astype(np.float32).reshape(150, 2, 200, 2, 3).mean((1, 3)) / 255
+    assert np.abs(target.original - block_means).max() < 1 / 255 + 1e-6
+    outputs.save_mask(target, tmp_path / "target_mask.png")
+    assert Image.open(tmp_path / "target_mask.png").size == (400, 300)
+
+
 BAD = {
     "pose not a mode": (["--pose", "free"], "invalid choice"),
     "6dof with --init-position": (["--pose", "6dof", "--init-position", "1", "2", "3"], "--init-position"),

@@ -141,7 +141,7 @@ def save_mask(target, path: Path) -> None:
     pixels taken for something in front of the object (left out of the loss and of the IoU), if any."""
     from PIL import Image
 
-    H, W = target.original.shape[:2]
+    H, W = target.original_size
     mask = Image.fromarray(target.hard_mask.cpu().numpy().astype(np.uint8) * 255)
     mask.resize((W, H), Image.Resampling.NEAREST).save(path)
     if target.care is not None:

@@ -124,7 +124,10 @@ class Target:
     T: torch.Tensor | None = None
     camera_position: torch.Tensor | None = None
     photo: torch.Tensor | None = None  # (H, W, 3) a photo's pixels at the working size, to redo its mask
-    original: np.ndarray | None = None  # (H0, W0, 3) the file as it came (EXIF orientation applied), for final.png
+    # The file as it came (EXIF orientation applied; at most ORIGINAL_MAX_SIDE a side), for final.png and a
+    # photo's polish, and its own size (H0, W0), at which target_mask.png is written.
+    original: np.ndarray | None = None
+    original_size: tuple[int, int] | None = None
     fov: float | None = None  # degrees across the shorter side, and where that came from
     fov_source: str = ""
     relit: bool = False  # the colour term compares after a per-channel gain and offset (a photo's own light)
@@ -194,6 +197,7 @@ def fit_target(options, observed: Target | None, renderers: render.Renderers, me
 # A photo larger than this (its shorter side, pixels) is scaled down to it for the fit; --image-size sets it.
 WORKING_SIDE = 256
 MIN_TARGET_SIDE = 8
+ORIGINAL_MAX_SIDE = 2048  # a file larger than this is kept averaged down to it (Target.original)
 MIN_OBJECT_SHARE = 0.001  # a mask that covers less of the image is refused
 DEFAULT_FOV = 60.0  # PyTorch3D's, and the book's
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # a 35 mm-equivalent focal length refers to this diagonal
@@ -287,7 +291,16 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
                 image = image.convert("RGBA")
                 kind = "alpha" if image.getextrema()[3][0] < 255 else "background"
                 scale = 255.0
-            original = np.asarray(image.convert("RGB") if kind != "mask" else image, dtype=np.float32) / scale
+            # The file as it came, for the pictures and a photo's polish, at most ORIGINAL_MAX_SIDE a side
+            # (averaged down; final.png draws at most 1024, the polish at 180): kept whole, a phone's
+            # 48-megapixel photo held 0.58 GB of floats through the fit, and reading it peaked at 2.1 GB
+            # of memory against 1.2.
+            kept = image.convert("RGB") if kind != "mask" else image
+            if max(W, H) > ORIGINAL_MAX_SIDE:
+                factor = ORIGINAL_MAX_SIDE / max(W, H)
+                kept = kept.resize((max(1, round(W * factor)), max(1, round(H * factor))), Image.Resampling.BOX)
+            original = np.asarray(kept, dtype=np.float32) / scale
+            del kept
             if min(W, H) > working_side:
                 factor = working_side / min(W, H)
                 small = (max(1, round(W * factor)), max(1, round(H * factor)))
@@ -344,7 +357,8 @@ def load_target_image(path, background=None, working_side=WORKING_SIDE, fov: flo
         path=path,
         background=list(background) if background is not None else None,
         photo=None if photo is None else torch.from_numpy(photo),
-        original=np.clip(original, 0.0, 1.0),
+        original=np.clip(original, 0.0, 1.0, out=original),
+        original_size=(H, W),
         fov=float(fov),
         fov_source=fov_source,
         # A photo's colours carry its own light; a clean render's are the renderer's.
