@@ -518,8 +518,8 @@ def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
     """The usable masks of a photo that a 6-DoF fit chooses among: one with each surface of the border taken for
     the floor (posefit.masks.floor_readings), and the mesh's outline among the photo's edges (posefit.outlines)
     unless it is one of those or its edges hardly follow it (outlines.MIN_OUTLINE_SHARE: a photo with no
-    strong edge at all had its outline reading in a corner, which the grid then chose). Empty if no colour reading is usable (the target's mask is then already the
-    outline's: targets.load_target_image)."""
+    strong edge at all had its outline reading in a corner, which the grid then chose). Empty if no colour
+    reading is usable (the target's mask is then already the outline's: targets.load_target_image)."""
     readings = [m for m in masks.floor_readings(photo, background) if targets.usable_mask(m)]
     if readings:
         outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)  # (empty if poorly followed)
