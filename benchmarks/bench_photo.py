@@ -32,9 +32,11 @@ failures looked into in session 23, with bench_masks.py: a tuning seed now);
 seed 16, fresh in session 24 (its two failures looked at then); seed 17,
 fresh in session 25, whose photos with something in front showed the trial
 of the grid's near misses (checked on the chosen readings of seeds 13-17);
-seed 18, fresh in session 25; the README reports seed 19, fresh in session
-26 (its failures looked at after), and the seeds of earlier rounds. The next
-fresh seed is 20. Seed 40 with --teapot-colours is a probe outside the fixed
+seed 18, fresh in session 25; seed 19, fresh in session 26 (its failures
+looked at after); seeds 20 and 21, fresh in sessions 29 and 32 (21 chose
+session 34's local gain in the polish). The README reports seed 22, fresh in
+session 34, and RESULTS.md the seeds of earlier rounds. The next fresh seed
+is 23. Seed 40 with --teapot-colours is a probe outside the fixed
 ranges (session 26), not tuned on.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
@@ -204,7 +206,7 @@ def save_figure(rows: list[dict], folder: Path, fits: Path, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=8,
-                        help="the cases' seed (default 8; the README reports seed 19, tuning used 0-18)")
+                        help="the cases' seed (default 8; the README reports seed 22, tuning used 0-21)")
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--cases", type=Path, help="folder of rendered cases (made if missing; default: temporary)")
     parser.add_argument("--render-only", action="store_true")

@@ -777,3 +777,23 @@ def test_the_pose_corrections_rotation_and_its_gradient_are_pytorch3ds(scale):
     w32 = w.float().requires_grad_()  # float32 in, its gradient made in float64
     (pose.ExpMap.apply(w32) * G.float()).sum().backward()
     assert torch.allclose(w32.grad.double(), theirs_w.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_the_local_gain_takes_up_smooth_shading_and_leaves_the_backdrop_alone():
+    # frame_fit.local_gain_map: where the photo is the render times a smooth shading the fit's light cannot
+    # give (here a ramp across the object), the gain is that shading inside the object; far from it, 1.
+    h, w = 40, 60
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    inside = ((yy - 20) ** 2 / 14**2 + (xx - 24) ** 2 / 18**2 < 1).float()[None, ..., None]
+    texture = 0.3 + 0.5 * (torch.sin(xx / 2.0) * torch.cos(yy / 3.0) > 0).float()  # patches, like the cow's
+    render_ = (texture[None, ..., None] * torch.tensor([0.9, 0.8, 0.7])) * inside + 0.4 * (1 - inside)
+    shading = (0.5 + 0.5 * xx / w)[None, ..., None]
+    photo = (render_ * (inside * shading + (1 - inside)))[0]
+    gain = frame_fit.local_gain_map(render_, photo, inside, radius=3.0)
+    core = torch.from_numpy(ndimage.binary_erosion(inside[0, ..., 0].numpy(), iterations=4))
+    assert torch.allclose(gain[0][core], shading[0].expand(h, w, 3)[core], rtol=0.08)
+    assert not torch.allclose(gain[0][core], torch.ones(3), rtol=0.08)  # the shading is no constant gain
+    assert torch.allclose(gain[0, :, -5:], torch.ones(1))  # 15 px (5 radii) from the object
+    # The gained render explains the photo far better than the render does.
+    gained = render_ * (1 + inside * (gain - 1))
+    assert ((gained - photo)[0][core] ** 2).sum() < 0.05 * ((render_ - photo)[0][core] ** 2).sum()
