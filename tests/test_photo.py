@@ -372,29 +372,37 @@ def test_a_mask_that_leaves_the_bar_out_borrows_the_piece_another_reading_found(
     assert initial.borrowed_piece(grid.silhouettes, visible, grid.angles, [own_piece, None], grid.best_score) is None
 
 
+def white_object_with_paint(object_box, painted, in_front=(0, 1), size=(60, 80)):
+    """A white object (tinted by the floor's light) on a terracotta floor, with patches painted over both
+    (each (box, colour); box a numpy index, colour RGB in [0, 1]) and sensor noise; the patches `in_front`
+    (indices) join the mask, as a post in front of the object would. Returns the photo, the mask and each
+    patch's pixels."""
+    photo = np.zeros((*size, 3))
+    photo[:] = (0.8, 0.5, 0.3)  # the floor
+    mask = np.zeros(size, bool)
+    mask[object_box] = True
+    photo[mask] = (0.92, 0.86, 0.82)  # a white object with the floor's tint
+    patches = []
+    for box, colour in painted:
+        patch = np.zeros(size, bool)
+        patch[box] = True
+        photo[patch] = colour
+        patches.append(patch)
+    photo += np.random.default_rng(0).normal(0, 0.01, photo.shape)
+    for k in in_front:
+        mask |= patches[k]
+    return photo, mask, patches
+
+
 def test_a_candidate_in_front_takes_in_the_shaded_face_of_its_hue_and_not_the_white_object():
     # A red post's lit face and its shaded face (darker, a little greyer: the room's light) are two regions of
     # the photo; a candidate grows from the lit one into the shaded one beside it, and not into the white
-    # object, which a coloured floor tints too, nor into a red patch beyond OCCLUDER_GROWTH pixels.
-    H, W = 60, 80
-    photo = np.zeros((H, W, 3))
-    photo[:] = (0.8, 0.5, 0.3)  # the floor
-    mask = np.zeros((H, W), bool)
-    mask[10:50, 20:60] = True
-    photo[mask] = (0.92, 0.86, 0.82)  # a white object with the floor's tint
-    lit, shaded = np.zeros_like(mask), np.zeros_like(mask)
-    lit[5:55, 36:42] = True
-    shaded[5:55, 32:36] = True
-    far = np.zeros_like(mask)
-    far[14:20, 50:56] = True  # a red spot on the object, away from the post
-    photo[lit] = (0.75, 0.12, 0.1)
-    photo[shaded] = (0.3, 0.1, 0.09)
-    photo[far] = (0.75, 0.12, 0.1)
-    green = np.zeros_like(mask)
-    green[25:35, 42:46] = True  # a saturated patch of another hue beside the post
-    photo[green] = (0.15, 0.6, 0.2)
-    photo += np.random.default_rng(0).normal(0, 0.01, photo.shape)
-    mask |= lit | shaded
+    # object, which a coloured floor tints too, nor into a red patch beyond OCCLUDER_GROWTH pixels, nor into a
+    # saturated patch of another hue beside the post.
+    photo, mask, (lit, shaded, far, green) = white_object_with_paint(np.s_[10:50, 20:60], [
+        (np.s_[5:55, 36:42], (0.75, 0.12, 0.1)), (np.s_[5:55, 32:36], (0.3, 0.1, 0.09)),
+        (np.s_[14:20, 50:56], (0.75, 0.12, 0.1)), (np.s_[25:35, 42:46], (0.15, 0.6, 0.2))])
+    H = photo.shape[0]
     chroma = masks.chromaticity(masks.smoothed(photo))
     grown = initial.same_hue_around(chroma, mask, lit)
     assert (grown & shaded).sum() > 0.7 * shaded.sum(), "all but its column blurred into the white"
@@ -414,22 +422,11 @@ def test_a_posts_faces_of_one_hue_are_one_candidate_and_the_white_object_none_of
     # A yellow post's lit face and its shaded face (darker, a little greyer) are regions of their own, each
     # wider than the growth around a candidate (OCCLUDER_GROWTH): the candidate is both faces at once, left
     # out together, and neither the white object (tinted by the floor) nor a green patch beside it joins.
-    H, W = 60, 80
-    photo = np.zeros((H, W, 3))
-    photo[:] = (0.8, 0.5, 0.3)  # the floor
-    mask = np.zeros((H, W), bool)
-    mask[15:50, 30:65] = True
-    photo[mask] = (0.92, 0.86, 0.82)  # a white object with the floor's tint
-    lit, shaded = np.zeros_like(mask), np.zeros_like(mask)
-    lit[5:58, 18:27] = True
-    shaded[5:58, 27:36] = True  # the shaded face reaches into the object's outline: the post stands in front
-    photo[lit] = (0.85, 0.7, 0.15)
-    photo[shaded] = (0.35, 0.3, 0.1)
-    green = np.zeros_like(mask)
-    green[30:36, 36:40] = True
-    photo[green] = (0.15, 0.6, 0.2)
-    photo += np.random.default_rng(0).normal(0, 0.01, photo.shape)
-    mask |= lit | shaded
+    # (The shaded face reaches into the object's outline: the post stands in front of it.)
+    photo, mask, (lit, shaded, green) = white_object_with_paint(np.s_[15:50, 30:65], [
+        (np.s_[5:58, 18:27], (0.85, 0.7, 0.15)), (np.s_[5:58, 27:36], (0.35, 0.3, 0.1)),
+        (np.s_[30:36, 36:40], (0.15, 0.6, 0.2))])
+    H = photo.shape[0]
     post = lit | shaded
     candidates = initial.occluder_candidates(photo.astype(np.float32), mask)
     assert candidates
@@ -442,25 +439,23 @@ def test_a_posts_faces_of_one_hue_are_one_candidate_and_the_white_object_none_of
 def test_with_a_piece_left_out_the_grid_puts_the_objects_centroid_towards_the_hidden_part():
     # A square object whose left half is hidden by a bar that reaches far above and below it: the hidden part
     # lies near the seen part (within HIDDEN_REACH of its size), not along the whole bar.
-    H, W = 80, 80
-    mask = torch.zeros(H, W)
-    mask[30:50, 30:50] = 1.0
-    bar = torch.zeros(H, W, dtype=torch.bool)
-    bar[0:80, 28:40] = True
+    square = torch.zeros(80, 80)
+    square[30:50, 30:50] = 1.0
+    (square_centroid,), _ = initial.moments(square[None])
+    bar = torch.zeros(80, 80, dtype=torch.bool)
+    bar[:, 28:40] = True
+    mask = square.clone()
     mask[bar] = 1.0
     care = (~bar).float()
     (seen,), (seen_area,) = initial.moments((mask * care)[None])
-    (square,), _ = initial.moments(torch.zeros(H, W).index_put_((torch.arange(30, 50)[:, None],
-                                                                  torch.arange(30, 50)[None]), torch.tensor(1.0))[None])
     behind = initial.hidden_centroid(mask, care, seen_area)
     # NDC x grows to the left: the hidden part is left of the seen part, and at the square's height.
     assert behind[0] > seen[0] + 0.1
-    assert abs(float(behind[1] - square[1])) < 0.05
+    assert abs(float(behind[1] - square_centroid[1])) < 0.05
     # With nothing left out near the seen part, the seen part's own centroid.
-    far = torch.zeros(H, W, dtype=torch.bool)
+    far = torch.zeros(80, 80, dtype=torch.bool)
     far[0:5, 0:5] = True
-    lone = mask.clone() * 0
-    lone[30:50, 30:50] = 1.0
+    lone = square.clone()
     lone[far] = 1.0
     (lone_seen,), (lone_area,) = initial.moments((lone * (~far).float())[None])
     assert torch.allclose(initial.hidden_centroid(lone, (~far).float(), lone_area), lone_seen)
