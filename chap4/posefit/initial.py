@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from pytorch3d.renderer import FoVPerspectiveCameras, RasterizationSettings, look_at_rotation
 from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 from skimage import graph, segmentation
 
 from posefit import masks, render
@@ -550,21 +551,12 @@ def faces_of_one_hue(regions: np.ndarray, mask: np.ndarray, chroma: np.ndarray) 
         return (low >= OCCLUDER_SATURATION[0] and low >= OCCLUDER_SATURATION[1] * high
                 and float(hues[a] @ hues[b]) >= OCCLUDER_HUE_COS * low * high)
 
-    joined = {label: {label} for label in labels}
-    for a, b in pairs:
-        if alike(a, b):
-            joined[a].add(b)
-            joined[b].add(a)
-    groups = []
-    for label in labels:  # the neighbours of the neighbours, and so on
-        group, todo = set(), [label]
-        while todo:
-            current = todo.pop()
-            if current not in group:
-                group.add(current)
-                todo.extend(joined[current] - group)
-        groups.append(frozenset(group))
-    return groups
+    # The neighbours of the neighbours, and so on: the connected components of the graph of alike neighbours.
+    index = {label: k for k, label in enumerate(labels.tolist())}
+    edges = np.array([(index[a], index[b]) for a, b in pairs if alike(a, b)], dtype=np.int64).reshape(-1, 2)
+    graph = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(labels),) * 2)
+    _, component = csgraph.connected_components(graph, directed=False)
+    return [frozenset(labels[component == component[k]].tolist()) for k in range(len(labels))]
 
 
 def same_hue_around(chroma: np.ndarray, mask: np.ndarray, piece: np.ndarray) -> np.ndarray:
