@@ -510,7 +510,8 @@ def photo_regions(photo: np.ndarray) -> np.ndarray:
 
 def occluder_candidates(photo: np.ndarray, mask: np.ndarray, regions: np.ndarray | None = None) -> list[np.ndarray]:
     """Pieces of the mask that may be something in front of the object: its regions of one colour
-    (felzenszwalb on the photo) that hold OCCLUDER_SHARE of the mask and reach its outline, or within
+    (felzenszwalb on the photo), each with its neighbours of the same hue (faces_of_one_hue), that hold
+    OCCLUDER_SHARE of the mask and reach its outline, or within
     OCCLUDER_RIM pixels of it (a thing in front of the object reaches beyond it), the OCCLUDER_CANDIDATES
     largest first, each with the pixels of its hue beside it (same_hue_around). regions: photo_regions(photo),
     if already found."""
@@ -518,20 +519,19 @@ def occluder_candidates(photo: np.ndarray, mask: np.ndarray, regions: np.ndarray
     rim = mask & ~ndimage.binary_erosion(mask, iterations=OCCLUDER_RIM)
     area = int(mask.sum())
     chroma = masks.chromaticity(masks.smoothed(photo))
-    pieces, seen = [], set()
+    pieces = []
     for group in faces_of_one_hue(regions, mask, chroma):
         piece = np.isin(regions, list(group)) & mask
         share = piece.sum() / max(area, 1)
-        if OCCLUDER_SHARE[0] <= share <= OCCLUDER_SHARE[1] and (piece & rim).any() and group not in seen:
-            seen.add(group)
+        if OCCLUDER_SHARE[0] <= share <= OCCLUDER_SHARE[1] and (piece & rim).any():
             pieces.append((share, piece))
     pieces.sort(key=lambda item: -item[0])
     return [same_hue_around(chroma, mask, piece) for _, piece in pieces[:OCCLUDER_CANDIDATES]]
 
 
 def faces_of_one_hue(regions: np.ndarray, mask: np.ndarray, chroma: np.ndarray) -> list[frozenset]:
-    """Each of the mask's regions (labels) with the neighbouring regions of its hue joined to it, and theirs in
-    turn (frozensets of labels, one per region, in label order): the lit, the shaded and the top face of a post
+    """The mask's regions (labels) with the neighbouring regions of their hue joined to them, and theirs in
+    turn (frozensets of labels, each group once, in the order of its lowest label): the lit, the shaded and the top face of a post
     are regions of their own with one hue (seed 22 case 20: a yellow post's two faces were two candidates, and
     neither left out alone explained the rest). Hues as same_hue_around compares a pixel's with a piece's,
     each region's the median of its pixels in the mask; a region less saturated than OCCLUDER_SATURATION[0]
@@ -556,7 +556,7 @@ def faces_of_one_hue(regions: np.ndarray, mask: np.ndarray, chroma: np.ndarray) 
     edges = np.array([(index[a], index[b]) for a, b in pairs if alike(a, b)], dtype=np.int64).reshape(-1, 2)
     graph = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(labels),) * 2)
     _, component = csgraph.connected_components(graph, directed=False)
-    return [frozenset(labels[component == component[k]].tolist()) for k in range(len(labels))]
+    return [frozenset(labels[component == c].tolist()) for c in dict.fromkeys(component.tolist())]
 
 
 def same_hue_around(chroma: np.ndarray, mask: np.ndarray, piece: np.ndarray) -> np.ndarray:
