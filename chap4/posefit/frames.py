@@ -74,12 +74,15 @@ class _Caption:
         canvas = Image.new(picture.mode, (picture.width, picture.height + self.STRIP), "white")
         canvas.paste(picture, (0, self.STRIP))
         ImageDraw.Draw(canvas).text((3, 1), title, fill="black")
-        _atomic_save(lambda p: canvas.save(p, format="PNG"), path)
+        # zlib's fastest level: 1.3 ms a tracker's overlay against 4.5 at the default, the file a sixth larger.
+        _atomic_save(lambda p: canvas.save(p, format="PNG", compress_level=1), path)
 
 
 def _gif_frame(image: np.ndarray):
-    """A GIF frame: the picture scaled down to GIF_MAX_SIDE at most, its 256 colours chosen now (median cut,
-    what PIL's GIF writer would do at the end: the writer process spreads that work over the frames)."""
+    """A GIF frame: the picture scaled down to GIF_MAX_SIDE at most, its 256 colours chosen now (the writer
+    process spreads that work over the frames) by PIL's fast octree: 0.4 ms a tracker's overlay against
+    median cut's 7 (what PIL's GIF writer would use), on the core the tracker's read-ahead shares; the
+    colours 1.9 levels of 255 off on average instead of 0.6."""
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -87,7 +90,7 @@ def _gif_frame(image: np.ndarray):
     small = image[::step, ::step]
     if small.ndim == 2:
         small = np.repeat(small[..., None], 3, axis=2)
-    return Image.fromarray(np.ascontiguousarray(small)).quantize(256, method=Image.Quantize.MEDIANCUT)
+    return Image.fromarray(np.ascontiguousarray(small)).quantize(256, method=Image.Quantize.FASTOCTREE)
 
 
 def _write_gif(frames, path: str, fps: float) -> None:
