@@ -36,9 +36,11 @@ seed 18, fresh in session 25; seed 19, fresh in session 26 (its failures
 looked at after); seeds 20 and 21, fresh in sessions 29 and 32 (21 chose
 session 34's local gain in the polish); seed 22, fresh in session 34 (with
 21, its photos with something in front chose session 35's joined faces and
-the hidden part's centroid). The README reports seed 23, fresh in session
-35, and RESULTS.md the seeds of earlier rounds. The next fresh seed is 24. Seed 40 with --teapot-colours is a probe outside the fixed
-ranges (session 26), not tuned on.
+the hidden part's centroid); seed 23, fresh in session 35 (its failures
+looked at in session 36). The README reports seed 24, fresh in session 36,
+and RESULTS.md the seeds of earlier rounds. The next fresh seed is 25. Seed
+40 with --teapot-colours is a probe outside the fixed ranges (session 26),
+not tuned on.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):
