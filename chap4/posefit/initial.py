@@ -243,44 +243,53 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
               else pairs.to(mask.device)).reshape(-1).nonzero()[:, 0]  # flat (view, roll) indices
     # where each view's centre lands, for every roll (cheap: no pixels)
     centre = torch.einsum("vi,rij->vrj", -view_centroid, rot)
-    best_iou = best_scale = best_centre = None
-    for factor in scales:
-        scale = (base_scale * factor)[:, None].expand(-1, n_rolls)
-        # The object's centroid: the seen part's, moved towards the hidden part's by the hidden part's share
-        # of the area the factor gives the whole (1 - 1 / factor^2).
-        centroid = mask_centroid if behind is None else mask_centroid + (1 - 1 / factor**2) * (behind - mask_centroid)
-        iou = torch.full((V * n_rolls,), -1.0, device=mask.device)
-        for start in range(0, len(chosen), chunk * n_rolls):
-            index = chosen[start : start + chunk * n_rolls]
-            v, r = index // n_rolls, index % n_rolls
-            # q = mask centroid + s * (p - view centroid) @ rot(roll), per pair; for all pairs, a block of views
-            # under every roll (that einsum's rounding: the whole grid's scores as they always were)
-            if pairs is None:
-                views_in = slice(start // n_rolls, start // n_rolls + chunk)
-                turned = torch.einsum("vpi,rij->vrpj", p - view_centroid[views_in, None], rot).reshape(-1, n * n, 2)
-            else:
-                turned = torch.einsum("kpi,kij->kpj", p - view_centroid[v, None], rot[r])
-            q = centroid + scale.reshape(-1)[index, None, None] * turned
-            # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
-            grid = torch.stack([-q[..., 0] * S / W, -q[..., 1] * S / H], -1).reshape(-1, n, n, 2)
-            warped = F.grid_sample(images[None].expand(grid.shape[0], len(images), H, W), grid, mode="bilinear",
-                                   padding_mode="zeros", align_corners=False)
-            views = view_silhouettes[v]
-            warped_mask = warped[:, 0]
-            # (times 1.0 without care: the same numbers, bit for bit)
-            weight = 1.0 if care is None else torch.where((grid.abs() > 1).any(-1), 1.0, warped[:, 1])
-            both = views * warped_mask
-            inter = (both * weight).sum((1, 2))
-            union = ((views + warped_mask - both) * weight).sum((1, 2))
-            iou[index] = inter / union.clamp(min=1e-9)
-        iou = iou.reshape(V, n_rolls)
-        where = centroid + scale[..., None] * centre
-        if best_iou is None:
-            best_iou, best_scale, best_centre = iou, scale, where
+    # Per scale factor: the scale s of every (view, roll) and the object's centroid in the mask (the seen
+    # part's, moved towards the hidden part's by the hidden part's share of the area the factor gives the
+    # whole, 1 - 1 / factor^2).
+    scale = [(base_scale * factor)[:, None].expand(-1, n_rolls) for factor in scales]
+    centroid = [mask_centroid if behind is None else mask_centroid + (1 - 1 / factor**2) * (behind - mask_centroid)
+                for factor in scales]
+    # (x -> -x * S / W, y -> -y * S / H; the sign on the divisor: the same numbers as on the dividend)
+    flip = torch.tensor([-W, -H], dtype=torch.float32, device=mask.device).repeat(n * n)
+    iou = [torch.full((V * n_rolls,), -1.0, device=mask.device) for _ in scales]
+    for start in range(0, len(chosen), chunk * n_rolls):
+        index = chosen[start : start + chunk * n_rolls]
+        v, r = index // n_rolls, index % n_rolls
+        # q = mask centroid + s * (p - view centroid) @ rot(roll), per pair; for all pairs, a block of views
+        # under every roll (that einsum's rounding: the whole grid's scores as they always were)
+        if pairs is None:
+            views_in = slice(start // n_rolls, start // n_rolls + chunk)
+            turned = torch.einsum("vpi,rij->vrpj", p - view_centroid[views_in, None], rot).reshape(-1, n * n, 2)
         else:
-            better = iou > best_iou
-            best_iou = torch.where(better, iou, best_iou)
-            best_scale = torch.where(better, scale, best_scale)
+            turned = torch.einsum("kpi,kij->kpj", p - view_centroid[v, None], rot[r])
+        views = view_silhouettes[v]
+        turned = turned.reshape(len(index), -1)  # (pairs, n*n*2): x, y of each pixel in turn
+        for k in range(len(scales)):
+            # (the (x, y) pairs flattened and the per-axis constants repeated along them: the same operations on
+            # each number as on the (..., 2) tensors, without broadcasting along a last axis of 2)
+            q = centroid[k].repeat(n * n) + scale[k].reshape(-1)[index, None] * turned
+            # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
+            grid = q * S / flip
+            warped = F.grid_sample(images[None].expand(len(index), len(images), H, W), grid.reshape(-1, n, n, 2),
+                                   mode="bilinear", padding_mode="zeros", align_corners=False)
+            warped_mask = warped[:, 0]
+            both = views * warped_mask
+            union = views + warped_mask - both
+            if care is not None:
+                outside = (grid.abs() > 1).reshape(-1, n, n, 2)
+                weight = torch.where(outside[..., 0] | outside[..., 1], 1.0, warped[:, 1])
+                both, union = both * weight, union * weight
+            iou[k][index] = both.sum((1, 2)) / union.sum((1, 2)).clamp(min=1e-9)
+    best_iou = best_scale = best_centre = None
+    for k in range(len(scales)):
+        score = iou[k].reshape(V, n_rolls)
+        where = centroid[k] + scale[k][..., None] * centre
+        if best_iou is None:
+            best_iou, best_scale, best_centre = score, scale[k], where
+        else:
+            better = score > best_iou
+            best_iou = torch.where(better, score, best_iou)
+            best_scale = torch.where(better, scale[k], best_scale)
             best_centre = torch.where(better[..., None], where, best_centre)
     return best_iou, best_scale, best_centre
 
@@ -297,7 +306,9 @@ def hidden_centroid(mask: torch.Tensor, care: torch.Tensor, seen_area: torch.Ten
     seen = (mask * care) > 0.5
     hidden = (mask * (1 - care)) > 0.5
     reach = max(1, round(HIDDEN_REACH * float(seen_area.sqrt()) * min(H, W) / 2))
-    near = F.max_pool2d(seen[None, None].float(), 2 * reach + 1, stride=1, padding=reach)[0, 0] > 0
+    # (a square's max, one side at a time: the same pixels as one max_pool2d, in a fraction of the time)
+    rows = F.max_pool2d(seen[None, None].float(), (2 * reach + 1, 1), stride=1, padding=(reach, 0))
+    near = F.max_pool2d(rows, (1, 2 * reach + 1), stride=1, padding=(0, reach))[0, 0] > 0
     weights = (hidden & near).float()
     if weights.sum() == 0:
         weights = seen.float()
