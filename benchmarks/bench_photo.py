@@ -37,8 +37,10 @@ looked at after); seeds 20 and 21, fresh in sessions 29 and 32 (21 chose
 session 34's local gain in the polish); seed 22, fresh in session 34 (with
 21, its photos with something in front chose session 35's joined faces and
 the hidden part's centroid); seed 23, fresh in session 35 (its failures
-looked at in session 36). The README reports seed 24, fresh in session 36,
-and RESULTS.md the seeds of earlier rounds. The next fresh seed is 25. Seed
+looked at in session 36); seed 24, fresh in session 36 (its cows behind a
+post and a box chose session 37's larger share for something in front;
+checked on 23). The README reports seed 25, fresh in session 37, and
+RESULTS.md the seeds of earlier rounds. The next fresh seed is 26. Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on.
 
