@@ -39,8 +39,8 @@ session 34's local gain in the polish); seed 22, fresh in session 34 (with
 the hidden part's centroid); seed 23, fresh in session 35 (its failures
 looked at in session 36); seed 24, fresh in session 36 (its cows behind a
 post and a box chose session 37's larger share for something in front;
-checked on 23). The README reports seed 25, fresh in session 37, and
-RESULTS.md the seeds of earlier rounds. The next fresh seed is 26. Seed
+checked on 23). The README reports seeds 25 and 26, fresh in session 37,
+and RESULTS.md the seeds of earlier rounds. The next fresh seed is 27. Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on.
 
