@@ -253,6 +253,9 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
     scale = [(base_scale * factor)[:, None].expand(-1, n_rolls) for factor in scales]
     centroid = [mask_centroid if behind is None else mask_centroid + (1 - 1 / factor**2) * (behind - mask_centroid)
                 for factor in scales]
+    # (the (x, y) pairs flattened and the per-axis constants repeated along them: the same operations on each
+    # number as on (..., 2) tensors, without broadcasting along a last axis of 2)
+    centroid_repeated = [c.repeat(n * n) for c in centroid]
     # (x -> -x * S / W, y -> -y * S / H; the sign on the divisor: the same numbers as on the dividend)
     flip = torch.tensor([-W, -H], dtype=torch.float32, device=mask.device).repeat(n * n)
     iou = [torch.full((V * n_rolls,), -1.0, device=mask.device) for _ in scales]
@@ -263,15 +266,13 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
         # under every roll (that einsum's rounding: the whole grid's scores as they always were)
         if pairs is None:
             views_in = slice(start // n_rolls, start // n_rolls + chunk)
-            turned = torch.einsum("vpi,rij->vrpj", p - view_centroid[views_in, None], rot).reshape(-1, n * n, 2)
+            turned = torch.einsum("vpi,rij->vrpj", p - view_centroid[views_in, None], rot)
         else:
             turned = torch.einsum("kpi,kij->kpj", p - view_centroid[v, None], rot[r])
-        views = view_silhouettes[v]
         turned = turned.reshape(len(index), -1)  # (pairs, n*n*2): x, y of each pixel in turn
+        views = view_silhouettes[v]
         for k in range(len(scales)):
-            # (the (x, y) pairs flattened and the per-axis constants repeated along them: the same operations on
-            # each number as on the (..., 2) tensors, without broadcasting along a last axis of 2)
-            q = centroid[k].repeat(n * n) + scale[k].reshape(-1)[index, None] * turned
+            q = centroid_repeated[k] + scale[k].reshape(-1)[index, None] * turned
             # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
             grid = q * S / flip
             warped = F.grid_sample(images[None].expand(len(index), len(images), H, W), grid.reshape(-1, n, n, 2),
