@@ -39,9 +39,11 @@ session 34's local gain in the polish); seed 22, fresh in session 34 (with
 the hidden part's centroid); seed 23, fresh in session 35 (its failures
 looked at in session 36); seed 24, fresh in session 36 (its cows behind a
 post and a box chose session 37's larger share for something in front;
-checked on 23). The README reports seeds 25 and 26, fresh in session 37,
-and 27, fresh in session 38 (the code unchanged); RESULTS.md the seeds of
-earlier rounds. The next fresh seed is 28. Seed
+checked on 23); the masks of seeds 22-27's RGB photos (reports of sessions
+34-38) chose session 39's grey-floor rules in posefit/masks.py (checked on
+seed 27's fits). The README reports seed 28, fresh in session 39, and 25
+(fresh in session 37); RESULTS.md the seeds of earlier rounds. The next
+fresh seed is 29. Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on.
 

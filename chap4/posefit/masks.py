@@ -17,21 +17,28 @@ casts a soft shadow, a wall may show at the top), and the file is noisy.
    floor's range reaches down to SHADOW_RATIO of its darkest border pixel,
    so a soft shadow or darker shading of the backdrop stays out of the
    object; another surface (a wall) gets no such allowance.
+   On a grey floor, a pixel brighter than LOCAL_MATCH times the floor's
+   local level (its median around it, which follows a lamp's patch) is no
+   sure background.
 3. Sure object: pixels whose chromaticity differs from every surface by
    more than OBJECT_CHROMA times its tolerance (but not a darker pixel
    within SHADOW_CHROMA of the floor's saturation: a shadow lit by bluer
    light than the lamp's), or, on a grey floor where
-   hue says nothing, that are brighter than the floor's brightest border
-   pixel by OBJECT_BRIGHTNESS; the biggest such blobs.
-4. Edges: a sure-object patch with no edges around it is light on the
+   hue says nothing, that are brighter than the floor's local level by
+   OBJECT_BRIGHTNESS; the biggest such blobs.
+4. Edges (on a grey floor judged against the noise, which grows with the
+   light): a sure-object patch with no edges around it is light on the
    floor (a lamp's bright patch, a highlight), not the object: the sure
    object is cut along the image's strong edges, and a piece whose rim is
    mostly smooth (fewer than EDGE_SUPPORT of its rim pixels on a strong
    edge) is left to step 5. And the backdrop, cut along its edges (fainter
-   ones count there: FLOOR_EDGE), stays sure background only in the pieces
+   ones count there: FLOOR_EDGE, on a grey floor with their faint
+   continuations), stays sure background only in the pieces
    that reach the image's border, lie mostly away from the object or in
    shadow: a grey object's shaded side matches a grey floor's colour and
-   brightness, but the object's outline parts the two.
+   brightness, but the object's outline parts the two. On a grey floor a
+   piece the edges wall off from the border, not in shadow, is sure object
+   (`enclosed`: a white teapot's body, which matches the floor).
 5. The rest is split between the two by a watershed on the image's
    gradient: the boundary falls on the strongest edges (the object's
    outline), not on a shadow's or a lamp's soft fall-off.
@@ -55,6 +62,7 @@ pixels the refined mask gives to the background.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -70,12 +78,19 @@ MIN_RGB_TOLERANCE = 0.012  # the RGB residual's least tolerance (values in [0, 1
 SHADOW_RATIO = 0.1  # the floor's pixels may be this dark relative to its darkest border pixel
 SHADOW_CHROMA = 0.3  # a shadow moves a coloured floor's chromaticity by less than this share of its saturation
 OBJECT_CHROMA = 1.5  # sure object: chromaticity this many tolerances away from every surface
-OBJECT_BRIGHTNESS = 1.25  # ... or, on a grey floor, this much brighter than its brightest border pixel
+OBJECT_BRIGHTNESS = 1.2  # ... or, on a grey floor, this much brighter than the floor's local level
+OBJECT_BRIGHTER_THAN_BORDER = 1.25  # (on another floor, with chromaticity off by a tolerance: than its brightest border pixel)
+LOCAL_WINDOW = 2 / 3  # the floor's local level: its median over a window this share of the shorter side
+LOCAL_MATCH = 1.1  # the floor's backdrop is at most this much brighter than its local level
 GREY = 0.035  # a floor whose colour direction is this close to (1, 1, 1) / sqrt(3) is grey
 STRONG_EDGE = 4.0  # a strong edge: a gradient this many times the border's 90th percentile (its noise)
 FLOOR_EDGE = 2.5  # near the object the floor is cut along edges this many times the border's noise
+FLOOR_EDGE_LOW = 1.5  # ... and along their fainter continuations, down to this many times (hysteresis)
 EDGE_SUPPORT = 0.35  # a sure-object piece stays sure if this share of its rim lies on strong edges
 NEAR_OBJECT = 0.5  # "near the object": within this share of the sure object's size (square root of its area)
+ENCLOSED_SIZE = 0.002  # a grey floor's piece walled off by edges is sure object if at least this share of the image,
+ENCLOSED_SHADOW = 0.25  # ... less than this share of it in shadow,
+ENCLOSED_LEVEL = 0.85  # ... and its median brightness at least this share of the floor's local level around it
 FAR_SHARE = 0.5  # a piece of floor cut off by edges (FLOOR_EDGE) stays background if this share of it is not near
 SILHOUETTE_BAND = 0.12  # around a predicted silhouette, the band a mask decides: this share of its size
 IN_FRONT_REACH = 0.03  # in_front: a piece reaching beyond the silhouette by this share of its area (pixels)
@@ -144,11 +159,18 @@ def gradient(rgb: np.ndarray) -> np.ndarray:
     return sum(filters.sobel(ndimage.gaussian_filter(rgb[..., c], 0.5)) for c in range(3))
 
 
-def strong_edges(gradient: np.ndarray, factor: float = STRONG_EDGE) -> np.ndarray:
-    """Pixels on (or next to) a strong edge: a gradient `factor` times the border's 90th percentile, its noise."""
+def strong_edges(gradient: np.ndarray, factor: float = STRONG_EDGE, low: float | None = None) -> np.ndarray:
+    """Pixels on (or next to) a strong edge: a gradient `factor` times the border's 90th percentile, its noise;
+    with `low`, also the pixels joined to one through gradients at least `low` times it (hysteresis: an
+    outline that fades for a few pixels, where a white object's shaded side meets a grey floor, stays whole,
+    while the noise's isolated edges stay out)."""
     H, W = gradient.shape
-    noise = float(np.percentile(gradient[border_band(H, W)], 90))
-    return ndimage.binary_dilation(gradient > factor * max(noise, 1e-6), iterations=1)
+    noise = max(float(np.percentile(gradient[border_band(H, W)], 90)), 1e-6)
+    if low is None:
+        edges = gradient > factor * noise
+    else:
+        edges = filters.apply_hysteresis_threshold(gradient, low * noise, factor * noise)
+    return ndimage.binary_dilation(edges, iterations=1)
 
 
 def edge_supported(sure_object: np.ndarray, strong: np.ndarray) -> np.ndarray:
@@ -200,6 +222,32 @@ def floor_cut_at_edges(background_mask: np.ndarray, sure_object: np.ndarray, str
     return background_mask & (kept[pieces] | ((far | shadow) & (pieces == 0)))
 
 
+def enclosed(background_mask: np.ndarray, edges: np.ndarray, shadow: np.ndarray,
+             relative_brightness: np.ndarray) -> np.ndarray:
+    """Step 4 on a grey floor: the pieces of background_mask that `edges` wall off from the image's border,
+    at least ENCLOSED_SIZE of the image, not mostly in `shadow`, and not darker than ENCLOSED_LEVEL of the
+    floor around them (`relative_brightness`: brightness / local_level), taken for sure object.
+
+    A white or grey object's body on a grey floor matches the floor's colour and brightness, so steps 2-3
+    give it to the backdrop and leave at most its highlights as sure object; the watershed from those
+    then loses the body (on the tuning photos several grey teapots' first masks had IoU 0-0.4). Its
+    outline walls it off; a shadow's piece is darker than the floor around it.
+    """
+    H, W = background_mask.shape
+    pieces, count = ndimage.label(background_mask & ~edges)
+    if count == 0:
+        return np.zeros((H, W), bool)
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+    dark = np.bincount(pieces.ravel(), weights=shadow.ravel(), minlength=count + 1) / np.maximum(sizes, 1)
+    inside = (sizes >= ENCLOSED_SIZE * H * W) & (dark < ENCLOSED_SHADOW)
+    inside[np.unique(pieces[border_band(H, W)])] = False
+    inside[0] = False
+    candidates = np.flatnonzero(inside)
+    if len(candidates):
+        inside[candidates] = np.asarray(ndimage.median(relative_brightness, pieces, candidates)) >= ENCLOSED_LEVEL
+    return inside[pieces]
+
+
 def watershed(gradient: np.ndarray, sure_object: np.ndarray, sure_background: np.ndarray) -> np.ndarray:
     """The object's pixels: the unsure ones go to whichever sure region floods them first on `gradient`, so
     that the boundary falls on its ridges (the strongest edges between the two)."""
@@ -230,8 +278,29 @@ def is_photo(rgb: np.ndarray) -> bool:
     return _spread(rgb, border_band(*rgb.shape[:2])) >= FLAT
 
 
-def backdrop(rgb: np.ndarray, background=None, floor: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Steps 1-3 for an (H, W, 3) photo in [0, 1]: (sure background, sure object) masks, before the edges decide.
+def local_level(values: np.ndarray) -> np.ndarray:
+    """The (H, W) values' local level: their median over a window LOCAL_WINDOW of the shorter side (taken at
+    an eighth of the size: the level is smooth, and at a quarter the median cost about 40 ms a photo). On a floor,
+    the level follows a lamp's bright patch and the fall-off of the light, which a single range of
+    brightness for the whole floor cannot; an object smaller than the window stands out of it."""
+    H, W = values.shape
+    small = values[::8, ::8]
+    size = max(3, int(round(LOCAL_WINDOW * min(H, W) / 8)))
+    level = ndimage.median_filter(small, size=size, mode="nearest")
+    return ndimage.zoom(level, (H / small.shape[0], W / small.shape[1]), order=1, grid_mode=True,
+                        mode="nearest")[:H, :W]
+
+
+class Backdrop(NamedTuple):
+    """What `backdrop` finds in a photo, before the edges decide."""
+
+    background: np.ndarray  # (H, W) bool: sure background
+    sure_object: np.ndarray  # (H, W) bool: sure object
+    grey: bool  # the floor is grey: its hue says nothing, and edges must part the object from it
+
+
+def backdrop(rgb: np.ndarray, background=None, floor: int | None = None) -> Backdrop | None:
+    """Steps 1-3 for an (H, W, 3) photo in [0, 1]: sure background, sure object, and whether the floor is grey.
 
     background: the backdrop's colour (0-255) if known, else learnt from the border.
     floor: which of the border's surfaces is the floor (0 to SURFACES - 1); None: the one that holds most of
@@ -289,20 +358,27 @@ def backdrop(rgb: np.ndarray, background=None, floor: int | None = None) -> tupl
         lowest = low * SHADOW_RATIO if k == floor else low / 1.05
         matches = (distance <= 1) & (along <= high * 1.05) & (along >= lowest)
         if k == floor:
-            floor_direction, floor_high, floor_along = direction, high, along
+            grey = bool(np.abs(direction - 1 / np.sqrt(3)).max() < GREY)
+            if grey:
+                # A white object on a grey floor matches its colour and lies within its range of brightness,
+                # but is brighter than the floor around it: a pixel well above the floor's local level is no
+                # sure backdrop (the border's range spans a lamp's patch; the local level follows it).
+                level = local_level(along)
+                matches &= along <= LOCAL_MATCH * level
+                brighter = along > OBJECT_BRIGHTNESS * level
+            else:
+                brighter = along > OBJECT_BRIGHTER_THAN_BORDER * high
         # Background: matching pixels connected to this surface's own border pixels.
         regions, _ = ndimage.label(matches)
         seeds = np.zeros((H, W), bool)
         seeds[tuple(border_points[members].T)] = True
         reached = np.unique(regions[seeds & matches])
         background_mask |= np.isin(regions, reached[reached > 0])
-    grey_floor = np.abs(floor_direction - 1 / np.sqrt(3)).max() < GREY
-    brighter = floor_along > OBJECT_BRIGHTNESS * floor_high
-    sure_object = (score > OBJECT_CHROMA) | (brighter & (grey_floor | (score > 1.0)))
-    return background_mask | border, sure_object & ~background_mask & ~border
+    sure_object = (score > OBJECT_CHROMA) | (brighter & (grey | (score > 1.0)))
+    return Backdrop(background_mask | border, sure_object & ~background_mask & ~border, grey)
 
 
-def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.ndarray] | None = None,
+def photo_mask(rgb: np.ndarray, background=None, model: Backdrop | None = None,
                floor: int | None = None) -> np.ndarray | None:
     """The object's pixels in an (H, W, 3) photo with values in [0, 1]; background: its colour (0-255) if known.
     model: what `backdrop` returned for this photo, if it was already found (the tracker finds it ahead).
@@ -312,17 +388,28 @@ def photo_mask(rgb: np.ndarray, background=None, model: tuple[np.ndarray, np.nda
     model = model if model is not None else backdrop(rgb, background, floor)
     if model is None:
         return None
-    background_mask, sure_object = model
+    background_mask, sure_object, grey = model
     steepness = gradient(rgb)
-    strong = strong_edges(steepness)
+    brightness = ndimage.gaussian_filter(rgb.mean(-1), SMOOTHING)
+    relative = steepness
+    if grey:
+        # Edges are told from noise by the gradient relative to the square root of the light (a photo's noise
+        # grows with it: in a lamp's bright patch on a grey floor the noise alone made edges enough to keep
+        # the patch, lit in the lamp's hue, as object).
+        level = local_level(brightness)
+        relative = steepness / np.sqrt(level + 0.01)
+    strong = strong_edges(relative)
     sure_object = biggest_blobs(edge_supported(sure_object, strong))
     # Darker than (nearly) all of the border: a shadow, whose edge may be as strong as the object's.
-    brightness = ndimage.gaussian_filter(rgb.mean(-1), SMOOTHING)
     shadow = brightness < np.percentile(brightness[border_band(*brightness.shape)], 1) / 1.05
+    floor_edges = strong_edges(relative, FLOOR_EDGE, FLOOR_EDGE_LOW if grey else None)
+    if grey:
+        inside = enclosed(background_mask, floor_edges, shadow, brightness / level)
+        sure_object, background_mask = sure_object | inside, background_mask & ~inside
     # The floor is cut along fainter edges than the sure object: a grey object's shaded side is parted from a
     # grey floor by an outline fainter than its lit side's, and a cut too many only leaves floor to the
     # watershed (the sure object's pieces keep STRONG_EDGE: a lamp's patch fades through the noise's edges).
-    background_mask = floor_cut_at_edges(background_mask, sure_object, strong_edges(steepness, FLOOR_EDGE), shadow)
+    background_mask = floor_cut_at_edges(background_mask, sure_object, floor_edges, shadow)
     # The sure regions are kept off the boundary, which the edges then decide.
     sure_background = ndimage.binary_erosion(background_mask, iterations=1) | border_band(*rgb.shape[:2])
     sure_object = ndimage.binary_erosion(sure_object, iterations=2)

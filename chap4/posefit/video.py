@@ -170,13 +170,13 @@ class SyntheticFrames:
 @dataclass
 class Prepared:
     """What a frame's mask needs that does not depend on the pose: its pixels at the working size, whether it
-    is a photo, and (for a photo) the backdrop model (masks.backdrop: sure background, sure object). Made
+    is a photo, and (for a photo) the backdrop model (masks.backdrop: sure background, sure object, a grey floor). Made
     ahead, while the frame before is fitted (read_ahead)."""
 
     raw: RawFrame
     values: np.ndarray | None  # (h, w, 3 or 4) float32 in [0, 1]; None: the frame could not be decoded
     photo: bool = False
-    backdrop: tuple[np.ndarray, np.ndarray] | None = None
+    backdrop: masks.Backdrop | None = None
 
 
 def prepare(raw: RawFrame, size, background=None) -> Prepared:
