@@ -176,3 +176,26 @@ def test_a_window_outside_the_image_is_refused(teapot):
     meshes = MeshRasterizer(cameras=cameras).transform(teapot, R=R, T=T)
     with pytest.raises(ValueError, match="window"):
         fast_rasterize_meshes(meshes, image_size=32, window=(0, 40, 0, 10))
+
+
+def test_the_kernels_box_search_is_searchsorted():
+    # The kernel finds each face's pixel box by walking from a guess made from the centres' spacing: the
+    # same indices as torch.searchsorted, for values anywhere (inside, between, on a centre, outside,
+    # infinite) and rows of any length; a value that is not a number gives an empty box (index 0 both ways,
+    # as the binary search before it gave; torch puts it last).
+    import numpy as np
+
+    from posefit import fast_raster, raster_kernels
+
+    rng = np.random.default_rng(0)
+    for size, other in [(1, 1), (2, 3), (7, 5), (120, 160), (160, 120), (255, 256)]:
+        centres = fast_raster.pixel_centers_ndc(size, other)
+        values = np.concatenate([rng.uniform(-2.5, 2.5, 400), centres.numpy(), np.nextafter(centres.numpy(), 9),
+                                 [np.inf, -np.inf, 1e30, -1e30]]).astype(np.float32)
+        assert raster_kernels._first_at_least(centres.numpy(), np.float32(np.nan)) == 0
+        assert raster_kernels._first_above(centres.numpy(), np.float32(np.nan)) == 0
+        for value in values:
+            at_least = int(torch.searchsorted(centres, torch.tensor(value)))
+            above = int(torch.searchsorted(centres, torch.tensor(value), right=True))
+            assert raster_kernels._first_at_least(centres.numpy(), value) == at_least, (size, value)
+            assert raster_kernels._first_above(centres.numpy(), value) == above, (size, value)

@@ -574,6 +574,29 @@ def test_the_backdrop_behind_the_object_is_filled_from_around_it():
     assert np.abs(behind[12:28, 20:40] - floor[12:28, 20:40]).mean() < 0.03
 
 
+def test_the_masks_shortcuts_give_the_same_numbers():
+    # Two of a tracked frame's steps are computed on less than the whole image, with the same numbers: the
+    # colours smoothed only around the silhouette (refine_with_silhouette), and the backdrop's half-size
+    # blocks averaged by explicit sums in numpy's order (backdrop_behind).
+    from scipy import ndimage
+
+    from posefit import masks
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        H, W = rng.integers(4, 90, 2)
+        rgb = rng.random((H, W, 3), dtype=np.float32)
+        region = np.zeros((H, W), bool)
+        y, x = rng.integers(0, H), rng.integers(0, W)
+        region[y : y + rng.integers(1, 30), x : x + rng.integers(1, 30)] = True
+        region &= rng.random((H, W)) < 0.8
+        whole = np.stack([ndimage.gaussian_filter(rgb[..., c], 0.7) for c in range(3)], -1)
+        assert np.array_equal(masks._smoothed_around(rgb, region, 0.7)[region], whole[region])
+        blocks = (rgb[: H // 2 * 2, : W // 2 * 2] * 10.0 ** rng.integers(-3, 3, (H // 2 * 2, W // 2 * 2, 3))
+                  ).astype(np.float32).reshape(H // 2, 2, W // 2, 2, 3)
+        assert np.array_equal(masks.block_means(blocks), blocks.mean((1, 3)))
+
+
 def test_the_colour_shader_blends_view_normals_with_the_same_weights(meshes_ready):
     # normals=True: the albedo as without it, and a normal per covered pixel in view coordinates: facing
     # the camera (view +Z into the scene, so negative z) and of about unit length where one face covers it.

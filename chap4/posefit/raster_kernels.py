@@ -35,30 +35,42 @@ def _segment_dist2(px, py, ax, ay, dx, dy, l2_guarded):
     return qx * qx + qy * qy
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, inline="always")
+def _guess(centres, value):
+    """Where value falls among the ascending, evenly spaced pixel centres: an index near the answer, in
+    [0, len], from the spacing (the callers walk from it to the exact answer by the kernel's comparisons; a
+    face's box is a few pixels wide, and a binary search over a row cost a sixth of the rasterization)."""
+    n = len(centres)
+    if n < 2:
+        return 0
+    guess = (value - centres[0]) / (centres[n - 1] - centres[0]) * (n - 1)
+    if not guess > 0:  # below the first centre, or not a number
+        return 0
+    if guess > n:
+        return n
+    return int(guess)
+
+
+@numba.njit(cache=True, inline="always")
 def _first_at_least(centres, value):
     """torch.searchsorted(centres, value): the first index whose centre is >= value (len when none)."""
-    lo, hi = 0, len(centres)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if centres[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    i = _guess(centres, value)
+    while i > 0 and centres[i - 1] >= value:
+        i -= 1
+    while i < len(centres) and centres[i] < value:
+        i += 1
+    return i
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, inline="always")
 def _first_above(centres, value):
     """torch.searchsorted(centres, value, right=True): the first index whose centre is > value."""
-    lo, hi = 0, len(centres)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if centres[mid] <= value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    i = _guess(centres, value)
+    while i > 0 and centres[i - 1] > value:
+        i -= 1
+    while i < len(centres) and centres[i] <= value:
+        i += 1
+    return i
 
 
 @numba.njit(cache=True, nogil=True)
