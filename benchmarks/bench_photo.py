@@ -41,9 +41,10 @@ looked at in session 36); seed 24, fresh in session 36 (its cows behind a
 post and a box chose session 37's larger share for something in front;
 checked on 23); the masks of seeds 22-27's RGB photos (reports of sessions
 34-38) chose session 39's grey-floor rules in posefit/masks.py (checked on
-seed 27's fits). The README reports seed 28, fresh in session 39, and 25
-(fresh in session 37); RESULTS.md the seeds of earlier rounds. The next
-fresh seed is 29. Seed
+seed 27's fits); the failures of seeds 25-28 chose session 40's second polish
+of the answer (checked on the successes of 26-28). The README reports seed 29,
+fresh in session 40, and 28 (fresh in session 39); RESULTS.md the seeds of
+earlier rounds. The next fresh seed is 30. Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on.
 
