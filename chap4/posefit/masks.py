@@ -143,9 +143,10 @@ def _spread(rgb: np.ndarray, border: np.ndarray) -> float:
     return float(np.percentile(np.abs(pixels - np.median(pixels, 0)).max(-1), 90))
 
 
-def smoothed(rgb: np.ndarray) -> np.ndarray:
-    """The (H, W, 3) photo's colours with its sensor noise and JPEG blocks averaged out (a Gaussian, SMOOTHING)."""
-    return np.stack([ndimage.gaussian_filter(rgb[..., c], SMOOTHING) for c in range(3)], -1)
+def smoothed(rgb: np.ndarray, sigma: float = SMOOTHING) -> np.ndarray:
+    """The (H, W, 3) photo's colours with its sensor noise and JPEG blocks averaged out (a Gaussian, sigma
+    pixels, each channel)."""
+    return np.stack([ndimage.gaussian_filter(rgb[..., c], sigma) for c in range(3)], -1)
 
 
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
@@ -547,13 +548,12 @@ def _smoothed_around(rgb: np.ndarray, region: np.ndarray | None, sigma: float) -
     numbers are those of the whole image's filter, bit for bit: each pixel's sum runs over the same
     neighbours (the box's own edges lie the reach away, or on the image's, where both reflect alike)."""
     if region is None or not region.any():
-        return np.stack([ndimage.gaussian_filter(rgb[..., c], sigma) for c in range(3)], -1)
+        return smoothed(rgb, sigma)
     reach = int(4.0 * sigma + 0.5)  # scipy's radius for its default truncate (4 standard deviations)
     rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
     y0, y1 = max(0, rows[0] - reach), min(rgb.shape[0], rows[-1] + 1 + reach)
     x0, x1 = max(0, cols[0] - reach), min(rgb.shape[1], cols[-1] + 1 + reach)
-    box = rgb[y0:y1, x0:x1]
-    filtered = np.stack([ndimage.gaussian_filter(box[..., c], sigma) for c in range(3)], -1)
+    filtered = smoothed(rgb[y0:y1, x0:x1], sigma)
     out = np.zeros(rgb.shape, dtype=filtered.dtype)
     out[y0:y1, x0:x1] = filtered
     return out

@@ -401,7 +401,7 @@ class Hypotheses:
             if loop_best in scored and self.polish_loss[self.chosen] > (1 - POLISH_CHOICE_GAIN) * self.polish_loss[loop_best]:
                 self.chosen = loop_best  # (nearly a tie: two poses that explain the photo alike; the loop's stays)
         k = self.best()
-        if self.polish_loss[k] is not None and math.isfinite(self.polish_loss[k]) and ANSWER_POLISH_STEPS:
+        if self.polish_loss[k] is not None and math.isfinite(self.polish_loss[k]):
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background,
                                           steps=ANSWER_POLISH_STEPS)
             if math.isfinite(loss):
