@@ -255,6 +255,30 @@ def test_a_search_near_a_pose_scores_only_the_nearby_views_and_rolls_and_those_a
     assert pose.rotation_error_deg(R_found[0], R) < 20.0
 
 
+def test_the_compiled_grid_scores_are_the_tensor_forms_to_float_rounding(meshes_ready, monkeypatch):
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh)
+    renderers = render.make_renderers("cpu", SIZE, fov=FOV)
+    with torch.no_grad():
+        _, mask = render.hard_render(renderers, mesh, R[None], T[None])
+    mask = ndimage.binary_dilation(mask[0].numpy(), iterations=2)  # (not quite a view: scores well below 1)
+    mask = torch.from_numpy(mask).float()
+    care = torch.ones_like(mask)
+    care[:, : SIZE[1] // 3] = 0.0  # a post in front, and a soft edge beside it
+    care[:, SIZE[1] // 3 : SIZE[1] // 3 + 2] = 0.5
+    grid = initial.view_grid(mesh, FOV, views=60, rolls=12)
+    pairs = torch.rand(len(grid.silhouettes), len(grid.angles), generator=torch.Generator().manual_seed(0)) < 0.3
+    for kwargs in ({}, {"care": care, "scales": initial.OCCLUDED_SCALES}, {"pairs": pairs}):
+        scores = []
+        for compiled in (True, False):
+            monkeypatch.setattr(initial, "COMPILED_GRID", compiled)
+            scores.append(initial.score_grid(grid.silhouettes, mask, grid.angles, **kwargs))
+        (iou, scale, centre), (iou_torch, scale_torch, centre_torch) = scores
+        assert float(iou.max()) > 0.5 and float(iou_torch.max()) < 0.999
+        assert torch.allclose(iou, iou_torch, atol=2e-6, rtol=0)
+        assert torch.allclose(scale, scale_torch, atol=1e-6) and torch.allclose(centre, centre_torch, atol=1e-6)
+
+
 def test_with_the_floor_the_answer_and_its_ambiguity_are_poses_above_it(meshes_ready):
     mesh = cow()
     centre, _ = initial.mesh_centre_radius(mesh)

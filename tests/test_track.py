@@ -644,6 +644,33 @@ def test_the_compiled_colour_blend_gives_torchs_numbers_and_gradients(meshes_rea
         assert torch.allclose(grad, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
 
 
+def test_the_compiled_soft_silhouette_gives_pytorch3ds_numbers_and_gradients(meshes_ready, monkeypatch):
+    # render.soft_silhouette by blend_kernels (the CPU default) against PyTorch3D's sigmoid_alpha_blend: the
+    # same alphas and the same gradients with respect to two poses of a batch (its float steps taken as its
+    # C++ takes them: to the bit here, on these CPUs; the test allows float rounding).
+    mesh = load_objs_as_meshes([data.provision_all(data.COW_FILES)[0]])
+    renderers = render.make_renderers("cpu", (48, 64), faces_per_pixel=8, textured_faces_per_pixel=8,
+                                      sigma=5e-6, albedo=render.face_colours(mesh), cull_backfaces=True)
+    R_true, T_true = track_pose.synthetic_poses(8)
+    plain = mesh.__class__(verts=mesh.verts_list(), faces=mesh.faces_list()).extend(2)
+    weights = torch.rand(2, 48, 64, generator=torch.Generator().manual_seed(0)) - 0.5
+
+    def silhouette(compiled):
+        monkeypatch.setattr(render, "COMPILED_BLEND", compiled)
+        R, T = R_true[[0, 7]].clone().requires_grad_(), T_true[[0, 7]].clone().requires_grad_()
+        fragments = renderers.textured.rasterizer(plain, R=R, T=T)
+        alpha = render.soft_silhouette(fragments, renderers.silhouette.shader.blend_params)
+        (alpha * weights).sum().backward()
+        return alpha.detach(), R.grad, T.grad
+
+    (alpha, grad_R, grad_T), (stock_alpha, stock_grad_R, stock_grad_T) = silhouette(True), silhouette(False)
+    assert ((stock_alpha > 0.01) & (stock_alpha < 0.99)).sum() > 20  # soft edges, where the gradient lives
+    assert torch.allclose(alpha, stock_alpha, atol=1e-6, rtol=0)
+    for grad, expected in ((grad_R, stock_grad_R), (grad_T, stock_grad_T)):
+        assert expected.abs().max() > 0
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
 def random_shading(seed: int):
     """Two images' albedo and normals (2, 10, 12, 3), a reference's colours (10, 12, 3) and weights (2, 10, 12)."""
     rng = np.random.default_rng(seed)

@@ -1,5 +1,6 @@
-"""The face-colour blend (render.FaceColourShader) as two compiled loops, forward and its gradient; and the
-normal equations of the frame's light (targets.solve_light) as one.
+"""The face-colour blend (render.FaceColourShader) as two compiled loops, forward and its gradient; the soft
+silhouette (render.soft_silhouette) likewise; and the normal equations of the frame's light
+(targets.solve_light) as one.
 
 Why compiled: a tracker's step blends each pixel's K faces' albedo and
 view-space normal with softmax_rgb_blend's weights. Written with torch it is
@@ -18,6 +19,10 @@ The blend, per pixel p with entries k (filled: the entry holds a face):
     out_c = (sum_k w_k colour_kc + delta * background_c) / (sum_k w_k + delta)
 colour_k: the face's albedo (constant) and, with normals, its normal turned
 to view coordinates (a gradient flows to it, and through it to R).
+
+The soft silhouette is PyTorch3D's sigmoid_alpha_blend (its C++ CPU kernel's float and double steps in
+its order: the same numbers on the tests' cases), without the RGBA image its Python side builds around
+the alpha and that image's gradient nodes: a tracker's step spent about half a millisecond there.
 
 The light's normal equations are summed in float64 (torch's einsum summed
 them in float32): the same light to 1e-4.
@@ -164,6 +169,60 @@ def blend_face_colours(faces, dists, zbuf, albedo, normals, background, *, sigma
     return _Blend.apply(dists.reshape(faces.shape).float(), zbuf.reshape(faces.shape).float(), normals.float(),
                         faces, albedo.float(), background.float(), float(sigma), float(gamma), float(znear),
                         float(zfar))
+
+
+@numba.njit(cache=True, nogil=True)
+def _silhouette_forward(faces, dists, sigma, out):
+    """PyTorch3D's SigmoidAlphaBlendForwardCpu, pixel by pixel: out = 1 - prod_k (1 - sigmoid(-dist_k / sigma))
+    over the filled entries, its float32 and float64 steps as its C++ takes them."""
+    P, K = faces.shape
+    for p in range(P):
+        alpha = F32(1.0)
+        for k in range(K):
+            if faces[p, k] < 0:
+                continue
+            e = F32(math.exp(dists[p, k] / sigma))  # exp(-dist / sigma) of the C++'s dist = -dists
+            prob = F32(1.0 / (1.0 + float(e)))
+            alpha = F32(float(alpha) * (1.0 - float(prob)))
+        out[p] = F32(1.0 - float(alpha))
+
+
+@numba.njit(cache=True, nogil=True)
+def _silhouette_backward(grad, faces, dists, sigma, out, grad_dists):
+    """SigmoidAlphaBlendBackwardCpu: d out / d dist_k = prob_k * (1 - out) / sigma (its sign: dists, not -dists)."""
+    P, K = faces.shape
+    for p in range(P):
+        alpha = F32(1.0 - float(out[p]))
+        for k in range(K):
+            if faces[p, k] < 0:
+                continue
+            e = F32(math.exp(dists[p, k] / sigma))
+            prob = F32(1.0 / (1.0 + float(e)))
+            grad_dists[p, k] = F32(float(grad[p]) * (-1.0 / float(sigma)) * float(prob) * float(alpha))
+
+
+class _Silhouette(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dists, faces, sigma):
+        arrays = [t.detach().contiguous().numpy() for t in (faces, dists)]
+        out = np.empty(len(arrays[0]), dtype=np.float32)
+        _silhouette_forward(*arrays, F32(sigma), out)
+        ctx.arrays, ctx.sigma, ctx.out = arrays, F32(sigma), out
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        faces, dists = ctx.arrays
+        grad_dists = np.zeros_like(dists)
+        _silhouette_backward(np.ascontiguousarray(grad_out.numpy(), dtype=np.float32), faces, dists, ctx.sigma,
+                             ctx.out, grad_dists)
+        return torch.from_numpy(grad_dists), None, None
+
+
+def silhouette_alpha(faces, dists, *, sigma: float) -> torch.Tensor:
+    """Per pixel (rows of faces, dists: (P, K), -1 empty), SoftSilhouetteShader's alpha (P,): PyTorch3D's
+    sigmoid_alpha_blend of the pixel's entries, differentiable in dists (CPU tensors)."""
+    return _Silhouette.apply(dists.reshape(faces.shape).float(), faces, float(sigma))
 
 
 @numba.njit(cache=True, nogil=True)

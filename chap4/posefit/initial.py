@@ -28,7 +28,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from skimage import graph, segmentation
 
-from posefit import masks, render
+from posefit import grid_kernels, masks, render
 
 GRID_VIEWS = 240  # view directions, a Fibonacci lattice on the whole sphere (about 13 degrees apart)
 GRID_ROLLS = 24  # in-plane rotations, 15 degrees apart
@@ -93,6 +93,7 @@ OUTLINE_PENALTY = 0.2
 TRIAL_MARGIN = 0.05
 SEGMENT_SCALE = 100.0  # felzenszwalb's scale (larger: larger regions) at the working size
 MERGE_COLOUR = 0.06  # neighbouring regions whose mean colours (RGB in [0, 1]) are this close are merged
+COMPILED_GRID = True  # on the CPU, score_grid counts each pair's pixels in a compiled loop (posefit.grid_kernels)
 
 
 @dataclass(frozen=True)
@@ -238,11 +239,9 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
     (mask_centroid,), (mask_area,) = moments((mask if care is None else mask * care)[None])
     behind = None if care is None else hidden_centroid(mask, care, mask_area)
     base_scale = torch.sqrt(mask_area / view_area.clamp(min=1e-9))  # (V,)
-    px, py = ndc_grid(n, n, mask.device)
-    p = torch.stack([px, py], -1).reshape(1, -1, 2)  # (1, n*n, 2): view NDC of each output pixel
+    px, py = ndc_grid(n, n, mask.device)  # view NDC of each output pixel
     cos, sin = torch.cos(rolls), torch.sin(rolls)
     rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # row-vector 2-D rotations
-    images = mask[None] if care is None else torch.stack([mask, care])
     chosen = (torch.ones((V, n_rolls), dtype=torch.bool, device=mask.device) if pairs is None
               else pairs.to(mask.device)).reshape(-1).nonzero()[:, 0]  # flat (view, roll) indices
     # where each view's centre lands, for every roll (cheap: no pixels)
@@ -253,38 +252,51 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
     scale = [(base_scale * factor)[:, None].expand(-1, n_rolls) for factor in scales]
     centroid = [mask_centroid if behind is None else mask_centroid + (1 - 1 / factor**2) * (behind - mask_centroid)
                 for factor in scales]
-    # (the (x, y) pairs flattened and the per-axis constants repeated along them: the same operations on each
-    # number as on (..., 2) tensors, without broadcasting along a last axis of 2)
-    centroid_repeated = [c.repeat(n * n) for c in centroid]
-    # (x -> -x * S / W, y -> -y * S / H; the sign on the divisor: the same numbers as on the dividend)
-    flip = torch.tensor([-W, -H], dtype=torch.float32, device=mask.device).repeat(n * n)
     iou = [torch.full((V * n_rolls,), -1.0, device=mask.device) for _ in scales]
-    for start in range(0, len(chosen), chunk * n_rolls):
-        index = chosen[start : start + chunk * n_rolls]
-        v, r = index // n_rolls, index % n_rolls
-        # q = mask centroid + s * (p - view centroid) @ rot(roll), per pair; for all pairs, a block of views
-        # under every roll (that einsum's rounding: the whole grid's scores as they always were)
-        if pairs is None:
-            views_in = slice(start // n_rolls, start // n_rolls + chunk)
-            turned = torch.einsum("vpi,rij->vrpj", p - view_centroid[views_in, None], rot)
-        else:
-            turned = torch.einsum("kpi,kij->kpj", p - view_centroid[v, None], rot[r])
-        turned = turned.reshape(len(index), -1)  # (pairs, n*n*2): x, y of each pixel in turn
-        views = view_silhouettes[v]
+    if COMPILED_GRID and not mask.is_cuda:
+        # One compiled pass over each pair's pixels (posefit.grid_kernels), instead of the tensors below.
+        scores = np.empty((len(scales), len(chosen)), dtype=np.float32)
+        grid_kernels.score_pairs(
+            _float32(view_silhouettes), _float32(px[0]), _float32(py[:, 0]), _float32(view_centroid), _float32(rot),
+            np.stack([_float32(s[:, 0]) for s in scale]), np.stack([_float32(c) for c in centroid]),
+            _float32(mask), np.zeros((0, 0), np.float32) if care is None else _float32(care),
+            (chosen // n_rolls).numpy(), (chosen % n_rolls).numpy(), scores)
         for k in range(len(scales)):
-            q = centroid_repeated[k] + scale[k].reshape(-1)[index, None] * turned
-            # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
-            grid = q * S / flip
-            warped = F.grid_sample(images[None].expand(len(index), len(images), H, W), grid.reshape(-1, n, n, 2),
-                                   mode="bilinear", padding_mode="zeros", align_corners=False)
-            warped_mask = warped[:, 0]
-            both = views * warped_mask
-            union = views + warped_mask - both
-            if care is not None:
-                outside = (grid.abs() > 1).reshape(-1, n, n, 2)
-                weight = torch.where(outside[..., 0] | outside[..., 1], 1.0, warped[:, 1])
-                both, union = both * weight, union * weight
-            iou[k][index] = both.sum((1, 2)) / union.sum((1, 2)).clamp(min=1e-9)
+            iou[k][chosen] = torch.from_numpy(scores[k])
+    else:  # (a GPU's, or with COMPILED_GRID off: tensors, a block of views at a time)
+        p = torch.stack([px, py], -1).reshape(1, -1, 2)  # (1, n*n, 2)
+        images = mask[None] if care is None else torch.stack([mask, care])
+        # (the (x, y) pairs flattened and the per-axis constants repeated along them: the same operations on each
+        # number as on (..., 2) tensors, without broadcasting along a last axis of 2)
+        centroid_repeated = [c.repeat(n * n) for c in centroid]
+        # (x -> -x * S / W, y -> -y * S / H; the sign on the divisor: the same numbers as on the dividend)
+        flip = torch.tensor([-W, -H], dtype=torch.float32, device=mask.device).repeat(n * n)
+        for start in range(0, len(chosen), chunk * n_rolls):
+            index = chosen[start : start + chunk * n_rolls]
+            v, r = index // n_rolls, index % n_rolls
+            # q = mask centroid + s * (p - view centroid) @ rot(roll), per pair; for all pairs, a block of views
+            # under every roll (that einsum's rounding: the whole grid's scores as they always were)
+            if pairs is None:
+                views_in = slice(start // n_rolls, start // n_rolls + chunk)
+                turned = torch.einsum("vpi,rij->vrpj", p - view_centroid[views_in, None], rot)
+            else:
+                turned = torch.einsum("kpi,kij->kpj", p - view_centroid[v, None], rot[r])
+            turned = turned.reshape(len(index), -1)  # (pairs, n*n*2): x, y of each pixel in turn
+            views = view_silhouettes[v]
+            for k in range(len(scales)):
+                q = centroid_repeated[k] + scale[k].reshape(-1)[index, None] * turned
+                # NDC -> grid_sample's coordinates (x: -1 left edge, +1 right edge; y: -1 top)
+                grid = q * S / flip
+                warped = F.grid_sample(images[None].expand(len(index), len(images), H, W), grid.reshape(-1, n, n, 2),
+                                       mode="bilinear", padding_mode="zeros", align_corners=False)
+                warped_mask = warped[:, 0]
+                both = views * warped_mask
+                union = views + warped_mask - both
+                if care is not None:
+                    outside = (grid.abs() > 1).reshape(-1, n, n, 2)
+                    weight = torch.where(outside[..., 0] | outside[..., 1], 1.0, warped[:, 1])
+                    both, union = both * weight, union * weight
+                iou[k][index] = both.sum((1, 2)) / union.sum((1, 2)).clamp(min=1e-9)
     best_iou = best_scale = best_centre = None
     for k in range(len(scales)):
         score = iou[k].reshape(V, n_rolls)
@@ -297,6 +309,11 @@ def score_grid(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.
             best_scale = torch.where(better, scale[k], best_scale)
             best_centre = torch.where(better[..., None], where, best_centre)
     return best_iou, best_scale, best_centre
+
+
+def _float32(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's numbers as a contiguous float32 array (what the compiled loops take)."""
+    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
 
 
 def hidden_centroid(mask: torch.Tensor, care: torch.Tensor, seen_area: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from pytorch3d.renderer import (
 from pytorch3d.renderer.blending import sigmoid_alpha_blend
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
-from posefit.blend_kernels import blend_face_colours
+from posefit.blend_kernels import blend_face_colours, silhouette_alpha
 from posefit.fast_raster import crop_outputs, rasterize_face_verts
 from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse, resolved_settings
 from posefit.sparse_shading import SparseSoftPhongShader
@@ -276,8 +276,13 @@ def hard_render(renderers: Renderers, mesh, R, T):
 
 def soft_silhouette(fragments, blend_params: BlendParams) -> torch.Tensor:
     """The soft silhouette (N, H, W) of SoftSilhouetteShader, the same numbers, without the (N, H, W, K, 3)
-    tensor of ones it makes for colours nobody reads (a tracker's step spends a millisecond on those)."""
+    tensor of ones it makes for colours nobody reads (a tracker's step spends a millisecond on those). On the
+    CPU (COMPILED_BLEND) one compiled loop each way (blend_kernels.silhouette_alpha): sigmoid_alpha_blend's
+    arithmetic without the RGBA image it builds around the alpha, nor that image's gradient nodes."""
     N, H, W, K = fragments.pix_to_face.shape
+    if not fragments.dists.is_cuda and COMPILED_BLEND:
+        return silhouette_alpha(fragments.pix_to_face.reshape(-1, K), fragments.dists.reshape(-1, K),
+                                sigma=blend_params.sigma).reshape(N, H, W)
     ones = torch.ones((), device=fragments.dists.device).expand(N, H, W, K, 3)
     return sigmoid_alpha_blend(ones, fragments, blend_params)[..., 3]
 
