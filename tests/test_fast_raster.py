@@ -16,7 +16,7 @@ from pytorch3d.structures import Meshes
 
 from posefit import pose
 from posefit.fast_rasterizer import FastMeshRasterizer
-from posefit.sparse_shading import SparseSoftPhongShader
+from posefit.sparse_shading import CompiledSilhouetteShader, SparseSoftPhongShader
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,29 @@ def test_sparse_phong_shader_matches_stock_shader(cow, positions):
     (stock_image, stock_grad), (sparse_image, sparse_grad) = results
     assert (stock_image - sparse_image).abs().max().item() <= 1e-5
     assert ((stock_grad - sparse_grad).norm() / stock_grad.norm()).item() <= 1e-4
+
+
+@pytest.mark.parametrize("positions", [[[3.0, 6.9, 2.5]], [[3.0, 6.9, 2.5], [0.5, -1.0, 2.7], [-2.2, 1.0, -1.5]]])
+def test_compiled_silhouette_shader_matches_stock_shader(teapot, positions):
+    """Same RGBA image and same gradient as SoftSilhouetteShader on the same fragments (the book's settings, a
+    batch too): its C++ kernel's arithmetic, bit for bit on this machine's CPUs; the test allows rounding."""
+    from pytorch3d.renderer import BlendParams, SoftSilhouetteShader
+
+    settings = RasterizationSettings(image_size=64, blur_radius=math.log(1 / 1e-4 - 1) * 1e-4, faces_per_pixel=100)
+    blend_params = BlendParams(sigma=1e-4, gamma=1e-4)
+    results = []
+    for shader_cls in (SoftSilhouetteShader, CompiledSilhouetteShader):
+        position = torch.tensor(positions, requires_grad=True)
+        R, T = pose.look_at(position)
+        meshes = teapot.extend(len(positions))
+        fragments = FastMeshRasterizer(cameras=FoVPerspectiveCameras(), raster_settings=settings)(meshes, R=R, T=T)
+        image = shader_cls(blend_params=blend_params)(fragments, meshes)
+        (image[..., 3] - 0.5).square().sum().backward()
+        results.append((image.detach(), position.grad))
+    (stock_image, stock_grad), (compiled_image, compiled_grad) = results
+    assert ((stock_image[..., 3] > 0.01) & (stock_image[..., 3] < 0.99)).sum() >= 10  # soft edges
+    assert (stock_image - compiled_image).abs().max().item() <= 1e-6
+    assert ((stock_grad - compiled_grad).norm() / stock_grad.norm()).item() <= 1e-5
 
 
 def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):

@@ -26,7 +26,7 @@ from pytorch3d.renderer.mesh.rasterizer import Fragments
 from posefit.blend_kernels import blend_face_colours, silhouette_alpha
 from posefit.fast_raster import crop_outputs, rasterize_face_verts
 from posefit.fast_rasterizer import FastMeshRasterizer, FragmentReuse, resolved_settings
-from posefit.sparse_shading import SparseSoftPhongShader
+from posefit.sparse_shading import CompiledSilhouetteShader, SparseSoftPhongShader
 
 
 def book_blur_radius(sigma: float = 1e-4) -> float:
@@ -160,7 +160,7 @@ def make_renderers(
     reuse = FragmentReuse() if textured_faces_per_pixel and textured_faces_per_pixel <= faces_per_pixel else None
     silhouette = MeshRenderer(
         rasterizer=make_rasterizer(rasterizer, cameras, soft, give_to=reuse),
-        shader=SoftSilhouetteShader(blend_params=blend_params),
+        shader=(CompiledSilhouetteShader if rasterizer == "fast" else SoftSilhouetteShader)(blend_params=blend_params),
     )
     hard = RasterizationSettings(image_size=image_size, blur_radius=0.0, faces_per_pixel=1)
     phong = MeshRenderer(
