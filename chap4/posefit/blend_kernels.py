@@ -220,9 +220,11 @@ class _Silhouette(torch.autograd.Function):
 
 
 def silhouette_alpha(faces, dists, *, sigma: float) -> torch.Tensor:
-    """Per pixel (rows of faces, dists: (P, K), -1 empty), SoftSilhouetteShader's alpha (P,): PyTorch3D's
-    sigmoid_alpha_blend of the pixel's entries, differentiable in dists (CPU tensors)."""
-    return _Silhouette.apply(dists.reshape(faces.shape).float(), faces, float(sigma))
+    """Per pixel (faces, dists: (..., K), a Fragments' pix_to_face and dists; -1 empty), SoftSilhouetteShader's
+    alpha (...): PyTorch3D's sigmoid_alpha_blend of the pixel's entries, differentiable in dists (CPU tensors)."""
+    K = faces.shape[-1]
+    rows = faces.reshape(-1, K)
+    return _Silhouette.apply(dists.reshape(rows.shape).float(), rows, float(sigma)).reshape(faces.shape[:-1])
 
 
 @numba.njit(cache=True, nogil=True)

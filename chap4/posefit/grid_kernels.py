@@ -35,6 +35,8 @@ def score_pairs(views, view_x, view_y, view_centroid, rot, scale, centroid, mask
     H, W = mask.shape
     side = min(H, W)
     with_care = care.shape[0] > 0
+    ax = -side / W  # grid_sample's x per mask NDC x (its +x is the image's right, NDC's +X its left)
+    ay = -side / H
     # The images with a border of zeros: a sample's four neighbours are then read without bounds checks.
     padded = np.zeros((2, H + 2, W + 2), dtype=np.float32)
     padded[0, 1 : H + 1, 1 : W + 1] = mask
@@ -49,8 +51,6 @@ def score_pairs(views, view_x, view_y, view_centroid, rot, scale, centroid, mask
             # grid_sample's x = -(mask centroid + factor * ((view NDC - view centroid) @ rot)) * side / W, and
             # its pixel ix = ((x + 1) * W - 1) / 2: affine in the view pixel's NDC (gx, gy the same in
             # grid_sample's [-1, 1] coordinates, for the care rule). In the padded image ix + 1.
-            ax = -side / W  # grid x per mask NDC x
-            ay = -side / H
             gx0 = ax * (centroid[s, 0] - factor * (cx * r00 + cy * r10))
             gxx, gxy = ax * factor * r00, ax * factor * r10
             gy0 = ay * (centroid[s, 1] - factor * (cx * r01 + cy * r11))

@@ -279,10 +279,9 @@ def soft_silhouette(fragments, blend_params: BlendParams) -> torch.Tensor:
     tensor of ones it makes for colours nobody reads (a tracker's step spends a millisecond on those). On the
     CPU (COMPILED_BLEND) one compiled loop each way (blend_kernels.silhouette_alpha): sigmoid_alpha_blend's
     arithmetic without the RGBA image it builds around the alpha, nor that image's gradient nodes."""
-    N, H, W, K = fragments.pix_to_face.shape
     if not fragments.dists.is_cuda and COMPILED_BLEND:
-        return silhouette_alpha(fragments.pix_to_face.reshape(-1, K), fragments.dists.reshape(-1, K),
-                                sigma=blend_params.sigma).reshape(N, H, W)
+        return silhouette_alpha(fragments.pix_to_face, fragments.dists, sigma=blend_params.sigma)
+    N, H, W, K = fragments.pix_to_face.shape
     ones = torch.ones((), device=fragments.dists.device).expand(N, H, W, K, 3)
     return sigmoid_alpha_blend(ones, fragments, blend_params)[..., 3]
 

@@ -74,9 +74,7 @@ class CompiledSilhouetteShader(SoftSilhouetteShader):
         if fragments.pix_to_face.is_cuda:
             return super().forward(fragments, meshes, **kwargs)
         blend_params = kwargs.get("blend_params", self.blend_params)
-        N, H, W, K = fragments.pix_to_face.shape
-        alpha = silhouette_alpha(fragments.pix_to_face.reshape(-1, K), fragments.dists.reshape(-1, K),
-                                 sigma=blend_params.sigma)
-        image = torch.ones((N, H, W, 4), dtype=fragments.dists.dtype)
-        image[..., 3] = alpha.reshape(N, H, W)
+        alpha = silhouette_alpha(fragments.pix_to_face, fragments.dists, sigma=blend_params.sigma)
+        image = torch.ones((*alpha.shape, 4), dtype=fragments.dists.dtype)
+        image[..., 3] = alpha
         return image
