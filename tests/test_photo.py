@@ -21,7 +21,7 @@ from scipy import ndimage
 
 import diff_render
 import diff_render_texture
-from posefit import data, frame_fit, initial, masks, outlines, outputs, pose, render, search, targets
+from posefit import colour_starts, data, frame_fit, initial, masks, outlines, outputs, pose, render, search, targets
 from posefit.errors import UserError
 
 SIZE = (48, 64)  # (H, W)
@@ -762,6 +762,45 @@ def test_the_polish_chooses_the_finalist_whose_colours_explain_the_photo(tmp_pat
     assert hypotheses.best() == 1
     assert pose.rotation_error_deg(hypotheses.R[1], R) < 3.0
     assert hypotheses.polish_loss[1] < hypotheses.polish_loss[0]
+
+
+def test_the_colours_pick_a_start_near_a_textured_objects_pose_and_only_for_a_textured_one(meshes_ready):
+    # colour_starts ranks the grid's best poses for the mask by how well their colours explain the photo,
+    # fits the best few by them and hands on the best, apart from each other.
+    mesh = cow()
+    assert colour_starts.textured(mesh) and not colour_starts.textured(teapot())
+    R, T = off_centre_rolled_pose(mesh)
+    photo, mask, _ = photograph(mesh, R, T, (60, 110, 170), size=(96, 128))
+    grid = initial.view_grid(mesh, FOV)
+    R_starts, T_starts = colour_starts.colour_starts(mesh, photo / 255.0, FOV, torch.from_numpy(mask), grid)
+    assert 1 <= len(R_starts) <= colour_starts.COUNT
+    assert pose.rotation_error_deg(R_starts[0], R) < 10.0
+    assert float((T_starts[0] - T).norm() / T.norm()) < 0.1
+    if len(R_starts) == 2:  # the second is another pose, not the first again
+        assert pose.rotation_error_deg(R_starts[0], R_starts[1]) >= initial.MIN_SEPARATION_DEG
+
+
+def test_the_polish_answers_a_colour_start_that_explains_the_photo_better_than_the_loops(tmp_path, meshes_ready):
+    # The loop fitted only the cow's half-turn twin; a start the colours chose (posefit.colour_starts) is
+    # polished beside it, joins the hypotheses (by_colour in the summary) and is the answer.
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, _, _ = photograph(mesh, R, T, (60, 110, 170), size=(96, 128))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    target = targets.load_target_image(tmp_path / "photo.png", fov=FOV)
+    centre, _ = initial.mesh_centre_radius(mesh)
+    R_twin = torch.diag(torch.tensor([-1.0, 1.0, -1.0])) @ R
+    T_twin = centre @ R + T - centre @ R_twin
+    hypotheses = search.Hypotheses(pose.SixDoF(R_twin[None], T_twin[None]), scheduled=True)
+    hypotheses.final_loss = [1.0]
+    turned = axis_angle_to_matrix(torch.tensor([0.0, math.radians(5.0), 0.0])) @ R
+    hypotheses.colour_starts = (turned[None], T[None])
+    assert hypotheses.polish(mesh, target, FOV)
+    assert len(hypotheses.R) == 2 and hypotheses.best() == 1
+    assert pose.rotation_error_deg(hypotheses.R[1], R) < 3.0
+    summary = hypotheses.summary([0.5, 0.9])
+    assert summary["hypotheses"][1]["by_colour"] and "by_colour" not in summary["hypotheses"][0]
+    assert summary["best_hypothesis"] == 1
 
 
 def test_summary_pose_reproduces_the_fitted_silhouette_with_pytorch3d(tmp_path, meshes_ready):

@@ -473,6 +473,44 @@ def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
         return rasterizer(mesh, R=R, T=T).pix_to_face[0, ..., 0] >= 0
 
 
+def photo_frame(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, care: torch.Tensor | None, side: int,
+                background=None):
+    """A photo (H, W, 3 in [0, 1], as it came) as a frame at `side` pixels (its shorter side), with a mask
+    given rather than found: the photo's chosen mask (any size, box-averaged to the frame's and halved) and
+    its pixels' weights (care, 0 on something in front; None: all count). The whole frame is its window.
+    Returns the frame's renderers, the plain mesh they render (make_renderers) and the frame (Observed)."""
+    H0, W0 = pixels.shape[:2]
+    scale = min(1.0, side / min(H0, W0))
+    size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
+    renderers, plain = make_renderers(mesh.to("cpu"), size, fov, "cpu")
+    raw = video.RawFrame(0, None, (np.clip(pixels[..., :3], 0, 1) * 255).round().astype(np.uint8))
+    frame = Observed(video.prepare(raw, size, background), size, background)
+
+    def resized(values: torch.Tensor) -> torch.Tensor:
+        area = torch.nn.functional.interpolate(values.float().cpu()[None, None], size=size, mode="area")[0, 0]
+        return (area >= 0.5).float()
+
+    frame.mask = resized(mask)
+    frame.weight = None if care is None else resized(care)
+    frame.window = (0, size[0], 0, size[1])
+    return renderers, plain, frame
+
+
+def photo_losses(renderers, plain, frame: Observed, R: torch.Tensor, T: torch.Tensor, *, batch: int = 50) -> np.ndarray:
+    """How well each of the poses R (M, 3, 3), T (M, 3) explains a photo's frame (photo_frame), as `losses`
+    measures a tracked frame (silhouette + colours under the photo's own light, composited over the floor
+    behind the object), without a step, `batch` poses at a time. Returns M losses (numpy; inf where not
+    finite)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(R), batch):
+            Rb, Tb = R[start:start + batch].cpu(), T[start:start + batch].cpu()
+            loss, _ = losses(renderers, plain.extend(len(Rb)), Rb, Tb, frame, WEIGHT_COLOUR,
+                             light_passes=ROBUST_LIGHT_PASSES)
+            out.append(torch.nan_to_num(loss, nan=math.inf).numpy())
+    return np.concatenate(out)
+
+
 # ---------------------------------------------------------------------------
 # A photo's last step
 # ---------------------------------------------------------------------------

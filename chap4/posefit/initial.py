@@ -495,9 +495,8 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     trial: in_front_piece's, a short fit that tells a piece in front from the grid's near miss (None: none).
     """
     device = mesh.device
-    t = math.tan(math.radians(fov) / 2)
     grid = grid or view_grid(mesh, fov, views=views, rolls=rolls, side=side, near=near, upright=upright)
-    silhouettes, angles, R_all, centre, distance = grid.silhouettes, grid.angles, grid.R_all, grid.centre, grid.distance
+    silhouettes, angles, R_all = grid.silhouettes, grid.angles, grid.R_all
     pairs = None
     if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out (score -1)
         trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -522,16 +521,39 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
             picked.append((v, r))
         if len(picked) == count:
             break
-    Rs, Ts, scores = [], [], []
-    for v, r in picked:
-        depth = distance / float(scale[v, r])
+    R, T = placed(grid, scale, where, fov, picked)
+    return R, T, [float(iou[v, r]) for v, r in picked], care
+
+
+def placed(grid: ViewGrid, scale: torch.Tensor, where: torch.Tensor, fov: float, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The poses R (n, 3, 3), T (n, 3) of these (view, roll) pairs of a score_grid (its scale and where): the
+    pair's rotation turned onto the ray through the mask's centroid, at the depth its scale gives."""
+    t = math.tan(math.radians(fov) / 2)
+    Rs, Ts = [], []
+    for v, r in pairs:
+        depth = grid.distance / float(scale[v, r])
         x, y = (float(c) for c in where[v, r])
-        ray = torch.tensor([x * t, y * t, 1.0], device=device)
-        R = R_all[v, r] @ ray_rotation(ray)
-        Ts.append(depth * ray - centre @ R)
+        ray = torch.tensor([x * t, y * t, 1.0], device=grid.R_all.device)
+        R = grid.R_all[v, r] @ ray_rotation(ray)
+        Ts.append(depth * ray - grid.centre @ R)
         Rs.append(R)
-        scores.append(float(iou[v, r]))
-    return torch.stack(Rs), torch.stack(Ts), scores, care
+    return torch.stack(Rs), torch.stack(Ts)
+
+
+def best_placed(grid: ViewGrid, mask: torch.Tensor, fov: float, count: int, care: torch.Tensor | None = None):
+    """The `count` best-scoring (view, roll) pairs of the grid for this mask as poses R (count, 3, 3), T
+    (count, 3), scored as initial_poses scores them (with care, its scales) but none left out for being near
+    a better one: a pool for a second opinion to choose from (posefit.colour_starts)."""
+    if care is None:
+        iou, scale, where = score_grid(grid.silhouettes, mask.float(), grid.angles)
+    else:
+        iou, scale, where = score_grid(grid.silhouettes, mask.float(), grid.angles, care=care.to(mask.device),
+                                       scales=OCCLUDED_SCALES)
+    allows = grid.allowed(scale)
+    if allows is not None:
+        iou = torch.where(allows, iou, iou - 2.0)
+    order = torch.argsort(iou.reshape(-1), descending=True)[:count].tolist()
+    return placed(grid, scale, where, fov, [divmod(index, iou.shape[1]) for index in order])
 
 
 def photo_regions(photo: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from posefit import frame_fit, initial, masks, outlines, pose, render, targets
+from posefit import colour_starts, frame_fit, initial, masks, outlines, pose, render, targets
 
 UP_AXIS_MARGIN_DEG = 10.0  # no lattice start this close to the up axis, where look_at_rotation is undefined
 # The schedule with several starts (--restarts > 1; one start is the book's
@@ -95,6 +95,10 @@ POLISH_CHOICE_GAIN = 0.05
 # the answer polished again ended 8.2 -> 2.5 degrees off (26/21), 9.5 -> 1.0 (27/3), 7.2 -> 2.0 (28/12); with 60
 # more steps 4.4, 0.9 and 3.7; a second 60 steps at twice the rate did about as well as 120.
 ANSWER_POLISH_STEPS = 120
+# A start the photo's colours chose (posefit.colour_starts) this near a polished finalist is not polished: it
+# would end where that finalist did (on seed 30's nine cow photos with a polish, all fitted right by the loop,
+# the first colour start, polished, ended within 1.2 degrees of a finalist's answer in seven).
+COLOUR_START_SAME_DEG = 10.0
 
 
 # A photo's readings (initial.choose_reading) are told apart by a short fit of each (trial_iou): its
@@ -180,6 +184,10 @@ class Hypotheses:
         self.mask = None  # (H, W) bool: the photo's mask the starts chose, if not the target's (start, 6-DoF)
         self.care = None  # (H, W) the target's pixels' weights, 0 on something in front (start, 6-DoF photos)
         self.in_front_share = None  # the share of the first mask that care leaves out
+        # (R (n, 3, 3), T (n, 3)): starts the photo's colours chose (start, posefit.colour_starts), polished
+        # beside the finalists; each becomes a hypothesis of its own (by_colour), not fitted by the loop.
+        self.colour_starts = None
+        self.by_colour: list[bool] = [False] * n
 
     # -- the record of each hypothesis ---------------------------------------------------------
 
@@ -193,6 +201,20 @@ class Hypotheses:
         for row in rows:
             k = self.active[row]
             self.positions[k], self.R[k], self.T[k] = centres[row].tolist(), R[row].clone(), T[row].clone()
+
+    def _add(self, R: torch.Tensor, T: torch.Tensor) -> int:
+        """A hypothesis the loop did not fit (a colour start): its record, at pose R (3, 3), T (3,). Returns
+        its number."""
+        centre = pose.camera_centre(R, T)[0].tolist()
+        self.init_positions.append(centre)
+        self.positions.append(centre)
+        self.R.append(R.clone())
+        self.T.append(T.clone())
+        for records, value in ((self.final_loss, None), (self.pruned_at, None), (self.dropped, None),
+                               (self.flip_of, None), (self.polish_loss, None), (self.by_colour, True)):
+            records.append(value)
+        self.loss_history.append([])
+        return len(self.R) - 1
 
     # -- the schedule -------------------------------------------------------------------------
 
@@ -391,10 +413,23 @@ class Hypotheses:
         pool = [k for k in pool if self._allows(k)] or pool
         # (one far behind on the loop's loss fits the mask badly: its own polish may not)
         finalists = [k for k in pool if self.final_loss[k] <= POLISH_CHOICE_MARGIN * self.final_loss[loop_best]]
-        for k in finalists or [loop_best]:
+        finalists = finalists or [loop_best]
+        for k in finalists:
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background)
             self.R[k], self.T[k], self.polish_loss[k] = R, T, loss
             self.positions[k] = pose.camera_centre(R, T)[0].tolist()
+        # The starts the photo's colours chose (posefit.colour_starts), polished alike, compete with them;
+        # one that starts within COLOUR_START_SAME_DEG of a polished finalist would end where it did.
+        for R0, T0 in zip(*(self.colour_starts or ((), ())), strict=True):
+            R0, T0 = R0.to(self.R[0].device), T0.to(self.T[0].device)
+            if any(pose.rotation_error_deg(R0, self.R[j]) < COLOUR_START_SAME_DEG for j in finalists):
+                continue
+            k = self._add(R0, T0)
+            R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background)
+            self.R[k], self.T[k], self.polish_loss[k] = R, T, loss
+            self.positions[k] = pose.camera_centre(R, T)[0].tolist()
+            if self._allows(k) or not any(self._allows(j) for j in finalists):
+                finalists.append(k)
         scored = [k for k in finalists if math.isfinite(self.polish_loss[k])]
         if scored:
             self.chosen = min(scored, key=lambda k: self.polish_loss[k])
@@ -443,6 +478,7 @@ class Hypotheses:
                 "silhouette_iou": ious[k],
                 **({"twin_of": self.flip_of[k]} if self.flip_of[k] is not None else {}),
                 **({"polish_loss": self.polish_loss[k]} if self.polish_loss[k] is not None else {}),
+                **({"by_colour": True} if self.by_colour[k] else {}),
                 "pruned_at": self.pruned_at[k],
                 "loss_history": self.loss_history[k],
             }
@@ -515,11 +551,17 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright,
                                               photo=None if searched else photo, regions=regions, care=care,
                                               grid=grid, trial=trial)
+        # A textured object's colours pick starts of their own among the grid's poses, for the polish.
+        by_colour = None
+        if photo is not None and target.original is not None and colour_starts.textured(mesh):
+            by_colour = colour_starts.colour_starts(mesh, target.original, fov, target.hard_mask, grid, care,
+                                                    target.background)
     poses = six_dof_poses(mesh, R, T, fov)
     hypotheses = Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
                             scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
                             **{"explore_sigma": SIX_DOF_EXPLORE_SIGMA, **schedule})
     hypotheses.mask = mask
+    hypotheses.colour_starts = by_colour
     if care is not None:
         counted = target.hard_mask.float()
         hypotheses.care = care
