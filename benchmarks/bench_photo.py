@@ -42,9 +42,11 @@ post and a box chose session 37's larger share for something in front;
 checked on 23); the masks of seeds 22-27's RGB photos (reports of sessions
 34-38) chose session 39's grey-floor rules in posefit/masks.py (checked on
 seed 27's fits); the failures of seeds 25-28 chose session 40's second polish
-of the answer (checked on the successes of 26-28). The README reports seed 30,
-fresh in session 41, 29 (fresh in session 40) and 28 (fresh in session 39); RESULTS.md the seeds
-of earlier rounds. The next fresh seed is 31. Seed
+of the answer (checked on the successes of 26-28); case 23 of seed 30 chose
+session 42's colour starts (checked on the cows of seeds 29 and 30 and the
+cow failures of 26-29). The README reports seed 31, fresh in session 42, 30
+(fresh in session 41) and 29 (fresh in session 40); RESULTS.md the seeds of
+earlier rounds. The next fresh seed is 32. Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on.
 
