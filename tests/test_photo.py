@@ -743,18 +743,24 @@ def test_the_colour_polish_brings_a_turned_pose_closer(meshes_ready):
     assert R_nan is nan_R and loss_nan == math.inf
 
 
+def photo_and_twin(mesh, tmp_path, backdrop):
+    """The mesh at off_centre_rolled_pose (R, T) photographed on a backdrop at 96 x 128, loaded as a target, and
+    its half-turn twin (R_twin, T_twin: half a turn about the mesh's vertical through its centre)."""
+    R, T = off_centre_rolled_pose(mesh)
+    photo, _, _ = photograph(mesh, R, T, backdrop, size=(96, 128))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    target = targets.load_target_image(tmp_path / "photo.png", fov=FOV)
+    centre, _ = initial.mesh_centre_radius(mesh)
+    R_twin = torch.diag(torch.tensor([-1.0, 1.0, -1.0])) @ R
+    return R, T, target, R_twin, centre @ R + T - centre @ R_twin
+
+
 def test_the_polish_chooses_the_finalist_whose_colours_explain_the_photo(tmp_path, meshes_ready):
     # A teapot's mask hardly tells it from its half-turn twin (spout and handle swapped); the loop's loss may
     # prefer the twin. The polish refines every finalist by the photo's colours and answers the one they
     # explain best.
     mesh = teapot()
-    R, T = off_centre_rolled_pose(mesh)
-    photo, _, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    target = targets.load_target_image(tmp_path / "photo.png", fov=FOV)
-    centre, _ = initial.mesh_centre_radius(mesh)
-    R_twin = torch.diag(torch.tensor([-1.0, 1.0, -1.0])) @ R  # half a turn about the mesh's vertical
-    T_twin = centre @ R + T - centre @ R_twin
+    R, T, target, R_twin, T_twin = photo_and_twin(mesh, tmp_path, (170, 110, 60))
     hypotheses = search.Hypotheses(pose.SixDoF(torch.stack([R_twin, R]), torch.stack([T_twin, T])), scheduled=True)
     hypotheses.final_loss = [1.0, 1.2]  # the loop's loss preferred the twin, by a little
     assert hypotheses.best() == 0
@@ -784,13 +790,7 @@ def test_the_polish_answers_a_colour_start_that_explains_the_photo_better_than_t
     # The loop fitted only the cow's half-turn twin; a start the colours chose (posefit.colour_starts) is
     # polished beside it, joins the hypotheses (by_colour in the summary) and is the answer.
     mesh = cow()
-    R, T = off_centre_rolled_pose(mesh)
-    photo, _, _ = photograph(mesh, R, T, (60, 110, 170), size=(96, 128))
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    target = targets.load_target_image(tmp_path / "photo.png", fov=FOV)
-    centre, _ = initial.mesh_centre_radius(mesh)
-    R_twin = torch.diag(torch.tensor([-1.0, 1.0, -1.0])) @ R
-    T_twin = centre @ R + T - centre @ R_twin
+    R, T, target, R_twin, T_twin = photo_and_twin(mesh, tmp_path, (60, 110, 170))
     hypotheses = search.Hypotheses(pose.SixDoF(R_twin[None], T_twin[None]), scheduled=True)
     hypotheses.final_loss = [1.0]
     turned = axis_angle_to_matrix(torch.tensor([0.0, math.radians(5.0), 0.0])) @ R
