@@ -181,6 +181,9 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
         # answer need not be the hypothesis with the lowest loss, whose loss the loop's record ends with.
         summary["final_loss"] = hypotheses.final_loss[best]
     title = f"{summary['iterations']} iterations, loss {summary['final_loss'] or 0:.1f}, IoU {ious[best]:.3f}"
+    if hypotheses.by_colour[best]:  # (not fitted by the loop: its loss is no loop loss)
+        title = (f"{summary['iterations']} iterations; the answer a start chosen by the colours, polish loss "
+                 f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
     shown, fitted_rgb, fitted_mask = target.shown, rgb_every[best, ..., :3], mask_every[best]
     if target.original is not None:
         # A photo: the fit's pictures and outline on the file as it came, its mask at its own size.
