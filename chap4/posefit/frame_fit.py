@@ -444,7 +444,7 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
         else:
             scale.step(parameters, moments, rate, step)
         with torch.no_grad():
-            if not all(poses.finite_rows()):
+            if not poses.all_finite():
                 for parameter, value in zip(parameters, before, strict=True):
                     parameter.copy_(value)
                 break

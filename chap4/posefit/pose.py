@@ -102,6 +102,11 @@ class PoseBatch(nn.Module):
         """The camera centres the poses started from, for the record."""
         return self.camera_positions().tolist()
 
+    def all_finite(self) -> bool:
+        """Are all the parameters finite? (all(finite_rows()) without the per-row lists: a tracked frame's
+        fit asks at every step.)"""
+        return all(bool(torch.isfinite(parameter.detach()).all()) for parameter in self.parameters())
+
     def finite_rows(self) -> list[bool]:
         """Per pose: are all its parameters finite?"""
         finite = torch.ones(len(self), dtype=torch.bool)
