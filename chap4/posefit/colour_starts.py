@@ -57,8 +57,8 @@ def colour_starts(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, grid
     R, T = initial.best_placed(grid, mask, fov, pool, care)
     renderers, plain, frame = frame_fit.photo_frame(mesh, pixels, fov, mask, care, RANK_SIDE, background)
     loss = frame_fit.photo_losses(renderers, plain, frame, R, T)
-    best = torch.from_numpy(np.argsort(loss, kind="stable")[:keep].copy())
-    best = best[torch.from_numpy(np.isfinite(loss[best.numpy()]))]
+    order = np.argsort(loss, kind="stable")[:keep]
+    best = torch.from_numpy(order[np.isfinite(loss[order])])
     if len(best) == 0:
         return R[:0], T[:0]
     R, T, _, _ = frame_fit.fit(renderers, plain.extend(len(best)), R[best].cpu(), T[best].cpu(), frame,
@@ -66,12 +66,6 @@ def colour_starts(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, grid
                                light_passes=frame_fit.ROBUST_LIGHT_PASSES)
     renderers, plain, frame = frame_fit.photo_frame(mesh, pixels, fov, mask, care, CHECK_SIDE, background)
     loss = frame_fit.photo_losses(renderers, plain, frame, R, T)
-    cos_limit = math.cos(math.radians(min_separation_deg))
-    chosen: list[int] = []
-    for k in np.argsort(loss, kind="stable").tolist():
-        if len(chosen) == count or not math.isfinite(loss[k]):
-            break
-        if all(float((torch.trace(R[k].T @ R[j]) - 1) / 2) < cos_limit for j in chosen):
-            chosen.append(k)
-    index = torch.tensor(chosen, dtype=torch.long)
+    order = [k for k in np.argsort(loss, kind="stable").tolist() if math.isfinite(loss[k])]
+    index = torch.tensor(initial.spread_out(((k, R[k]) for k in order), count, min_separation_deg), dtype=torch.long)
     return R[index].to(mask.device), T[index].to(mask.device)

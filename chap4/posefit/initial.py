@@ -501,26 +501,13 @@ def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: in
     if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out (score -1)
         trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
         pairs = (trace - 1) / 2 >= math.cos(math.radians(near[1]))
-    iou, scale, where = score_grid(silhouettes, mask.float(), angles, pairs=pairs)
     if care is None and photo is not None:
         care = in_front_piece(silhouettes, mask.float(), angles, photo, grid.best_score, regions, trial)
     if care is not None:
         care = care.to(device)
-        iou, scale, where = score_grid(silhouettes, mask.float(), angles, care=care, scales=OCCLUDED_SCALES,
-                                       pairs=pairs)
-    allows = grid.allowed(scale)
-    if allows is not None:
-        iou = torch.where(allows, iou, iou - 2.0)  # after every allowed one, in their own order
-    order = torch.argsort(iou.reshape(-1), descending=True)
-    picked = []
-    cos_limit = math.cos(math.radians(min_separation_deg))
-    for index in order.tolist():
-        v, r = divmod(index, rolls)
-        candidate = R_all[v, r]
-        if all(((torch.trace(candidate.T @ R_all[pv, pr]) - 1) / 2) < cos_limit for pv, pr in picked):
-            picked.append((v, r))
-        if len(picked) == count:
-            break
+    iou, scale, where, order = ranked(grid, mask, care, pairs)
+    picked = spread_out(((divmod(index, rolls), R_all[divmod(index, rolls)]) for index in order.tolist()), count,
+                        min_separation_deg)
     R, T = placed(grid, scale, where, fov, picked)
     return R, T, [float(iou[v, r]) for v, r in picked], care
 
@@ -540,20 +527,41 @@ def placed(grid: ViewGrid, scale: torch.Tensor, where: torch.Tensor, fov: float,
     return torch.stack(Rs), torch.stack(Ts)
 
 
-def best_placed(grid: ViewGrid, mask: torch.Tensor, fov: float, count: int, care: torch.Tensor | None = None):
-    """The `count` best-scoring (view, roll) pairs of the grid for this mask as poses R (count, 3, 3), T
-    (count, 3), scored as initial_poses scores them (with care, its scales) but none left out for being near
-    a better one: a pool for a second opinion to choose from (posefit.colour_starts)."""
+def ranked(grid: ViewGrid, mask: torch.Tensor, care: torch.Tensor | None = None, pairs: torch.Tensor | None = None):
+    """score_grid's (iou, scale, where) for this mask (with care: its weights, at OCCLUDED_SCALES; pairs: only
+    those scored), and every (view, roll) pair's flat index, best first; the pairs `upright` does not allow
+    come after every allowed one (their IoUs lowered by 2, in their own order)."""
     if care is None:
-        iou, scale, where = score_grid(grid.silhouettes, mask.float(), grid.angles)
+        iou, scale, where = score_grid(grid.silhouettes, mask.float(), grid.angles, pairs=pairs)
     else:
-        iou, scale, where = score_grid(grid.silhouettes, mask.float(), grid.angles, care=care.to(mask.device),
-                                       scales=OCCLUDED_SCALES)
+        iou, scale, where = score_grid(grid.silhouettes, mask.float(), grid.angles, care=care, scales=OCCLUDED_SCALES,
+                                       pairs=pairs)
     allows = grid.allowed(scale)
     if allows is not None:
         iou = torch.where(allows, iou, iou - 2.0)
-    order = torch.argsort(iou.reshape(-1), descending=True)[:count].tolist()
-    return placed(grid, scale, where, fov, [divmod(index, iou.shape[1]) for index in order])
+    return iou, scale, where, torch.argsort(iou.reshape(-1), descending=True)
+
+
+def spread_out(candidates, count: int, min_separation_deg: float = MIN_SEPARATION_DEG) -> list:
+    """The keys of the first `count` of the (key, R) candidates, in their order, each R at least
+    min_separation_deg (geodesic) from every R kept before it."""
+    cos_limit = math.cos(math.radians(min_separation_deg))
+    keys, kept = [], []
+    for key, R in candidates:
+        if len(keys) == count:
+            break
+        if all(((torch.trace(R.T @ other) - 1) / 2) < cos_limit for other in kept):
+            keys.append(key)
+            kept.append(R)
+    return keys
+
+
+def best_placed(grid: ViewGrid, mask: torch.Tensor, fov: float, count: int, care: torch.Tensor | None = None):
+    """The `count` best-scoring (view, roll) pairs of the grid for this mask as poses R (count, 3, 3), T
+    (count, 3), ranked as initial_poses ranks them but none left out for being near a better one: a pool for a
+    second opinion to choose from (posefit.colour_starts)."""
+    iou, scale, where, order = ranked(grid, mask, None if care is None else care.to(mask.device))
+    return placed(grid, scale, where, fov, [divmod(index, iou.shape[1]) for index in order[:count].tolist()])
 
 
 def photo_regions(photo: np.ndarray) -> np.ndarray:

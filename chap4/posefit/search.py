@@ -414,10 +414,14 @@ class Hypotheses:
         # (one far behind on the loop's loss fits the mask badly: its own polish may not)
         finalists = [k for k in pool if self.final_loss[k] <= POLISH_CHOICE_MARGIN * self.final_loss[loop_best]]
         finalists = finalists or [loop_best]
-        for k in finalists:
+
+        def polish_record(k: int) -> None:
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background)
             self.R[k], self.T[k], self.polish_loss[k] = R, T, loss
             self.positions[k] = pose.camera_centre(R, T)[0].tolist()
+
+        for k in finalists:
+            polish_record(k)
         # The starts the photo's colours chose (posefit.colour_starts), polished alike, compete with them;
         # one that starts within COLOUR_START_SAME_DEG of a polished finalist would end where it did.
         for R0, T0 in zip(*(self.colour_starts or ((), ())), strict=True):
@@ -425,9 +429,7 @@ class Hypotheses:
             if any(pose.rotation_error_deg(R0, self.R[j]) < COLOUR_START_SAME_DEG for j in finalists):
                 continue
             k = self._add(R0, T0)
-            R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background)
-            self.R[k], self.T[k], self.polish_loss[k] = R, T, loss
-            self.positions[k] = pose.camera_centre(R, T)[0].tolist()
+            polish_record(k)
             if self._allows(k) or not any(self._allows(j) for j in finalists):
                 finalists.append(k)
         scored = [k for k in finalists if math.isfinite(self.polish_loss[k])]
