@@ -164,7 +164,8 @@ def test_floored_perspective_denominator_gets_a_finite_small_gradient(teapot):
 def test_a_window_is_the_same_pixels_as_in_the_whole_image(cow, kind):
     # render.rasterize_window: the window's outputs are the whole image's there, bit for bit, and the
     # gradient of a loss on them is the gradient of the same loss on the whole image's window (the fast
-    # rasterizer with a FoV camera also projects the vertices itself: the same numbers).
+    # rasterizer with a FoV camera also projects the vertices itself, posefit.fov_projection: the same numbers
+    # as the rasterizer's own to float rounding, below).
     from posefit import render
 
     cameras = FoVPerspectiveCameras(fov=50.0)
@@ -177,9 +178,15 @@ def test_a_window_is_the_same_pixels_as_in_the_whole_image(cow, kind):
     grads = []
     for whole in (True, False):
         R, T = R0.clone().requires_grad_(True), T0.clone().requires_grad_(True)
-        fragments = rasterizer(plain, R=R, T=T) if whole else render.rasterize_window(rasterizer, plain, window, R=R, T=T)
+        fragments = render.rasterize_window(rasterizer, plain, None if whole else window, R=R, T=T)
         outputs = [fragments.pix_to_face, fragments.zbuf, fragments.bary_coords, fragments.dists]
         if whole:
+            own = rasterizer(plain, R=R, T=T)
+            same_face = (own.pix_to_face == fragments.pix_to_face).float().mean()
+            assert same_face > 0.999
+            for got, want in zip(outputs[1:], [own.zbuf, own.bary_coords, own.dists], strict=True):
+                agree = (got - want).abs() <= 1e-5 + 1e-4 * want.abs()
+                assert agree.float().mean() > 0.999
             outputs = [t[:, y, x] for t in outputs]
             expected = outputs
         else:
@@ -189,6 +196,36 @@ def test_a_window_is_the_same_pixels_as_in_the_whole_image(cow, kind):
         grads.append(torch.autograd.grad(loss, (R, T)))
     for got, want in zip(grads[1], grads[0], strict=True):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_the_compiled_projection_is_torchs_and_so_is_its_gradient(cow):
+    # posefit.fov_projection: each face's corners in NDC (x @ R + T, then the FoV projection matrix, the depth
+    # kept as z), two meshes of a batch each with its own pose, against the same formula in torch operations;
+    # and the gradient of a loss on them in R and T.
+    from posefit import render
+    from posefit.fov_projection import project_faces
+
+    plain = Meshes(verts=cow.verts_list(), faces=cow.faces_list()).extend(2)
+    projection = render._fov_projection(FoVPerspectiveCameras(fov=50.0))
+    R0, T0 = pose.look_at(torch.tensor([[0.3, 0.8, 2.6], [-1.0, 0.5, 2.4]]))
+    weights = torch.randn(plain.faces_packed().shape[0], 3, 3, generator=torch.Generator().manual_seed(0))
+    results = []
+    for compiled in (True, False):
+        R, T = R0.clone().requires_grad_(True), T0.clone().requires_grad_(True)
+        if compiled:
+            corners, nearest = project_faces(plain, R, T, projection)
+        else:
+            view = torch.bmm(plain.verts_padded(), R) + T[:, None]
+            h = torch.cat([view, torch.ones_like(view[..., :1])], -1) @ projection
+            ndc = torch.cat([h[..., :2] / h[..., 3:], view[..., 2:]], -1).reshape(-1, 3)
+            corners = ndc[plain.faces_packed()]
+            nearest = float(corners[..., 2].min().detach())
+        results.append((corners.detach(), nearest, *torch.autograd.grad((corners * weights).sum(), (R, T))))
+    (ours, our_nearest, *our_grads), (theirs, their_nearest, *their_grads) = results
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6) and not torch.allclose(ours[:len(weights) // 2], ours[len(weights) // 2:])
+    assert our_nearest == pytest.approx(their_nearest, rel=1e-6)
+    for got, want in zip(our_grads, their_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
 def test_a_window_outside_the_image_is_refused(teapot):

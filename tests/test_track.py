@@ -746,6 +746,58 @@ def test_the_compiled_photo_colour_term_gives_torchs_loss_and_gradient(monkeypat
             assert a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
 
 
+@pytest.mark.parametrize("kind", ["photo", "covered", "render"])
+def test_the_compiled_step_gives_the_loss_and_gradient_of_autograd(meshes_ready, kind):
+    # posefit.compiled_step (a fit's step without autograd, the tracker's CPU default) against losses() and
+    # autograd: two poses at once, the motion prior, the light solved robustly (a photo), something in front
+    # (covered), and a render's frame (on white, its colours composited as they are).
+    from posefit import compiled_step, frame_fit
+
+    mesh = data.load_mesh(data.provision_all(data.COW_FILES)[0], "cpu")
+    R, T = track_pose.synthetic_poses(1)
+    size, fov = (48, 64), 55.0
+    renderers, meshes = frame_fit.make_renderers(mesh, size, fov, "cpu")
+    silhouette = frame_fit.hard_silhouette(renderers, meshes, R, T)
+    rng = np.random.default_rng(3)
+    floor = [1.0, 1.0, 1.0] if kind == "render" else [0.3, 0.5, 0.4]
+    pixels = np.where(silhouette[0, ..., None].numpy(), rng.uniform(0.2, 0.9, (*size, 3)), floor)
+    if kind != "render":
+        pixels = pixels + rng.normal(0, 0.02, pixels.shape)  # a noisy floor: a photo
+    raw = video.RawFrame(0, "frame.png", (255 * np.clip(pixels, 0, 1)).astype(np.uint8))
+    frame = frame_fit.Observed(raw, size, None, silhouette if kind != "render" else None)
+    assert frame.photo == (kind != "render")
+    if kind == "covered":
+        frame.covered = torch.zeros_like(frame.mask)
+        frame.covered[20:30, 25:35] = 1.0
+    assert compiled_step.applies(renderers, meshes, frame, 0.0)
+    R2 = torch.cat([pose.rotate(R, torch.tensor([[0.03, -0.02, 0.01]])), pose.rotate(R, torch.tensor([[-0.05, 0.0, 0.02]]))])
+    T2 = torch.cat([T * 1.02, T + torch.tensor([[0.05, -0.03, 0.1]])])
+    start = torch.tensor([[0.01, 0.02, -0.01], [0.0, -0.01, 0.02]]), torch.tensor([[0.02, 0.0, -0.05], [0.01, 0.01, 0.0]])
+    depth, pixels_count, prior_weight = T2[:, 2:], frame.mask.numel(), 0.02
+    results = []
+    for compiled in (True, False):
+        poses = pose.SixDoF(R2, T2)
+        with torch.no_grad():
+            poses.rotation.copy_(start[0])
+            poses.translation.copy_(start[1])
+        if compiled:
+            loss, share = compiled_step.loss_and_gradient(
+                renderers, meshes.extend(2), poses, frame, frame_fit.WEIGHT_COLOUR, (prior_weight, pixels_count, depth),
+                frame_fit.ROBUST_LIGHT_PASSES, frame_fit.COLOUR_OUTLIER)
+        else:
+            def prior(poses=poses):
+                return prior_weight * pixels_count * ((poses.rotation**2).sum(1) + ((poses.translation / depth) ** 2).sum(1))
+            loss, share = frame_fit.losses(renderers, meshes.extend(2), *poses(), frame, frame_fit.WEIGHT_COLOUR,
+                                           prior, frame_fit.ROBUST_LIGHT_PASSES)
+            loss.sum().backward()
+        results.append((loss.detach(), share, poses.rotation.grad.clone(), poses.translation.grad.clone()))
+    (loss_a, share_a, *grads_a), (loss_b, share_b, *grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-4)
+    assert torch.allclose(share_a, share_b, atol=1e-6) and not torch.allclose(share_a[0], share_a[1], atol=0.1)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
 def test_a_photos_edge_pixel_is_matched_at_its_true_share_only_when_mixed_as_light():
     # A camera averages the light over a pixel, then encodes it: a bright object covering 40% of a pixel over a
     # dark floor. encoded_composite reproduces that pixel at the object's true share; mixing the encoded colours

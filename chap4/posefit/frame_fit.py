@@ -20,7 +20,7 @@ from pytorch3d.renderer.utils import parse_image_size
 from pytorch3d.structures import Meshes
 from scipy import ndimage
 
-from posefit import blend_kernels, masks, pose, render, targets, video
+from posefit import blend_kernels, compiled_step, masks, pose, render, targets, video
 
 # The colour term's weight. The silhouette pins the outline, but for an out-of-plane turn of a few degrees
 # it hardly changes, and a photo's mask is shifted by its shading (the shaded side lost to the shadow), which
@@ -428,16 +428,32 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
 
     loss = torch.full((len(poses),), math.inf, device=R_start.device)
     silhouette = None
+    # The usual CPU case steps without autograd (posefit.compiled_step: the same loss and gradient).
+    compiled = compiled_step.applies(renderers, meshes, frame, local_gain)
     for step in range(iterations):
         rate = lr * lr_end ** (step / max(iterations - 1, 1))
-        loss, silhouette = losses(renderers, meshes, *poses(), frame, weight_colour,
-                                  prior if prior_weight else None, light_passes, palette if find and step == 0 else None,
-                                  local_gain)
-        if not torch.isfinite(loss).all():
-            break
-        for p in parameters:
-            p.grad = None
-        loss.sum().backward()
+        stepped = None
+        if compiled:
+            covering = None
+            if find and step == 0:
+                def covering(frame_, share, albedo, normals):
+                    find_covered(frame_, share, albedo, normals, palette, light_passes)
+            stepped = compiled_step.loss_and_gradient(
+                renderers, meshes, poses, frame, weight_colour, (prior_weight, pixels, depth) if prior_weight else None,
+                light_passes, COLOUR_OUTLIER, covering)
+        if stepped is not None:
+            loss, silhouette = stepped
+            if not torch.isfinite(loss).all():
+                break
+        else:
+            loss, silhouette = losses(renderers, meshes, *poses(), frame, weight_colour,
+                                      prior if prior_weight else None, light_passes,
+                                      palette if find and step == 0 else None, local_gain)
+            if not torch.isfinite(loss).all():
+                break
+            for p in parameters:
+                p.grad = None
+            loss.sum().backward()
         before = [p.detach().clone() for p in parameters]
         if scale is None:
             optimizer.step(rate)

@@ -25,6 +25,7 @@ import json
 import math
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 import torch.nn as nn
@@ -194,23 +195,41 @@ def rotate(R: torch.Tensor, axis_angle: torch.Tensor) -> torch.Tensor:
     return R @ ExpMap.apply(axis_angle.reshape(-1, 3)).reshape(*shape, 3, 3)
 
 
-def _skew(w: np.ndarray) -> np.ndarray:
-    """The cross-product matrices (N, 3, 3) of vectors w (N, 3): _skew(w) @ v = w x v."""
-    W = np.zeros(w.shape[:-1] + (3, 3))
-    W[:, 0, 1], W[:, 0, 2], W[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
-    return W - W.transpose(0, 2, 1)
+@numba.njit(cache=True, nogil=True)
+def _exp(w: np.ndarray, R: np.ndarray) -> None:
+    """R (N, 3, 3): the rotation matrices of axis-angle vectors w (N, 3), float64, by Rodrigues' formula
+    I + a W + b W^2 (W the cross-product matrix of w; a and b by their series near 0)."""
+    for n in range(w.shape[0]):
+        x, y, z = w[n, 0], w[n, 1], w[n, 2]
+        theta2 = x * x + y * y + z * z
+        if theta2 < 1e-8:
+            a, b = 1.0 - theta2 / 6.0, 0.5 - theta2 / 24.0
+        else:
+            theta = math.sqrt(theta2)
+            a, b = math.sin(theta) / theta, (1.0 - math.cos(theta)) / theta2
+        # W = [[0, -z, y], [z, 0, -x], [-y, x, 0]], W^2 = w w^T - theta2 I
+        R[n, 0, 0] = 1.0 + b * (x * x - theta2)
+        R[n, 1, 1] = 1.0 + b * (y * y - theta2)
+        R[n, 2, 2] = 1.0 + b * (z * z - theta2)
+        R[n, 0, 1], R[n, 1, 0] = -a * z + b * x * y, a * z + b * x * y
+        R[n, 0, 2], R[n, 2, 0] = a * y + b * x * z, -a * y + b * x * z
+        R[n, 1, 2], R[n, 2, 1] = -a * x + b * y * z, a * x + b * y * z
 
 
-def _exp(w: np.ndarray) -> np.ndarray:
-    """The rotation matrices (N, 3, 3) of axis-angle vectors w (N, 3), float64: Rodrigues' formula (its
-    series near 0)."""
-    theta2 = (w * w).sum(-1)
-    small = theta2 < 1e-8
-    theta = np.sqrt(np.where(small, 1.0, theta2))
-    a = np.where(small, 1 - theta2 / 6, np.sin(theta) / theta)
-    b = np.where(small, 0.5 - theta2 / 24, (1 - np.cos(theta)) / (theta * theta))
-    W = _skew(w)
-    return np.eye(3) + a[:, None, None] * W + b[:, None, None] * (W @ W)
+@numba.njit(cache=True, nogil=True)
+def _exp_backward(w: np.ndarray, R: np.ndarray, G: np.ndarray, grad: np.ndarray) -> None:
+    """grad (N, 3): dL/dw for the incoming gradient G (N, 3, 3) of R = exp(w) (ExpMap's formula), float64."""
+    for n in range(w.shape[0]):
+        H = G[n] @ R[n].T
+        h = np.array([H[2, 1] - H[1, 2], H[0, 2] - H[2, 0], H[1, 0] - H[0, 1]])
+        wn = w[n]
+        theta2 = wn[0] * wn[0] + wn[1] * wn[1] + wn[2] * wn[2]
+        if theta2 < 1e-14:
+            grad[n] = h
+            continue
+        cross = np.array([h[1] * wn[2] - h[2] * wn[1], h[2] * wn[0] - h[0] * wn[2], h[0] * wn[1] - h[1] * wn[0]])
+        turned = (np.eye(3) - R[n]).T @ cross
+        grad[n] = (wn * (wn[0] * h[0] + wn[1] * h[1] + wn[2] * h[2]) + turned) / theta2
 
 
 class ExpMap(torch.autograd.Function):
@@ -222,29 +241,26 @@ class ExpMap(torch.autograd.Function):
     3-D rotation in exponential coordinates", 2015): with H = G R^T for the
     incoming gradient G and h its skew part as a vector,
     dL/dw = (w (w . h) + (I - R)^T (h x w)) / |w|^2, which tends to h as w
-    tends to 0. Both ways in float64 (a float32 I - R loses the digits the gradient needs) and in numpy: a
-    tracker's step turns one or a few poses, and a few dozen torch operations on 3x3 matrices cost half a
-    millisecond of its seven, numpy's a tenth of that (on a GPU the few numbers make the trip to the CPU and
-    back).
+    tends to 0. Both ways in float64 (a float32 I - R loses the digits the gradient needs), compiled
+    (numba): a tracker's step turns one or a few poses, and the same formulas as a few dozen numpy
+    operations on 3x3 matrices took 0.6 ms of its seven, compiled a few microseconds (on a GPU the few
+    numbers make the trip to the CPU and back).
     """
 
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
         # The float64 axis-angles and rotations, kept for the backward pass (numpy arrays, not tensors).
-        ctx.w64 = w.detach().cpu().double().numpy()
-        ctx.R64 = _exp(ctx.w64)
+        ctx.w64 = np.ascontiguousarray(w.detach().cpu().numpy(), dtype=np.float64)
+        ctx.R64 = np.empty((len(ctx.w64), 3, 3))
+        _exp(ctx.w64, ctx.R64)
         ctx.device, ctx.dtype = w.device, w.dtype
         return torch.from_numpy(ctx.R64).to(w.device, w.dtype)
 
     @staticmethod
     def backward(ctx, G: torch.Tensor) -> torch.Tensor:
-        w, R = ctx.w64, ctx.R64
-        H = G.detach().cpu().double().numpy() @ R.transpose(0, 2, 1)
-        h = np.stack([H[:, 2, 1] - H[:, 1, 2], H[:, 0, 2] - H[:, 2, 0], H[:, 1, 0] - H[:, 0, 1]], -1)
-        theta2 = (w * w).sum(-1, keepdims=True)
-        turned = ((np.eye(3) - R).transpose(0, 2, 1) @ np.cross(h, w)[..., None])[..., 0]
-        general = (w * (w * h).sum(-1, keepdims=True) + turned) / np.maximum(theta2, 1e-30)
-        return torch.from_numpy(np.where(theta2 < 1e-14, h, general)).to(ctx.device, ctx.dtype)
+        grad = np.empty_like(ctx.w64)
+        _exp_backward(ctx.w64, ctx.R64, np.ascontiguousarray(G.detach().cpu().numpy(), dtype=np.float64), grad)
+        return torch.from_numpy(grad).to(ctx.device, ctx.dtype)
 
 
 def orthonormal(R: torch.Tensor) -> torch.Tensor:
