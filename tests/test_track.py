@@ -781,9 +781,9 @@ def test_the_compiled_step_gives_the_loss_and_gradient_of_autograd(meshes_ready,
             poses.rotation.copy_(start[0])
             poses.translation.copy_(start[1])
         if compiled:
-            loss, share = compiled_step.loss_and_gradient(
-                renderers, meshes.extend(2), poses, frame, frame_fit.WEIGHT_COLOUR, (prior_weight, pixels_count, depth),
-                frame_fit.ROBUST_LIGHT_PASSES, frame_fit.COLOUR_OUTLIER)
+            loss, share = compiled_step.FrameStep(renderers, meshes.extend(2), frame).loss_and_gradient(
+                poses, frame_fit.WEIGHT_COLOUR, (prior_weight, pixels_count, depth), frame_fit.ROBUST_LIGHT_PASSES,
+                frame_fit.COLOUR_OUTLIER)
         else:
             def prior(poses=poses):
                 return prior_weight * pixels_count * ((poses.rotation**2).sum(1) + ((poses.translation / depth) ** 2).sum(1))

@@ -23,7 +23,8 @@ is) is written below with numpy.
 
 Only the tracker's usual case takes this path (`applies`): the CPU, the fast rasterizer with a FoV camera, the
 face-colour shader with its compiled blend, no local gain, no face behind the near plane; anything else goes
-through frame_fit.losses and autograd.
+through frame_fit.losses and autograd. frame_fit.fit makes one `FrameStep` a fit (the frame's and the
+renderers' constants, prepared once) and asks it for each step's loss and gradient.
 """
 
 from __future__ import annotations
@@ -75,150 +76,165 @@ def _render_colour_error(share, albedo, normals, light, behind, colours, seen, o
     return loss.astype(F32), grad_share, grad_albedo, grad_normals
 
 
-def loss_and_gradient(renderers, meshes, poses: pose.SixDoF, frame, weight_colour: float, prior, light_passes: int,
-                      outlier: float, find_covered=None):
-    """frame_fit.losses for poses() and the gradient of their sum, left in poses.rotation.grad and
-    poses.translation.grad. prior: None, or (weight, pixels, depth (N, 1)) of frame_fit.fit's motion prior.
-    outlier: frame_fit.COLOUR_OUTLIER. find_covered: frame_fit.find_covered with its palette bound (the
-    frame's first step), or None.
-    Returns (loss (N,), the soft silhouettes (N, h, w)) as losses does, or None where the compiled path
-    does not apply to this step (a face behind the near plane): the caller takes the autograd path."""
-    textured, silhouette_renderer = renderers.textured, renderers.silhouette
-    rasterizer, shader = textured.rasterizer, textured.shader
-    settings, cameras = rasterizer.raster_settings, rasterizer.cameras
-    clip_barycentric_coords, perspective_correct, z_clip = resolved_settings(settings, cameras)
-    y0, y1, x0, x1 = frame.window
-    y, x = slice(y0, y1), slice(x0, x1)
-    N = len(poses)
+class FrameStep:
+    """The compiled step of one fit: the frame's and the renderers' constants (the window's mask, weights,
+    colours and backdrop, the mesh's faces and normals, the camera's projection, the pixel centres) prepared
+    once, then `loss_and_gradient` at every step. The frame's `covered` may change between steps (found at
+    the first step); nothing else of the frame or the renderers may."""
 
-    # The pose (as pose.SixDoF's forward: R0 @ exp(rotation), its float64 rotations kept for the gradient).
-    w64 = poses.rotation.detach().double().numpy()
-    E64 = np.empty((N, 3, 3))
-    pose._exp(w64, E64)
-    R = poses.R0 @ torch.from_numpy(E64).float()
-    T = poses.T0 + poses.translation.detach()
+    def __init__(self, renderers, meshes, frame):
+        self.frame, self.meshes = frame, meshes
+        textured = renderers.textured
+        self.shader = textured.shader
+        settings, cameras = textured.rasterizer.raster_settings, textured.rasterizer.cameras
+        self.clip_barycentric_coords, self.perspective_correct, self.z_clip = resolved_settings(settings, cameras)
+        self.blur, self.cull_backfaces = float(settings.blur_radius), bool(settings.cull_backfaces)
+        y0, y1, x0, x1 = frame.window
+        self.y, self.x, self.h, self.w = slice(y0, y1), slice(x0, x1), y1 - y0, x1 - x0
+        self.N = N = len(meshes)
+        # The mesh and the camera (fov_projection, fast_raster).
+        self.verts = meshes.verts_packed().detach().float().contiguous().numpy()
+        self.vert_mesh = meshes.verts_packed_to_mesh_idx().contiguous().numpy()
+        self.faces = meshes.faces_packed().contiguous().numpy()
+        self.projection = render._fov_projection(cameras).double().contiguous().numpy()
+        self.image_size, self.K = fast_raster._check_arguments(torch.zeros(0, 3, 3), settings.image_size,
+                                                               settings.faces_per_pixel, None)
+        window = fast_raster._check_window(frame.window, self.image_size)
+        self.mesh_of_face = np.repeat(np.arange(N), meshes.num_faces_per_mesh().numpy())
+        self.x_ndc, self.y_ndc = (c.contiguous().numpy() for c in fast_raster.window_centers_ndc(self.image_size, window))
+        # The silhouette term's mask and weights (render.soft_silhouette, frame_fit.losses).
+        self.sigma_silhouette = F32(renderers.silhouette.shader.blend_params.sigma)
+        self.mask = np.ascontiguousarray(frame.mask[self.y, self.x].reshape(-1).numpy(), dtype=F32)
+        self.weight = None if frame.weight is None else np.ascontiguousarray(
+            frame.weight[self.y, self.x].reshape(-1).numpy(), dtype=F32)
+        # The colour term's (render.FaceColourShader, frame_fit.losses).
+        params = self.shader.blend_params
+        self.F = F = len(self.shader.colours)
+        self.face_normals = meshes.faces_normals_packed().detach().float().numpy().reshape(N, F, 3)
+        self.face_normals_T64 = self.face_normals.transpose(0, 2, 1).astype(np.float64)
+        self.albedo_of_face = self.shader.colours.detach().float().contiguous().numpy()
+        self.background = np.concatenate([np.asarray(params.background_color, dtype=F32), np.zeros(3, F32)])
+        self.blend_args = (float(params.sigma), float(params.gamma), float(self.shader.znear), float(self.shader.zfar))
+        self.colours = np.ascontiguousarray(frame.colours[self.y, self.x].reshape(-1, 3).numpy(), dtype=F32)
+        backdrop = frame.backdrop if frame.backdrop_linear is None else frame.backdrop_linear
+        self.behind = np.ascontiguousarray(backdrop[self.y, self.x].reshape(-1, 3).numpy(), dtype=F32)
 
-    # The faces' corners in NDC (fov_projection).
-    verts = meshes.verts_packed().detach().float().contiguous().numpy()
-    vert_mesh, faces = meshes.verts_packed_to_mesh_idx().numpy(), meshes.faces_packed().numpy()
-    M = render._fov_projection(cameras).double().numpy()
-    R64, T64 = R.double().numpy(), T.double().numpy()
-    view, h3 = np.empty((len(verts), 3)), np.empty(len(verts))
-    corners = np.empty((len(faces), 3, 3), dtype=F32)
-    nearest = fov_projection._project(verts, vert_mesh, faces, R64, T64, M, view, h3, corners)
-    if z_clip is not None and nearest < z_clip:
-        return None
+    def loss_and_gradient(self, poses: pose.SixDoF, weight_colour: float, prior, light_passes: int, outlier: float,
+                          find_covered=None):
+        """frame_fit.losses for poses() and the gradient of their sum, left in poses.rotation.grad and
+        poses.translation.grad. prior: None, or (weight, pixels, depth (N, 1)) of frame_fit.fit's motion prior.
+        outlier: frame_fit.COLOUR_OUTLIER. find_covered: frame_fit.find_covered with its palette bound (the
+        frame's first step), or None. Returns (loss (N,), the soft silhouettes (N, h, w)) as losses does, or
+        None where the compiled path does not apply to this step (a face behind the near plane): the caller
+        takes the autograd path."""
+        frame, N, h, w, K = self.frame, self.N, self.h, self.w, self.K
 
-    # The rasterization of the window (fast_raster).
-    image_size, K = fast_raster._check_arguments(torch.from_numpy(corners), settings.image_size,
-                                                 settings.faces_per_pixel, None)
-    window = fast_raster._check_window(frame.window, image_size)
-    pix_to_face, zbuf, _, dists, slot, slot_face = fast_raster._rasterize_forward(
-        torch.from_numpy(corners), meshes.num_faces_per_mesh(), image_size, float(settings.blur_radius), K,
-        bool(perspective_correct), bool(clip_barycentric_coords), bool(settings.cull_backfaces), window)
-    h, w = y1 - y0, x1 - x0
-    slot, slot_face = slot.numpy(), slot_face.numpy()
-    rows = pix_to_face.view(-1, K).numpy()
-    dists_np, zbuf_np = dists.view(-1, K).numpy(), zbuf.view(-1, K).numpy()
+        # The pose (as pose.SixDoF's forward: R0 @ exp(rotation), its float64 rotations kept for the gradient).
+        w64 = poses.rotation.detach().double().numpy()
+        E64 = np.empty((N, 3, 3))
+        pose._exp(w64, E64)
+        R = poses.R0 @ torch.from_numpy(E64).float()
+        T = poses.T0 + poses.translation.detach()
 
-    # The soft silhouette (render.soft_silhouette) and its error against the mask.
-    sigma_silhouette = F32(silhouette_renderer.shader.blend_params.sigma)
-    share = np.empty(len(rows), dtype=F32)
-    blend_kernels._silhouette_forward(rows, dists_np, sigma_silhouette, share)
-    share_image = share.reshape(N, h * w)
-    mask = frame.mask[y, x].reshape(-1).numpy()
-    difference = share_image - mask
-    weight = None if frame.weight is None else frame.weight[y, x].reshape(-1).numpy()
-    squared = difference * difference if weight is None else difference * difference * weight
-    loss = squared.sum(1, dtype=F32)
-    grad_share = 2 * difference if weight is None else 2 * difference * weight
+        # The faces' corners in NDC (fov_projection).
+        view, h3 = np.empty((len(self.verts), 3)), np.empty(len(self.verts))
+        corners = np.empty((len(self.faces), 3, 3), dtype=F32)
+        nearest = fov_projection._project(self.verts, self.vert_mesh, self.faces, R.double().numpy(),
+                                          T.double().numpy(), self.projection, view, h3, corners)
+        if self.z_clip is not None and nearest < self.z_clip:
+            return None
 
-    if weight_colour:
-        # The blended albedo and view-space normals (render.FaceColourShader).
-        params = shader.blend_params
-        F = len(shader.colours)
-        face_normals = meshes.faces_normals_packed().detach().float().numpy().reshape(N, F, 3)
-        R32 = R.numpy()
-        turned = np.ascontiguousarray(np.matmul(face_normals, R32).reshape(N * F, 3), dtype=F32)
-        albedo_of_face = shader.colours.detach().float().contiguous().numpy()
-        background = np.concatenate([np.asarray(params.background_color, dtype=F32), np.zeros(3, F32)])
-        P = len(rows)
-        blended = np.empty((P, 6), dtype=F32)
-        blend_weights = np.empty((P, K), dtype=F32)
-        total, delta, top = np.ones(P, F32), np.ones(P, F32), np.empty(P, np.int64)
-        blend_args = (float(params.sigma), float(params.gamma), float(shader.znear), float(shader.zfar))
-        blend_kernels._blend_forward(rows, dists_np, zbuf_np, albedo_of_face, turned, background, *blend_args,
-                                     blended, blend_weights, total, delta, top)
-        albedo = np.ascontiguousarray(blended[:, :3]).reshape(N, h * w, 3)
-        normals = np.ascontiguousarray(blended[:, 3:]).reshape(N, h * w, 3)
-        colours = frame.colours[y, x].reshape(-1, 3).numpy()
-        if find_covered is not None:
-            find_covered(frame, *(torch.from_numpy(a).reshape(N, h, w, *a.shape[2:]) for a in
-                                  (share.reshape(N, -1), albedo, normals)))
-        seen = np.ones(h * w, F32) if frame.covered is None else (1.0 - frame.covered[y, x]).reshape(-1).numpy()
-        # The frame's light (frame_fit.robust_light; no gradient flows through it).
-        light_weights = np.ascontiguousarray((share_image > 0.5) * mask * seen, dtype=F32)
-        passes = light_passes if frame.photo else 0
-        if passes:
-            light = np.zeros((N, 9), dtype=F32)
-            blend_kernels._robust_light(albedo, normals, np.ascontiguousarray(colours, dtype=F32), light_weights,
-                                        int(passes), float(outlier), float(targets.SHADE_RIDGE), light)
-        else:  # (as frame_fit.robust_light: one solve, targets.solve_light's)
-            light = targets.solve_light(*(torch.from_numpy(a) for a in (albedo, normals, colours, light_weights)))
-            light = light.numpy()
-        if frame.backdrop_linear is not None:  # a photo's (blend_kernels.photo_colour_error)
-            behind = np.ascontiguousarray(frame.backdrop_linear[y, x].reshape(-1, 3).numpy(), dtype=F32)
-            colour_loss = np.empty(N, dtype=F32)
-            colour_grads = (np.empty_like(share_image), np.empty_like(albedo), np.empty_like(normals))
-            blend_kernels._photo_colour_error(share_image, albedo, normals, light, behind,
-                                              np.ascontiguousarray(colours, dtype=F32),
-                                              np.ascontiguousarray(seen, dtype=F32), float(outlier),
-                                              colour_loss, *colour_grads)
-        else:
-            behind = frame.backdrop[y, x].reshape(-1, 3).numpy()
-            colour_loss, *colour_grads = _render_colour_error(share_image, albedo, normals, light, behind, colours,
-                                                              seen, outlier)
-        loss = loss + F32(weight_colour) * colour_loss
-        grad_share = grad_share + F32(weight_colour) * colour_grads[0]
+        # The rasterization of the window (fast_raster._rasterize_forward's, its outputs as numpy arrays).
+        P = N * h * w
+        rows = np.full((P, K), -1, dtype=np.int64)
+        zbuf, dists = np.full((P, K), -1.0, dtype=F32), np.full((P, K), -1.0, dtype=F32)
+        filled = np.zeros(P, dtype=np.int32)
+        raster_kernels.rasterize(corners, self.mesh_of_face, self.x_ndc, self.y_ndc, h, w, K, F32(self.blur),
+                                 bool(self.perspective_correct), bool(self.clip_barycentric_coords),
+                                 self.cull_backfaces, rows, zbuf, np.full((P, K, 3), -1.0, dtype=F32), dists, filled)
+        slot, slot_face = raster_kernels.filled_entries(rows, filled)
 
-    # Backward: the silhouette's gradient in the dists.
-    grad_dists = np.zeros_like(dists_np)
-    blend_kernels._silhouette_backward(np.ascontiguousarray(grad_share.reshape(-1), dtype=F32), rows, dists_np,
-                                       sigma_silhouette, share, grad_dists)
-    grad_R64 = np.zeros((N, 3, 3))
-    grad_zbuf = np.zeros_like(zbuf_np)
-    if weight_colour:
-        # The blend's in the dists, the depths and the turned normals; the turned normals' in R.
-        grad_blended = np.concatenate([colour_grads[1], colour_grads[2]], -1).reshape(-1, 6) * F32(weight_colour)
-        grad_blend_dists, grad_turned = np.zeros_like(dists_np), np.zeros_like(turned)
-        blend_kernels._blend_backward(np.ascontiguousarray(grad_blended, dtype=F32), rows, dists_np, zbuf_np,
-                                      albedo_of_face, turned, background, *blend_args, blended, blend_weights,
-                                      total, delta, top, grad_blend_dists, grad_zbuf, grad_turned)
-        grad_dists += grad_blend_dists
-        grad_R64 += np.matmul(face_normals.transpose(0, 2, 1).astype(np.float64),
-                              grad_turned.reshape(N, F, 3).astype(np.float64))
-    # The rasterization's in the corners, the projection's in R and T.
-    grad_corners = np.zeros((len(faces), 3, 3), dtype=F32)
-    flat_zbuf, flat_dists = grad_zbuf.reshape(-1), grad_dists.reshape(-1)
-    x_ndc, y_ndc = fast_raster.window_centers_ndc(image_size, window)
-    raster_kernels.rasterize_backward(corners, slot, slot_face, x_ndc.numpy(), y_ndc.numpy(), h, w, K,
-                                      np.ascontiguousarray(flat_zbuf[slot]), np.ascontiguousarray(flat_dists[slot]),
-                                      np.zeros((len(slot), 3), F32), bool(perspective_correct),
-                                      bool(clip_barycentric_coords), grad_corners)
-    grad_T64 = np.zeros((N, 3))
-    fov_projection._project_backward(grad_corners, vert_mesh, faces, verts, M, view, h3, grad_R64, grad_T64)
-    # R = R0 @ E: the gradient in E is R0^T times that in R; in the rotation, pose.ExpMap's.
-    R0 = poses.R0.double().numpy()
-    grad_rotation = np.empty((N, 3))
-    pose._exp_backward(w64, E64, np.ascontiguousarray(np.matmul(R0.transpose(0, 2, 1), grad_R64)), grad_rotation)
-    grad_translation = grad_T64
-    loss = torch.from_numpy(np.asarray(loss, dtype=F32))
-    if prior is not None:
-        prior_weight, pixels, depth = prior
-        rotation, translation = poses.rotation.detach(), poses.translation.detach()
-        loss = loss + prior_weight * pixels * ((rotation**2).sum(1) + ((translation / depth) ** 2).sum(1))
-        grad_rotation = grad_rotation + 2 * prior_weight * pixels * rotation.double().numpy()
-        grad_translation = grad_translation + 2 * prior_weight * pixels * (translation / depth**2).double().numpy()
-    poses.rotation.grad = torch.from_numpy(grad_rotation).to(poses.rotation.dtype)
-    poses.translation.grad = torch.from_numpy(np.asarray(grad_translation)).to(poses.translation.dtype)
-    return loss, torch.from_numpy(share).reshape(N, h, w)
+        # The soft silhouette (render.soft_silhouette) and its error against the mask.
+        share = np.empty(P, dtype=F32)
+        blend_kernels._silhouette_forward(rows, dists, self.sigma_silhouette, share)
+        share_image = share.reshape(N, h * w)
+        difference = share_image - self.mask
+        squared = difference * difference if self.weight is None else difference * difference * self.weight
+        loss = squared.sum(1, dtype=F32)
+        grad_share = 2 * difference if self.weight is None else 2 * difference * self.weight
+
+        if weight_colour:
+            # The blended albedo and view-space normals (render.FaceColourShader).
+            turned = np.ascontiguousarray(np.matmul(self.face_normals, R.numpy()).reshape(N * self.F, 3), dtype=F32)
+            blended = np.empty((P, 6), dtype=F32)
+            blend_weights = np.empty((P, K), dtype=F32)
+            total, delta, top = np.ones(P, F32), np.ones(P, F32), np.empty(P, np.int64)
+            blend_kernels._blend_forward(rows, dists, zbuf, self.albedo_of_face, turned, self.background,
+                                         *self.blend_args, blended, blend_weights, total, delta, top)
+            albedo = np.ascontiguousarray(blended[:, :3]).reshape(N, h * w, 3)
+            normals = np.ascontiguousarray(blended[:, 3:]).reshape(N, h * w, 3)
+            if find_covered is not None:
+                find_covered(frame, *(torch.from_numpy(a).reshape(N, h, w, *a.shape[2:]) for a in
+                                      (share_image, albedo, normals)))
+            seen = np.ones(h * w, F32) if frame.covered is None else np.ascontiguousarray(
+                (1.0 - frame.covered[self.y, self.x]).reshape(-1).numpy(), dtype=F32)
+            # The frame's light (frame_fit.robust_light; no gradient flows through it).
+            light_weights = np.ascontiguousarray((share_image > 0.5) * self.mask * seen, dtype=F32)
+            passes = light_passes if frame.photo else 0
+            if passes:
+                light = np.zeros((N, 9), dtype=F32)
+                blend_kernels._robust_light(albedo, normals, self.colours, light_weights, int(passes), float(outlier),
+                                            float(targets.SHADE_RIDGE), light)
+            else:  # (as frame_fit.robust_light: one solve, targets.solve_light's)
+                light = targets.solve_light(*(torch.from_numpy(a) for a in (albedo, normals, self.colours,
+                                                                           light_weights))).numpy()
+            if frame.backdrop_linear is not None:  # a photo's (blend_kernels.photo_colour_error)
+                colour_loss = np.empty(N, dtype=F32)
+                colour_grads = (np.empty_like(share_image), np.empty_like(albedo), np.empty_like(normals))
+                blend_kernels._photo_colour_error(share_image, albedo, normals, light, self.behind, self.colours, seen,
+                                                  float(outlier), colour_loss, *colour_grads)
+            else:
+                colour_loss, *colour_grads = _render_colour_error(share_image, albedo, normals, light, self.behind,
+                                                                  self.colours, seen, outlier)
+            loss = loss + F32(weight_colour) * colour_loss
+            grad_share = grad_share + F32(weight_colour) * colour_grads[0]
+
+        # Backward: the silhouette's gradient in the dists.
+        grad_dists = np.zeros_like(dists)
+        blend_kernels._silhouette_backward(np.ascontiguousarray(grad_share.reshape(-1), dtype=F32), rows, dists,
+                                           self.sigma_silhouette, share, grad_dists)
+        grad_R64 = np.zeros((N, 3, 3))
+        grad_zbuf = np.zeros_like(zbuf)
+        if weight_colour:
+            # The blend's in the dists, the depths and the turned normals; the turned normals' in R.
+            grad_blended = np.concatenate([colour_grads[1], colour_grads[2]], -1).reshape(-1, 6) * F32(weight_colour)
+            grad_blend_dists, grad_turned = np.zeros_like(dists), np.zeros_like(turned)
+            blend_kernels._blend_backward(np.ascontiguousarray(grad_blended, dtype=F32), rows, dists, zbuf,
+                                          self.albedo_of_face, turned, self.background, *self.blend_args, blended,
+                                          blend_weights, total, delta, top, grad_blend_dists, grad_zbuf, grad_turned)
+            grad_dists += grad_blend_dists
+            grad_R64 += np.matmul(self.face_normals_T64, grad_turned.reshape(N, self.F, 3).astype(np.float64))
+        # The rasterization's in the corners, the projection's in R and T.
+        grad_corners = np.zeros((len(self.faces), 3, 3), dtype=F32)
+        raster_kernels.rasterize_backward(corners, slot, slot_face, self.x_ndc, self.y_ndc, h, w, K,
+                                          grad_zbuf.reshape(-1)[slot], grad_dists.reshape(-1)[slot],
+                                          np.zeros((len(slot), 3), F32), bool(self.perspective_correct),
+                                          bool(self.clip_barycentric_coords), grad_corners)
+        grad_T64 = np.zeros((N, 3))
+        fov_projection._project_backward(grad_corners, self.vert_mesh, self.faces, self.verts, self.projection, view, h3,
+                                         grad_R64, grad_T64)
+        # R = R0 @ E: the gradient in E is R0^T times that in R; in the rotation, pose.ExpMap's.
+        R0 = poses.R0.double().numpy()
+        grad_rotation = np.empty((N, 3))
+        pose._exp_backward(w64, E64, np.ascontiguousarray(np.matmul(R0.transpose(0, 2, 1), grad_R64)), grad_rotation)
+        grad_translation = grad_T64
+        loss = torch.from_numpy(np.asarray(loss, dtype=F32))
+        if prior is not None:
+            prior_weight, pixels, depth = prior
+            rotation, translation = poses.rotation.detach(), poses.translation.detach()
+            loss = loss + prior_weight * pixels * ((rotation**2).sum(1) + ((translation / depth) ** 2).sum(1))
+            grad_rotation = grad_rotation + 2 * prior_weight * pixels * rotation.double().numpy()
+            grad_translation = grad_translation + 2 * prior_weight * pixels * (translation / depth**2).double().numpy()
+        poses.rotation.grad = torch.from_numpy(grad_rotation).to(poses.rotation.dtype)
+        poses.translation.grad = torch.from_numpy(np.asarray(grad_translation)).to(poses.translation.dtype)
+        return loss, torch.from_numpy(share).reshape(N, h, w)

@@ -429,18 +429,18 @@ def fit(renderers, meshes, R_start, T_start, frame: Observed, *, iterations: int
     loss = torch.full((len(poses),), math.inf, device=R_start.device)
     silhouette = None
     # The usual CPU case steps without autograd (posefit.compiled_step: the same loss and gradient).
-    compiled = compiled_step.applies(renderers, meshes, frame, local_gain)
+    compiled = compiled_step.FrameStep(renderers, meshes, frame) if compiled_step.applies(
+        renderers, meshes, frame, local_gain) else None
     for step in range(iterations):
         rate = lr * lr_end ** (step / max(iterations - 1, 1))
         stepped = None
-        if compiled:
+        if compiled is not None:
             covering = None
             if find and step == 0:
                 def covering(frame_, share, albedo, normals):
                     find_covered(frame_, share, albedo, normals, palette, light_passes)
-            stepped = compiled_step.loss_and_gradient(
-                renderers, meshes, poses, frame, weight_colour, (prior_weight, pixels, depth) if prior_weight else None,
-                light_passes, COLOUR_OUTLIER, covering)
+            stepped = compiled.loss_and_gradient(poses, weight_colour, (prior_weight, pixels, depth) if prior_weight
+                                                 else None, light_passes, COLOUR_OUTLIER, covering)
         if stepped is not None:
             loss, silhouette = stepped
             if not torch.isfinite(loss).all():
