@@ -712,9 +712,10 @@ def test_the_compiled_robust_light_gives_the_reweighted_solves_light(monkeypatch
     assert (plain - lights[1]).abs().max() > 1e-3  # the passes do change the light
 
 
-def test_the_compiled_photo_colour_term_gives_torchs_loss_and_gradient(monkeypatch, meshes_ready):
-    # losses' colour term of a photo's frame, in one compiled loop (the CPU default) and as torch's
-    # operations: the same loss and the same gradient in the pose, with something in front and without.
+def patched_cow_frame(photo: bool):
+    """A 48 x 64 frame of the cow at the synthesised sequence's first pose, its silhouette filled with random
+    patches, on a green floor with sensor noise (a photo) or on white (a render); and the renderers, the
+    mesh, that pose, its hard silhouette, the frame (a RawFrame) and its size."""
     from posefit import frame_fit
 
     mesh = data.load_mesh(data.provision_all(data.COW_FILES)[0], "cpu")
@@ -723,9 +724,20 @@ def test_the_compiled_photo_colour_term_gives_torchs_loss_and_gradient(monkeypat
     renderers, meshes = frame_fit.make_renderers(mesh, size, fov, "cpu")
     silhouette = frame_fit.hard_silhouette(renderers, meshes, R, T)
     rng = np.random.default_rng(3)
-    pixels = np.where(silhouette[0, ..., None].numpy(), rng.uniform(0.2, 0.9, (*size, 3)), [0.3, 0.5, 0.4])
-    pixels = pixels + rng.normal(0, 0.02, pixels.shape)  # a noisy floor: a photo
+    floor = [0.3, 0.5, 0.4] if photo else [1.0, 1.0, 1.0]
+    pixels = np.where(silhouette[0, ..., None].numpy(), rng.uniform(0.2, 0.9, (*size, 3)), floor)
+    if photo:
+        pixels = pixels + rng.normal(0, 0.02, pixels.shape)  # a noisy floor: a photo
     raw = video.RawFrame(0, "frame.png", (255 * np.clip(pixels, 0, 1)).astype(np.uint8))
+    return renderers, meshes, R, T, silhouette, raw, size
+
+
+def test_the_compiled_photo_colour_term_gives_torchs_loss_and_gradient(monkeypatch, meshes_ready):
+    # losses' colour term of a photo's frame, in one compiled loop (the CPU default) and as torch's
+    # operations: the same loss and the same gradient in the pose, with something in front and without.
+    from posefit import frame_fit
+
+    renderers, meshes, R, T, silhouette, raw, size = patched_cow_frame(photo=True)
     R_off, T_off = pose.rotate(R, torch.tensor([[0.03, -0.02, 0.01]])), T * 1.02
     for covered in (False, True):
         results = []
@@ -753,17 +765,7 @@ def test_the_compiled_step_gives_the_loss_and_gradient_of_autograd(meshes_ready,
     # (covered), and a render's frame (on white, its colours composited as they are).
     from posefit import compiled_step, frame_fit
 
-    mesh = data.load_mesh(data.provision_all(data.COW_FILES)[0], "cpu")
-    R, T = track_pose.synthetic_poses(1)
-    size, fov = (48, 64), 55.0
-    renderers, meshes = frame_fit.make_renderers(mesh, size, fov, "cpu")
-    silhouette = frame_fit.hard_silhouette(renderers, meshes, R, T)
-    rng = np.random.default_rng(3)
-    floor = [1.0, 1.0, 1.0] if kind == "render" else [0.3, 0.5, 0.4]
-    pixels = np.where(silhouette[0, ..., None].numpy(), rng.uniform(0.2, 0.9, (*size, 3)), floor)
-    if kind != "render":
-        pixels = pixels + rng.normal(0, 0.02, pixels.shape)  # a noisy floor: a photo
-    raw = video.RawFrame(0, "frame.png", (255 * np.clip(pixels, 0, 1)).astype(np.uint8))
+    renderers, meshes, R, T, silhouette, raw, size = patched_cow_frame(photo=kind != "render")
     frame = frame_fit.Observed(raw, size, None, silhouette if kind != "render" else None)
     assert frame.photo == (kind != "render")
     if kind == "covered":
