@@ -79,8 +79,8 @@ def _render_colour_error(share, albedo, normals, light, behind, colours, seen, o
 class FrameStep:
     """The compiled step of one fit: the frame's and the renderers' constants (the window's mask, weights,
     colours and backdrop, the mesh's faces and normals, the camera's projection, the pixel centres) prepared
-    once, then `loss_and_gradient` at every step. The frame's `covered` may change between steps (found at
-    the first step); nothing else of the frame or the renderers may."""
+    once, then `loss_and_gradient` at every step. The frame's `covered` may be replaced between steps (found
+    at the first step); nothing else of the frame or the renderers may change."""
 
     def __init__(self, renderers, meshes, frame):
         self.frame, self.meshes = frame, meshes
@@ -118,6 +118,18 @@ class FrameStep:
         self.colours = np.ascontiguousarray(frame.colours[self.y, self.x].reshape(-1, 3).numpy(), dtype=F32)
         backdrop = frame.backdrop if frame.backdrop_linear is None else frame.backdrop_linear
         self.behind = np.ascontiguousarray(backdrop[self.y, self.x].reshape(-1, 3).numpy(), dtype=F32)
+        self._seen_of, self._seen_values = False, None  # (_seen: frame.covered and the weights made from it)
+
+    def _seen(self) -> np.ndarray:
+        """The window's pixels' weights in the colour term, 0 where something in front covers the object
+        (frame.covered, found at a fit's first step; 1 everywhere while there is none), made again only when
+        frame.covered changes."""
+        covered = self.frame.covered
+        if self._seen_of is not covered:
+            self._seen_of = covered
+            self._seen_values = np.ones(self.h * self.w, F32) if covered is None else np.ascontiguousarray(
+                (1.0 - covered[self.y, self.x]).reshape(-1).numpy(), dtype=F32)
+        return self._seen_values
 
     def loss_and_gradient(self, poses: pose.SixDoF, weight_colour: float, prior, light_passes: int, outlier: float,
                           find_covered=None):
@@ -171,13 +183,12 @@ class FrameStep:
             total, delta, top = np.ones(P, F32), np.ones(P, F32), np.empty(P, np.int64)
             blend_kernels._blend_forward(rows, dists, zbuf, self.albedo_of_face, turned, self.background,
                                          *self.blend_args, blended, blend_weights, total, delta, top)
-            albedo = np.ascontiguousarray(blended[:, :3]).reshape(N, h * w, 3)
-            normals = np.ascontiguousarray(blended[:, 3:]).reshape(N, h * w, 3)
+            # (views, not copies: the loops below take strided arrays)
+            albedo, normals = blended[:, :3].reshape(N, h * w, 3), blended[:, 3:].reshape(N, h * w, 3)
             if find_covered is not None:
                 find_covered(frame, *(torch.from_numpy(a).reshape(N, h, w, *a.shape[2:]) for a in
                                       (share_image, albedo, normals)))
-            seen = np.ones(h * w, F32) if frame.covered is None else np.ascontiguousarray(
-                (1.0 - frame.covered[self.y, self.x]).reshape(-1).numpy(), dtype=F32)
+            seen = self._seen()
             # The frame's light (frame_fit.robust_light; no gradient flows through it).
             light_weights = np.ascontiguousarray((share_image > 0.5) * self.mask * seen, dtype=F32)
             passes = light_passes if frame.photo else 0
@@ -189,15 +200,20 @@ class FrameStep:
                 light = targets.solve_light(*(torch.from_numpy(a) for a in (albedo, normals, self.colours,
                                                                            light_weights))).numpy()
             if frame.backdrop_linear is not None:  # a photo's (blend_kernels.photo_colour_error)
-                colour_loss = np.empty(N, dtype=F32)
-                colour_grads = (np.empty_like(share_image), np.empty_like(albedo), np.empty_like(normals))
+                # Its gradient in the albedo and the normals written side by side, as the blend's gradient
+                # takes them (grad_blended).
+                colour_loss, grad_colour_share = np.empty(N, dtype=F32), np.empty_like(share_image)
+                grad_blended = np.empty((P, 6), dtype=F32)
                 blend_kernels._photo_colour_error(share_image, albedo, normals, light, self.behind, self.colours, seen,
-                                                  float(outlier), colour_loss, *colour_grads)
+                                                  float(outlier), colour_loss, grad_colour_share,
+                                                  grad_blended[:, :3].reshape(N, h * w, 3),
+                                                  grad_blended[:, 3:].reshape(N, h * w, 3))
             else:
-                colour_loss, *colour_grads = _render_colour_error(share_image, albedo, normals, light, self.behind,
-                                                                  self.colours, seen, outlier)
+                colour_loss, grad_colour_share, grad_albedo, grad_normals = _render_colour_error(
+                    share_image, albedo, normals, light, self.behind, self.colours, seen, outlier)
+                grad_blended = np.concatenate([grad_albedo, grad_normals], -1).reshape(P, 6)
             loss = loss + F32(weight_colour) * colour_loss
-            grad_share = grad_share + F32(weight_colour) * colour_grads[0]
+            grad_share = grad_share + F32(weight_colour) * grad_colour_share
 
         # Backward: the silhouette's gradient in the dists.
         grad_dists = np.zeros_like(dists)
@@ -207,9 +223,9 @@ class FrameStep:
         grad_zbuf = np.zeros_like(zbuf)
         if weight_colour:
             # The blend's in the dists, the depths and the turned normals; the turned normals' in R.
-            grad_blended = np.concatenate([colour_grads[1], colour_grads[2]], -1).reshape(-1, 6) * F32(weight_colour)
+            grad_blended *= F32(weight_colour)
             grad_blend_dists, grad_turned = np.zeros_like(dists), np.zeros_like(turned)
-            blend_kernels._blend_backward(np.ascontiguousarray(grad_blended, dtype=F32), rows, dists, zbuf,
+            blend_kernels._blend_backward(grad_blended, rows, dists, zbuf,
                                           self.albedo_of_face, turned, self.background, *self.blend_args, blended,
                                           blend_weights, total, delta, top, grad_blend_dists, grad_zbuf, grad_turned)
             grad_dists += grad_blend_dists
@@ -224,9 +240,9 @@ class FrameStep:
         fov_projection._project_backward(grad_corners, self.vert_mesh, self.faces, self.verts, self.projection, view, h3,
                                          grad_R64, grad_T64)
         # R = R0 @ E: the gradient in E is R0^T times that in R; in the rotation, pose.ExpMap's.
-        R0 = poses.R0.double().numpy()
         grad_rotation = np.empty((N, 3))
-        pose._exp_backward(w64, E64, np.ascontiguousarray(np.matmul(R0.transpose(0, 2, 1), grad_R64)), grad_rotation)
+        R0_T = poses.R0.double().numpy().transpose(0, 2, 1)
+        pose._exp_backward(w64, E64, np.ascontiguousarray(np.matmul(R0_T, grad_R64)), grad_rotation)
         grad_translation = grad_T64
         loss = torch.from_numpy(np.asarray(loss, dtype=F32))
         if prior is not None:
