@@ -83,7 +83,7 @@ class FrameStep:
     at the first step); nothing else of the frame or the renderers may change."""
 
     def __init__(self, renderers, meshes, frame):
-        self.frame, self.meshes = frame, meshes
+        self.frame = frame
         textured = renderers.textured
         self.shader = textured.shader
         settings, cameras = textured.rasterizer.raster_settings, textured.rasterizer.cameras
@@ -156,15 +156,13 @@ class FrameStep:
         if self.z_clip is not None and nearest < self.z_clip:
             return None
 
-        # The rasterization of the window (fast_raster._rasterize_forward's, its outputs as numpy arrays).
+        # The rasterization of the window (fast_raster's, its outputs as numpy arrays).
         P = N * h * w
         rows = np.full((P, K), -1, dtype=np.int64)
         zbuf, dists = np.full((P, K), -1.0, dtype=F32), np.full((P, K), -1.0, dtype=F32)
-        filled = np.zeros(P, dtype=np.int32)
-        raster_kernels.rasterize(corners, self.mesh_of_face, self.x_ndc, self.y_ndc, h, w, K, F32(self.blur),
-                                 bool(self.perspective_correct), bool(self.clip_barycentric_coords),
-                                 self.cull_backfaces, rows, zbuf, np.full((P, K, 3), -1.0, dtype=F32), dists, filled)
-        slot, slot_face = raster_kernels.filled_entries(rows, filled)
+        slot, slot_face = fast_raster.rasterize_into(
+            corners, self.mesh_of_face, self.x_ndc, self.y_ndc, h, w, self.blur, self.perspective_correct,
+            self.clip_barycentric_coords, self.cull_backfaces, rows, zbuf, np.full((P, K, 3), -1.0, dtype=F32), dists)
 
         # The soft silhouette (render.soft_silhouette) and its error against the mask.
         share = np.empty(P, dtype=F32)

@@ -121,21 +121,33 @@ def _rasterize_forward(
     zbuf = torch.full((N, H, W, K), -1.0)
     bary = torch.full((N, H, W, K, 3), -1.0)
     dists = torch.full((N, H, W, K), -1.0)
-    filled = np.zeros(N * H * W, dtype=np.int32)
     if F and K > 0:
-        fv = face_verts.detach().contiguous().numpy()
         # Which image each packed face draws into.
         mesh_of_face = torch.repeat_interleave(torch.arange(N), num_faces_per_mesh.cpu(), output_size=F)
         x_ndc, y_ndc = window_centers_ndc(image_size, window)
-        raster_kernels.rasterize(
-            fv, mesh_of_face.numpy(), x_ndc.numpy(), y_ndc.numpy(),
-            H, W, K, np.float32(blur_radius), bool(perspective_correct), bool(clip_barycentric_coords),
-            bool(cull_backfaces), pix_to_face.view(-1, K).numpy(), zbuf.view(-1, K).numpy(),
-            bary.view(-1, K, 3).numpy(), dists.view(-1, K).numpy(), filled,
-        )
-    # slot: the flat (pixel, k) index of every filled entry, face: its face (all the backward needs).
-    slot, face = raster_kernels.filled_entries(pix_to_face.view(-1, max(K, 1)).numpy(), filled)
+        slot, face = rasterize_into(
+            face_verts.detach().contiguous().numpy(), mesh_of_face.numpy(), x_ndc.numpy(), y_ndc.numpy(), H, W,
+            blur_radius, perspective_correct, clip_barycentric_coords, cull_backfaces,
+            pix_to_face.view(-1, K).numpy(), zbuf.view(-1, K).numpy(), bary.view(-1, K, 3).numpy(),
+            dists.view(-1, K).numpy())
+    else:
+        slot, face = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return pix_to_face, zbuf, bary, dists, torch.from_numpy(slot), torch.from_numpy(face)
+
+
+def rasterize_into(face_verts, mesh_of_face, x_ndc, y_ndc, H: int, W: int, blur_radius: float,
+                   perspective_correct: bool, clip_barycentric_coords: bool, cull_backfaces: bool, pix_to_face, zbuf,
+                   bary, dists) -> tuple[np.ndarray, np.ndarray]:
+    """The rasterization's compiled loop on numpy arrays: face_verts (F, 3, 3) float32 in NDC, mesh_of_face
+    (F,), the window's pixel centres (window_centers_ndc); fills pix_to_face, zbuf, dists (P, K) and bary
+    (P, K, 3), P = N * H * W, which hold -1 on entry. Returns slot, the flat (pixel, k) index of every filled
+    entry, and face, its face (all the backward needs). _rasterize_forward's, and a step's without autograd
+    (posefit.compiled_step)."""
+    filled = np.zeros(len(pix_to_face), dtype=np.int32)
+    raster_kernels.rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, pix_to_face.shape[1],
+                             np.float32(blur_radius), bool(perspective_correct), bool(clip_barycentric_coords),
+                             bool(cull_backfaces), pix_to_face, zbuf, bary, dists, filled)
+    return raster_kernels.filled_entries(pix_to_face, filled)
 
 
 class FragmentReuse:
