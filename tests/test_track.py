@@ -800,6 +800,57 @@ def test_the_compiled_step_gives_the_loss_and_gradient_of_autograd(meshes_ready,
         assert a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
 
 
+def test_the_compiled_loops_give_the_same_bits_on_one_thread_on_several_and_off_the_main_thread(meshes_ready):
+    # posefit.threads: the step's loops share their pixels among numba's threads from the main thread (each
+    # pixel's numbers its own, the sums added afterwards in the pixels' order) and run serially from any other
+    # thread (numba's fallback pool aborts on parallel launches from two threads). The compiled step (the
+    # rasterization, the blend, the photo's colour term and their gradients) and the autograd path's
+    # rasterizer gradient must come out the same to the bit every way.
+    import threading
+
+    import numba
+
+    from posefit import compiled_step, frame_fit, threads
+
+    renderers, meshes, R, T, silhouette, raw, size = patched_cow_frame(photo=True)
+    frame = frame_fit.Observed(raw, size, None, silhouette)
+    frame.covered = torch.zeros_like(frame.mask)
+    frame.covered[20:30, 25:35] = 1.0
+    R2 = torch.cat([pose.rotate(R, torch.tensor([[0.03, -0.02, 0.01]])), pose.rotate(R, torch.tensor([[-0.05, 0.0, 0.02]]))])
+    T2 = torch.cat([T * 1.02, T + torch.tensor([[0.05, -0.03, 0.1]])])
+
+    def step():
+        poses = pose.SixDoF(R2, T2)
+        loss, share = compiled_step.FrameStep(renderers, meshes.extend(2), frame).loss_and_gradient(
+            poses, frame_fit.WEIGHT_COLOUR, None, frame_fit.ROBUST_LIGHT_PASSES, frame_fit.COLOUR_OUTLIER)
+        R_leaf = R2.clone().requires_grad_()
+        fragments = renderers.textured.rasterizer(meshes.extend(2), R=R_leaf, T=T2)
+        (fragments.dists.clamp(min=0).sum() * 1e3 + fragments.zbuf.clamp(min=0).sum()).backward()
+        return [loss, share, poses.rotation.grad, poses.translation.grad, fragments.pix_to_face, fragments.dists,
+                R_leaf.grad]
+
+    cores = numba.get_num_threads()
+    results, workers = {}, {}
+    try:
+        for count in sorted({1, cores}):
+            numba.set_num_threads(count)
+            workers[count], results[count] = threads.workers(), step()
+
+        def elsewhere():
+            workers["thread"], results["thread"] = threads.workers(), step()
+
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        worker.join()
+    finally:
+        numba.set_num_threads(cores)
+    assert workers[1] == 1 and workers[cores] == cores and workers["thread"] == 1
+    assert results[1][0].abs().min() > 0 and results[1][2].abs().max() > 0 and results[1][6].abs().max() > 0
+    for way in results:
+        for got, want in zip(results[way], results[1], strict=True):
+            assert torch.equal(got, want), way
+
+
 def test_a_photos_edge_pixel_is_matched_at_its_true_share_only_when_mixed_as_light():
     # A camera averages the light over a pixel, then encodes it: a bright object covering 40% of a pixel over a
     # dark floor. encoded_composite reproduces that pixel at the object's true share; mixing the encoded colours

@@ -36,19 +36,46 @@ import numba
 import numpy as np
 import torch
 
+from posefit import threads
+
 F32 = np.float32
 EPS = 1e-10  # softmax_rgb_blend's
 
 
-@numba.njit(cache=True, nogil=True)
 def _blend_forward(faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out, weights, total,
                    delta_of, top):
-    P, K = faces.shape
+    """softmax_rgb_blend's forward (see the module's docstring), pixel by pixel, the pixels shared among
+    numba's threads (posefit.threads: each pixel's numbers are its own)."""
+    arguments = (faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out, weights, total,
+                 delta_of, top)
+    chunks = threads.workers()
+    if chunks > 1:
+        _blend_forward_shared(chunks, *arguments)
+    else:
+        _blend_forward_pixels(0, len(faces), *arguments, np.zeros(out.shape[1], dtype=np.float32))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _blend_forward_shared(chunks, faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out,
+                          weights, total, delta_of, top):
+    """_blend_forward's pixels in `chunks` runs, one per thread."""
+    P = faces.shape[0]
+    for chunk in numba.prange(chunks):
+        _blend_forward_pixels(chunk * P // chunks, (chunk + 1) * P // chunks, faces, dists, zbuf, albedo, normals,
+                              background, sigma, gamma, znear, zfar, out, weights, total, delta_of, top,
+                              np.zeros(out.shape[1], dtype=np.float32))
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_forward_pixels(start, stop, faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out,
+                          weights, total, delta_of, top, acc):
+    """_blend_forward's pixels start..stop-1; acc: a (C,) scratch array."""
+    K = faces.shape[1]
     C = out.shape[1]
     F = albedo.shape[0]
     eps = F32(EPS)
     depth_range = F32(zfar - znear)
-    for p in range(P):
+    for p in range(start, stop):
         if faces[p, 0] < 0:  # no face: the background
             for c in range(C):
                 out[p, c] = background[c]
@@ -64,7 +91,7 @@ def _blend_forward(faces, dists, zbuf, albedo, normals, background, sigma, gamma
         if zmax < eps:
             zmax = eps
         s = F32(0.0)
-        acc = np.zeros(C, dtype=np.float32)
+        acc[:] = F32(0.0)
         for k in range(K):
             f = faces[p, k]
             if f < 0:
@@ -319,59 +346,94 @@ def robust_light(albedo, normals, reference, weights, passes: int, outlier: floa
     return torch.from_numpy(lights)
 
 
-@numba.njit(cache=True, nogil=True)
 def _photo_colour_error(share, albedo, normals, light, behind, colours, seen, outlier, loss, grad_share,
                         grad_albedo, grad_normals):
     """frame_fit.losses' colour term of a photo, per image i: sum over pixels p of
     w_p * |to_srgb(s_p * to_linear(shaded_p) + (1 - s_p) * behind_p) - colours_p|^2, shaded = targets.shade's
     albedo * (ambient + normal . direction) + offset, w_p = seen_p / (1 + (|residual_p| / outlier)^2) held
-    constant; and its gradient in the share s, the albedo and the normals (float32, the same formulas)."""
+    constant; and its gradient in the share s, the albedo and the normals (float32, the same formulas).
+    The pixels are shared among numba's threads (posefit.threads), each pixel's term and gradients its own;
+    the loss sums the terms afterwards, by one thread in the pixels' order, so the numbers are the same."""
     N, P = share.shape
+    terms = np.empty((N, P), dtype=np.float32)
+    arguments = (share, albedo, normals, light, behind, colours, seen, outlier, terms, grad_share, grad_albedo,
+                 grad_normals)
+    chunks = threads.workers()
+    if chunks > 1:
+        _photo_colour_shared(chunks, *arguments)
+    else:
+        for i in range(N):
+            _photo_colour_pixels(i, 0, P, *arguments)
+    _sum_rows(terms, loss)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _photo_colour_shared(chunks, share, albedo, normals, light, behind, colours, seen, outlier, terms, grad_share,
+                         grad_albedo, grad_normals):
+    """_photo_colour_pixels of every image's pixels, in `chunks` runs an image, one per thread."""
+    N, P = share.shape
+    for i in range(N):
+        for chunk in numba.prange(chunks):
+            _photo_colour_pixels(i, chunk * P // chunks, (chunk + 1) * P // chunks, share, albedo, normals, light,
+                                 behind, colours, seen, outlier, terms, grad_share, grad_albedo, grad_normals)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_rows(terms, out):
+    """Each row's sum in float32, in the row's order."""
+    for i in range(terms.shape[0]):
+        total = F32(0.0)
+        for p in range(terms.shape[1]):
+            total += terms[i, p]
+        out[i] = total
+
+
+@numba.njit(cache=True, nogil=True)
+def _photo_colour_pixels(i, start, stop, share, albedo, normals, light, behind, colours, seen, outlier, terms,
+                         grad_share, grad_albedo, grad_normals):
+    """_photo_colour_error's pixels start..stop-1 of image i: each one's term of the loss, and its gradients."""
     residual, slope_srgb = np.empty(3, dtype=np.float32), np.empty(3, dtype=np.float32)
     linear, slope_linear = np.empty(3, dtype=np.float32), np.empty(3, dtype=np.float32)
-    for i in range(N):
-        total = F32(0.0)
-        for p in range(P):
-            s = share[i, p]
-            lit = (normals[i, p, 0] * light[i, 3] + normals[i, p, 1] * light[i, 4]) + normals[i, p, 2] * light[i, 5]
-            square = F32(0.0)
-            for c in range(3):
-                if s == F32(0.0):  # no face here: the backdrop alone, and no gradient flows back to the share
-                    linear[c], slope_linear[c] = F32(0.0), F32(0.0)
-                    mixed = behind[p, c]
+    for p in range(start, stop):
+        s = share[i, p]
+        lit = (normals[i, p, 0] * light[i, 3] + normals[i, p, 1] * light[i, 4]) + normals[i, p, 2] * light[i, 5]
+        square = F32(0.0)
+        for c in range(3):
+            if s == F32(0.0):  # no face here: the backdrop alone, and no gradient flows back to the share
+                linear[c], slope_linear[c] = F32(0.0), F32(0.0)
+                mixed = behind[p, c]
+            else:
+                shaded = albedo[i, p, c] * (light[i, c] + lit) + light[i, 6 + c]
+                if shaded <= F32(0.04045):
+                    linear[c], slope_linear[c] = shaded / F32(12.92), F32(1.0) / F32(12.92)
                 else:
-                    shaded = albedo[i, p, c] * (light[i, c] + lit) + light[i, 6 + c]
-                    if shaded <= F32(0.04045):
-                        linear[c], slope_linear[c] = shaded / F32(12.92), F32(1.0) / F32(12.92)
-                    else:
-                        base = (shaded + F32(0.055)) / F32(1.055)
-                        linear[c] = base ** F32(2.4)
-                        slope_linear[c] = F32(2.4) / F32(1.055) * linear[c] / base
-                    mixed = s * linear[c] + (F32(1.0) - s) * behind[p, c]
-                if mixed <= F32(0.0031308):
-                    encoded, slope_srgb[c] = F32(12.92) * mixed, F32(12.92)
-                else:
-                    root = mixed ** (F32(1.0) / F32(2.4))
-                    encoded = F32(1.055) * root - F32(0.055)
-                    slope_srgb[c] = F32(1.055) / F32(2.4) * root / mixed
-                residual[c] = encoded - colours[p, c]
-                square += residual[c] * residual[c]
-            ratio = F32(math.sqrt(square)) / F32(outlier)
-            weight = seen[p] / (F32(1.0) + ratio * ratio)
-            total += weight * square
-            lit_grad = F32(0.0)
-            share_grad = F32(0.0)
-            for c in range(3):
-                d_mixed = F32(2.0) * weight * residual[c] * slope_srgb[c]
-                if s != F32(0.0):
-                    share_grad += d_mixed * (linear[c] - behind[p, c])
-                d_shaded = d_mixed * s * slope_linear[c]
-                grad_albedo[i, p, c] = d_shaded * (light[i, c] + lit)
-                lit_grad += d_shaded * albedo[i, p, c]
-            grad_share[i, p] = share_grad
-            for j in range(3):
-                grad_normals[i, p, j] = lit_grad * light[i, 3 + j]
-        loss[i] = total
+                    base = (shaded + F32(0.055)) / F32(1.055)
+                    linear[c] = base ** F32(2.4)
+                    slope_linear[c] = F32(2.4) / F32(1.055) * linear[c] / base
+                mixed = s * linear[c] + (F32(1.0) - s) * behind[p, c]
+            if mixed <= F32(0.0031308):
+                encoded, slope_srgb[c] = F32(12.92) * mixed, F32(12.92)
+            else:
+                root = mixed ** (F32(1.0) / F32(2.4))
+                encoded = F32(1.055) * root - F32(0.055)
+                slope_srgb[c] = F32(1.055) / F32(2.4) * root / mixed
+            residual[c] = encoded - colours[p, c]
+            square += residual[c] * residual[c]
+        ratio = F32(math.sqrt(square)) / F32(outlier)
+        weight = seen[p] / (F32(1.0) + ratio * ratio)
+        terms[i, p] = weight * square
+        lit_grad = F32(0.0)
+        share_grad = F32(0.0)
+        for c in range(3):
+            d_mixed = F32(2.0) * weight * residual[c] * slope_srgb[c]
+            if s != F32(0.0):
+                share_grad += d_mixed * (linear[c] - behind[p, c])
+            d_shaded = d_mixed * s * slope_linear[c]
+            grad_albedo[i, p, c] = d_shaded * (light[i, c] + lit)
+            lit_grad += d_shaded * albedo[i, p, c]
+        grad_share[i, p] = share_grad
+        for j in range(3):
+            grad_normals[i, p, j] = lit_grad * light[i, 3 + j]
 
 
 class _PhotoColourError(torch.autograd.Function):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from posefit import threads
+
 F32 = np.float32
 
 
@@ -73,7 +75,6 @@ def _first_above(centres, value):
     return i
 
 
-@numba.njit(cache=True, nogil=True)
 def rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective_correct,
               clip_barycentric_coords, cull_backfaces, pix_to_face, zbuf, bary, dists, filled):
     """Every face against the pixel centres in its blur-expanded box; the K nearest kept per pixel.
@@ -83,7 +84,34 @@ def rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective
     pix_to_face, zbuf, dists (P, K), bary (P, K, 3) and filled (P,) entries per pixel, P = N * H * W,
     the outputs holding -1 and 0 on entry. Faces go in index order, so an equal depth goes after the
     faces already kept (lower indices), as a stable sort by depth would put it.
+
+    The rows are shared among numba's threads (posefit.threads), each thread taking every face for its
+    own rows: each pixel sees the faces in the same order as alone, so the outputs are the same.
     """
+    bands = threads.workers()
+    arguments = (face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective_correct,
+                 clip_barycentric_coords, cull_backfaces, pix_to_face, zbuf, bary, dists, filled)
+    if bands > 1:
+        _rasterize_bands(bands, *arguments)
+    else:
+        _rasterize_rows(0, len(y_ndc), *arguments)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _rasterize_bands(bands, face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective_correct,
+                     clip_barycentric_coords, cull_backfaces, pix_to_face, zbuf, bary, dists, filled):
+    """rasterize's rows in `bands` runs, one per thread."""
+    rows = len(y_ndc)
+    for band in numba.prange(bands):
+        _rasterize_rows(band * rows // bands, (band + 1) * rows // bands, face_verts, mesh_of_face, x_ndc, y_ndc,
+                        H, W, K, blur, perspective_correct, clip_barycentric_coords, cull_backfaces, pix_to_face,
+                        zbuf, bary, dists, filled)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rasterize_rows(lo, hi, face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective_correct,
+                    clip_barycentric_coords, cull_backfaces, pix_to_face, zbuf, bary, dists, filled):
+    """rasterize's pixels whose centres are y_ndc[lo:hi] (the image's rows H - hi .. H - 1 - lo)."""
     eps = F32(1e-8)
     r = np.sqrt(blur)
     for f in range(face_verts.shape[0]):
@@ -103,8 +131,8 @@ def rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective
         # The pixel centres inside the box, by the kernel's float32 comparisons (centre >= min, <= max).
         ix0 = _first_at_least(x_ndc, min(x0, x1, x2) - r)
         ix1 = _first_above(x_ndc, max(x0, x1, x2) + r)
-        iy0 = _first_at_least(y_ndc, min(y0, y1, y2) - r)
-        iy1 = _first_above(y_ndc, max(y0, y1, y2) + r)
+        iy0 = max(lo, _first_at_least(y_ndc, min(y0, y1, y2) - r))
+        iy1 = min(hi, _first_above(y_ndc, max(y0, y1, y2) + r))
         if ix1 <= ix0 or iy1 <= iy0:
             continue
         # Per-face terms of the formulas (the same float32 numbers per face as per pixel).
@@ -217,7 +245,6 @@ def _edge_grad(g, px, py, ax, ay, bx, by, grad, a, b):
     grad[b, 1] += g * (px - ax)
 
 
-@numba.njit(cache=True, nogil=True)
 def rasterize_backward(face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary,
                        perspective_correct, clip_barycentric_coords, grad_face_verts):
     """Add the gradient of sum(g_zbuf * zbuf + g_dists * dists + g_bary * bary) to grad_face_verts (F, 3, 3).
@@ -227,10 +254,54 @@ def rasterize_backward(face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbu
     derivative of the forward's formulas (fast_raster._face_terms), by hand: like PyTorch3D's backward we
     hold the closest-point parameter t of an edge fixed, the area's epsilon is a constant, and a floored
     perspective denominator (or clipped sum) passes no gradient, as torch.clamp's derivative has it.
+
+    The entries are shared among numba's threads (posefit.threads), each entry's gradient computed on its
+    own; they are added into grad_face_verts afterwards, by one thread in the entries' order, so the sums
+    are the same.
     """
+    E = len(slot)
+    per_entry = np.empty((E, 3, 3), dtype=np.float32)
+    used = np.zeros(E, dtype=np.bool_)
+    chunks = threads.workers()
+    arguments = (face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary, perspective_correct,
+                 clip_barycentric_coords, per_entry, used)
+    if chunks > 1:
+        _entry_gradients_shared(chunks, *arguments)
+    else:
+        _entry_gradients(0, E, *arguments)
+    _add_entry_gradients(per_entry, used, slot_face, grad_face_verts)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _entry_gradients_shared(chunks, face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary,
+                            perspective_correct, clip_barycentric_coords, per_entry, used):
+    """_entry_gradients of all the entries, in `chunks` runs, one per thread."""
+    E = len(slot)
+    for chunk in numba.prange(chunks):
+        _entry_gradients(chunk * E // chunks, (chunk + 1) * E // chunks, face_verts, slot, slot_face, x_ndc, y_ndc,
+                         H, W, K, g_zbuf, g_dists, g_bary, perspective_correct, clip_barycentric_coords, per_entry,
+                         used)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_entry_gradients(per_entry, used, slot_face, grad_face_verts):
+    """Each used entry's gradient added into its face's, in the entries' order."""
+    for n in range(len(slot_face)):
+        if used[n]:
+            f = slot_face[n]
+            for i in range(3):
+                for j in range(3):
+                    grad_face_verts[f, i, j] += per_entry[n, i, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _entry_gradients(start, stop, face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary,
+                     perspective_correct, clip_barycentric_coords, per_entry, used):
+    """rasterize_backward's entries start..stop-1: each one's gradient in its face's corners, per_entry[n]
+    (3, 3), and used[n] set where its upstream gradient is not zero."""
     eps = F32(1e-8)
     grad = np.zeros((3, 3), dtype=np.float32)
-    for n in range(len(slot)):
+    for n in range(start, stop):
         gz, gd = g_zbuf[n], g_dists[n]
         gb0, gb1, gb2 = g_bary[n, 0], g_bary[n, 1], g_bary[n, 2]
         if gz == 0 and gd == 0 and gb0 == 0 and gb1 == 0 and gb2 == 0:
@@ -340,6 +411,7 @@ def rasterize_backward(face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbu
                 grad[best_a, 1] += g * F32(-2.0) * best_q_y * (F32(1.0) - best_t)
                 grad[best_b, 0] += g * F32(-2.0) * best_q_x * best_t
                 grad[best_b, 1] += g * F32(-2.0) * best_q_y * best_t
+        used[n] = True
         for i in range(3):
             for j in range(3):
-                grad_face_verts[f, i, j] += grad[i, j]
+                per_entry[n, i, j] = grad[i, j]
