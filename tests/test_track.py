@@ -2,12 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import CHAP4, run_script
 from PIL import Image
 from pytorch3d.io import load_objs_as_meshes
 from pytorch3d.renderer import look_at_view_transform
@@ -849,6 +851,28 @@ def test_the_compiled_loops_give_the_same_bits_on_one_thread_on_several_and_off_
     for way in results:
         for got, want in zip(results[way], results[1], strict=True):
             assert torch.equal(got, want), way
+
+
+def test_numbas_threads_leave_torchs_thread_count_alone():
+    # numba's OpenMP layer and torch share one runtime (torch's libgomp.so.1): starting numba's threads after
+    # torch had started its own set torch's thread count to the cores', and the book's cow fit moved
+    # (posefit.threads keeps it). A fresh process, since each starts its threads once.
+    code = (
+        "import torch, numpy as np; torch.set_num_threads(1)\n"
+        "assert torch.get_num_threads() == 1  # (torch starts its own threads at its first use)\n"
+        "from posefit import raster_kernels, threads\n"
+        "threads.workers()\n"
+        "faces = np.array([[[-0.9, -0.9, 1.0], [0.9, -0.9, 1.0], [0.0, 0.9, 1.0]]], dtype=np.float32)\n"
+        "centres = (np.arange(8, dtype=np.float32) - 3.5) / 4\n"
+        "out = [np.full((64, 2), -1, np.int64)] + [np.full((64, 2), -1.0, np.float32) for _ in range(2)]\n"
+        "raster_kernels.rasterize(faces, np.zeros(1, np.int64), centres, centres, 8, 8, 2, np.float32(0.0), True,"
+        " False, False, out[0], out[1], np.full((64, 2, 3), -1.0, np.float32), out[2], np.zeros(64, np.int32))\n"
+        "assert (out[0] >= 0).sum() > 10, out[0]\n"
+        "print(torch.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=CHAP4, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]
 
 
 def test_a_photos_edge_pixel_is_matched_at_its_true_share_only_when_mixed_as_light():

@@ -50,7 +50,7 @@ def _blend_forward(faces, dists, zbuf, albedo, normals, background, sigma, gamma
                  delta_of, top)
     chunks = threads.workers()
     if chunks > 1:
-        _blend_forward_shared(chunks, *arguments)
+        threads.run_shared(_blend_forward_shared, chunks, *arguments)
     else:
         _blend_forward_pixels(0, len(faces), *arguments, np.zeros(out.shape[1], dtype=np.float32))
 
@@ -360,7 +360,7 @@ def _photo_colour_error(share, albedo, normals, light, behind, colours, seen, ou
                  grad_normals)
     chunks = threads.workers()
     if chunks > 1:
-        _photo_colour_shared(chunks, *arguments)
+        threads.run_shared(_photo_colour_shared, chunks, *arguments)
     else:
         for i in range(N):
             _photo_colour_pixels(i, 0, P, *arguments)

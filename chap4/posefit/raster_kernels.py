@@ -92,7 +92,7 @@ def rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective
     arguments = (face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective_correct,
                  clip_barycentric_coords, cull_backfaces, pix_to_face, zbuf, bary, dists, filled)
     if bands > 1:
-        _rasterize_bands(bands, *arguments)
+        threads.run_shared(_rasterize_bands, bands, *arguments)
     else:
         _rasterize_rows(0, len(y_ndc), *arguments)
 
@@ -266,7 +266,7 @@ def rasterize_backward(face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbu
     arguments = (face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary, perspective_correct,
                  clip_barycentric_coords, per_entry, used)
     if chunks > 1:
-        _entry_gradients_shared(chunks, *arguments)
+        threads.run_shared(_entry_gradients_shared, chunks, *arguments)
     else:
         _entry_gradients(0, E, *arguments)
     _add_entry_gradients(per_entry, used, slot_face, grad_face_verts)
