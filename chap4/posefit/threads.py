@@ -3,7 +3,7 @@
 Why share: a tracker's step is a handful of compiled loops over a window's
 pixels (the rasterization, the blend, the colour term and their gradients),
 and on two cores the second one is mostly idle while the first fits (the
-read-ahead and the picture writer use a tenth of it). Each loop splits its
+read-ahead and the picture writer use about a seventh of it). Each loop splits its
 pixels (or entries) into one run per thread; every pixel's arithmetic is the
 one it has alone, and whatever several pixels add into one number (a face's
 gradient, a loss) is added afterwards by one thread in the pixels' order, so
