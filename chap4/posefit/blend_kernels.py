@@ -30,6 +30,7 @@ them in float32): the same light to 1e-4.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -46,13 +47,8 @@ def _blend_forward(faces, dists, zbuf, albedo, normals, background, sigma, gamma
                    delta_of, top):
     """softmax_rgb_blend's forward (see the module's docstring), pixel by pixel, the pixels shared among
     numba's threads (posefit.threads: each pixel's numbers are its own)."""
-    arguments = (faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out, weights, total,
-                 delta_of, top)
-    chunks = threads.workers()
-    if chunks > 1:
-        threads.run_shared(_blend_forward_shared, chunks, *arguments)
-    else:
-        _blend_forward_pixels(0, len(faces), *arguments, np.zeros(out.shape[1], dtype=np.float32))
+    threads.share(_blend_forward_shared, functools.partial(_blend_forward_pixels, 0, len(faces)), faces, dists, zbuf,
+                  albedo, normals, background, sigma, gamma, znear, zfar, out, weights, total, delta_of, top)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -62,16 +58,16 @@ def _blend_forward_shared(chunks, faces, dists, zbuf, albedo, normals, backgroun
     P = faces.shape[0]
     for chunk in numba.prange(chunks):
         _blend_forward_pixels(chunk * P // chunks, (chunk + 1) * P // chunks, faces, dists, zbuf, albedo, normals,
-                              background, sigma, gamma, znear, zfar, out, weights, total, delta_of, top,
-                              np.zeros(out.shape[1], dtype=np.float32))
+                              background, sigma, gamma, znear, zfar, out, weights, total, delta_of, top)
 
 
 @numba.njit(cache=True, nogil=True)
 def _blend_forward_pixels(start, stop, faces, dists, zbuf, albedo, normals, background, sigma, gamma, znear, zfar, out,
-                          weights, total, delta_of, top, acc):
-    """_blend_forward's pixels start..stop-1; acc: a (C,) scratch array."""
+                          weights, total, delta_of, top):
+    """_blend_forward's pixels start..stop-1."""
     K = faces.shape[1]
     C = out.shape[1]
+    acc = np.zeros(C, dtype=np.float32)  # (a pixel's sums, set to zero at each pixel)
     F = albedo.shape[0]
     eps = F32(EPS)
     depth_range = F32(zfar - znear)
@@ -356,14 +352,8 @@ def _photo_colour_error(share, albedo, normals, light, behind, colours, seen, ou
     the loss sums the terms afterwards, by one thread in the pixels' order, so the numbers are the same."""
     N, P = share.shape
     terms = np.empty((N, P), dtype=np.float32)
-    arguments = (share, albedo, normals, light, behind, colours, seen, outlier, terms, grad_share, grad_albedo,
-                 grad_normals)
-    chunks = threads.workers()
-    if chunks > 1:
-        threads.run_shared(_photo_colour_shared, chunks, *arguments)
-    else:
-        for i in range(N):
-            _photo_colour_pixels(i, 0, P, *arguments)
+    threads.share(_photo_colour_shared, _photo_colour_serial, share, albedo, normals, light, behind, colours, seen,
+                  outlier, terms, grad_share, grad_albedo, grad_normals)
     _sum_rows(terms, loss)
 
 
@@ -376,6 +366,16 @@ def _photo_colour_shared(chunks, share, albedo, normals, light, behind, colours,
         for chunk in numba.prange(chunks):
             _photo_colour_pixels(i, chunk * P // chunks, (chunk + 1) * P // chunks, share, albedo, normals, light,
                                  behind, colours, seen, outlier, terms, grad_share, grad_albedo, grad_normals)
+
+
+@numba.njit(cache=True, nogil=True)
+def _photo_colour_serial(share, albedo, normals, light, behind, colours, seen, outlier, terms, grad_share, grad_albedo,
+                         grad_normals):
+    """_photo_colour_pixels of every image's pixels, in one run."""
+    N, P = share.shape
+    for i in range(N):
+        _photo_colour_pixels(i, 0, P, share, albedo, normals, light, behind, colours, seen, outlier, terms, grad_share,
+                             grad_albedo, grad_normals)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -16,6 +16,8 @@ fused multiply-adds), so the results are the torch path's to the bit.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -88,13 +90,9 @@ def rasterize(face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective
     The rows are shared among numba's threads (posefit.threads), each thread taking every face for its
     own rows: each pixel sees the faces in the same order as alone, so the outputs are the same.
     """
-    bands = threads.workers()
-    arguments = (face_verts, mesh_of_face, x_ndc, y_ndc, H, W, K, blur, perspective_correct,
-                 clip_barycentric_coords, cull_backfaces, pix_to_face, zbuf, bary, dists, filled)
-    if bands > 1:
-        threads.run_shared(_rasterize_bands, bands, *arguments)
-    else:
-        _rasterize_rows(0, len(y_ndc), *arguments)
+    threads.share(_rasterize_bands, functools.partial(_rasterize_rows, 0, len(y_ndc)), face_verts, mesh_of_face,
+                  x_ndc, y_ndc, H, W, K, blur, perspective_correct, clip_barycentric_coords, cull_backfaces,
+                  pix_to_face, zbuf, bary, dists, filled)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -262,13 +260,9 @@ def rasterize_backward(face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbu
     E = len(slot)
     per_entry = np.empty((E, 3, 3), dtype=np.float32)
     used = np.zeros(E, dtype=np.bool_)
-    chunks = threads.workers()
-    arguments = (face_verts, slot, slot_face, x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary, perspective_correct,
-                 clip_barycentric_coords, per_entry, used)
-    if chunks > 1:
-        threads.run_shared(_entry_gradients_shared, chunks, *arguments)
-    else:
-        _entry_gradients(0, E, *arguments)
+    threads.share(_entry_gradients_shared, functools.partial(_entry_gradients, 0, E), face_verts, slot, slot_face,
+                  x_ndc, y_ndc, H, W, K, g_zbuf, g_dists, g_bary, perspective_correct, clip_barycentric_coords,
+                  per_entry, used)
     _add_entry_gradients(per_entry, used, slot_face, grad_face_verts)
 
 

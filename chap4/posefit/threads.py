@@ -42,11 +42,16 @@ def workers() -> int:
         return numba.get_num_threads()
 
 
-def run_shared(loop, chunks: int, *arguments) -> None:
-    """loop(chunks, *arguments), a compiled loop that shares its work in `chunks` runs among numba's threads,
-    and torch's thread count as it was before it (see the module's docstring)."""
-    with _torch_threads_kept():
-        loop(chunks, *arguments)
+def share(shared, serial, *arguments) -> None:
+    """shared(workers(), *arguments), a compiled loop that shares its work in that many runs among numba's
+    threads, with torch's thread count kept (see the module's docstring); serial(*arguments), the same loop in
+    one run, where there is one worker (off the main thread, or one core). The same numbers either way."""
+    chunks = workers()
+    if chunks > 1:
+        with _torch_threads_kept():
+            shared(chunks, *arguments)
+    else:
+        serial(*arguments)
 
 
 @contextlib.contextmanager
