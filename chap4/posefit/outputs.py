@@ -184,6 +184,9 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
     if hypotheses.by_colour[best]:  # (not fitted by the loop: its loss is no loop loss)
         title = (f"{summary['iterations']} iterations; the answer a start chosen by the colours, polish loss "
                  f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
+    elif hypotheses.turned_from[best] is not None:  # (likewise: the loop's answer turned, posefit.turns)
+        title = (f"{summary['iterations']} iterations; the answer turned about the vertical, polish loss "
+                 f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
     shown, fitted_rgb, fitted_mask = target.shown, rgb_every[best, ..., :3], mask_every[best]
     if target.original is not None:
         # A photo: the fit's pictures and outline on the file as it came, its mask at its own size.

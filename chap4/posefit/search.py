@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from posefit import colour_starts, frame_fit, initial, masks, outlines, pose, render, targets
+from posefit import colour_starts, frame_fit, initial, masks, outlines, pose, render, targets, turns
 
 UP_AXIS_MARGIN_DEG = 10.0  # no lattice start this close to the up axis, where look_at_rotation is undefined
 # The schedule with several starts (--restarts > 1; one start is the book's
@@ -188,6 +188,9 @@ class Hypotheses:
         # beside the finalists; each becomes a hypothesis of its own (by_colour), not fitted by the loop.
         self.colour_starts = None
         self.by_colour: list[bool] = [False] * n
+        # A plain mesh's answer turned about the floor's vertical (posefit.turns), polished beside it: the
+        # hypothesis each was turned from.
+        self.turned_from: list[int | None] = [None] * n
 
     # -- the record of each hypothesis ---------------------------------------------------------
 
@@ -202,16 +205,17 @@ class Hypotheses:
             k = self.active[row]
             self.positions[k], self.R[k], self.T[k] = centres[row].tolist(), R[row].clone(), T[row].clone()
 
-    def _add(self, R: torch.Tensor, T: torch.Tensor) -> int:
-        """A hypothesis the loop did not fit (a colour start): its record, at pose R (3, 3), T (3,). Returns
-        its number."""
+    def _add(self, R: torch.Tensor, T: torch.Tensor, by_colour: bool = True) -> int:
+        """A hypothesis the loop did not fit (a colour start, or a turn of the answer: not by_colour): its
+        record, at pose R (3, 3), T (3,). Returns its number."""
         centre = pose.camera_centre(R, T)[0].tolist()
         self.init_positions.append(centre)
         self.positions.append(centre)
         self.R.append(R.clone())
         self.T.append(T.clone())
         for records, value in ((self.final_loss, None), (self.pruned_at, None), (self.dropped, None),
-                               (self.flip_of, None), (self.polish_loss, None), (self.by_colour, True)):
+                               (self.flip_of, None), (self.polish_loss, None), (self.by_colour, by_colour),
+                               (self.turned_from, None)):
             records.append(value)
         self.loss_history.append([])
         return len(self.R) - 1
@@ -437,6 +441,16 @@ class Hypotheses:
             self.chosen = min(scored, key=lambda k: self.polish_loss[k])
             if loop_best in scored and self.polish_loss[self.chosen] > (1 - POLISH_CHOICE_GAIN) * self.polish_loss[loop_best]:
                 self.chosen = loop_best  # (nearly a tie: two poses that explain the photo alike; the loop's stays)
+        self._polish_answer(mesh, target, fov)
+        if self.upright is not None and not colour_starts.textured(mesh):
+            answer = self.best()
+            if self._try_turns(mesh, target, fov, polish_record) != answer:
+                self._polish_answer(mesh, target, fov)
+        self.polished = True
+        return True
+
+    def _polish_answer(self, mesh, target: targets.Target, fov: float) -> None:
+        """The answer polished once more (ANSWER_POLISH_STEPS), if its polish succeeded."""
         k = self.best()
         if self.polish_loss[k] is not None and math.isfinite(self.polish_loss[k]):
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background,
@@ -444,8 +458,30 @@ class Hypotheses:
             if math.isfinite(loss):
                 self.R[k], self.T[k] = R, T
                 self.positions[k] = pose.camera_centre(R, T)[0].tolist()
-        self.polished = True
-        return True
+
+    def _try_turns(self, mesh, target: targets.Target, fov: float, polish_record) -> None:
+        """A plain mesh's answer against its turns about the floor's vertical (posefit.turns): the best turns,
+        polished, and the answer judged together on one frame (frame_fit.judged_together); the lowest is the
+        answer. Each turn becomes a hypothesis of its own (turned_from), not fitted by the loop. Returns the
+        answer's number."""
+        k = self.best()
+        if self.polish_loss[k] is None or not math.isfinite(self.polish_loss[k]):
+            return k
+        centre = self.poses.centre
+        R_turns, T_turns = turns.best_turns(mesh, target.original, fov, self.R[k], self.T[k], centre,
+                                            target.background)
+        rivals = [k]
+        for R0, T0 in zip(R_turns, T_turns, strict=True):
+            j = self._add(R0.to(self.R[k].device), T0.to(self.T[k].device), by_colour=False)
+            self.turned_from[j] = k
+            polish_record(j)
+            if math.isfinite(self.polish_loss[j]) and self._allows(j):
+                rivals.append(j)
+        if len(rivals) > 1:
+            scores = frame_fit.judged_together(mesh, target.original, fov, torch.stack([self.R[j] for j in rivals]),
+                                               torch.stack([self.T[j] for j in rivals]), target.background)
+            self.chosen = rivals[int(np.argmin(scores))]
+        return self.best()
 
     # -- the answer ---------------------------------------------------------------------------
 
@@ -481,6 +517,7 @@ class Hypotheses:
                 **({"twin_of": self.flip_of[k]} if self.flip_of[k] is not None else {}),
                 **({"polish_loss": self.polish_loss[k]} if self.polish_loss[k] is not None else {}),
                 **({"by_colour": True} if self.by_colour[k] else {}),
+                **({"turned_from": self.turned_from[k]} if self.turned_from[k] is not None else {}),
                 "pruned_at": self.pruned_at[k],
                 "loss_history": self.loss_history[k],
             }
