@@ -44,9 +44,11 @@ checked on 23); the masks of seeds 22-27's RGB photos (reports of sessions
 seed 27's fits); the failures of seeds 25-28 chose session 40's second polish
 of the answer (checked on the successes of 26-28); case 23 of seed 30 chose
 session 42's colour starts (checked on the cows of seeds 29 and 30 and the
-cow failures of 26-29). The README reports seeds 31 and 32, fresh in
-session 42, and 30 (fresh in session 41); RESULTS.md the seeds of earlier
-rounds. The next fresh seed is 33. Seed
+cow failures of 26-29); the teapot failures of seeds 31 and 32 chose
+session 45's turns of the answer (checked on the teapot photos of seeds
+29-32). The README reports seed 34, fresh in session 45, and 31 and 32
+(fresh in session 42); RESULTS.md the seeds of earlier rounds. The next
+fresh seed is 35. Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on.
 

@@ -13,6 +13,7 @@ From the bottom up:
 - targets: what is fitted: the book's target, an image file; the book's mask rule; a photo's colours relit.
 - initial: where a 6-DoF fit starts: a coarse grid of views scored against the mask.
 - colour_starts: a textured object's 6-DoF starts chosen by its colours among the grid's best.
+- turns: a plain object's answer turned about the floor's vertical, the turns its colours prefer.
 - search: several hypotheses at once: starts, schedule, pruning, the best, ambiguity.
 - run: a fit's options (the book's defaults) and its run control: progress bar, stop rule, NaN, Ctrl-C.
 - frames: the pictures, the GIF and the MP4, written by a background process (started without the caller's script).
