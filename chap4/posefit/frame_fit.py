@@ -489,18 +489,26 @@ def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
         return rasterizer(mesh, R=R, T=T).pix_to_face[0, ..., 0] >= 0
 
 
+def _photo_at(mesh, pixels: np.ndarray, fov: float, side: int, background=None):
+    """A photo (H, W, 3 in [0, 1], as it came) at `side` pixels on its shorter side (never scaled up): the
+    renderers at that size and the plain mesh they render (make_renderers, on the CPU), the size, and the
+    photo prepared as a frame (video.prepare: scaled, its backdrop model found)."""
+    H0, W0 = pixels.shape[:2]
+    scale = min(1.0, side / min(H0, W0))
+    size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
+    renderers, plain = make_renderers(mesh.to("cpu"), size, fov, "cpu")
+    raw = video.RawFrame(0, None, (np.clip(pixels[..., :3], 0, 1) * 255).round().astype(np.uint8))
+    return renderers, plain, size, video.prepare(raw, size, background)
+
+
 def photo_frame(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, care: torch.Tensor | None, side: int,
                 background=None):
     """A photo (H, W, 3 in [0, 1], as it came) as a frame at `side` pixels (its shorter side), with a mask
     given rather than found: the photo's chosen mask (any size, box-averaged to the frame's and halved) and
     its pixels' weights (care, 0 on something in front; None: all count). The whole frame is its window.
     Returns the frame's renderers, the plain mesh they render (make_renderers) and the frame (Observed)."""
-    H0, W0 = pixels.shape[:2]
-    scale = min(1.0, side / min(H0, W0))
-    size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
-    renderers, plain = make_renderers(mesh.to("cpu"), size, fov, "cpu")
-    raw = video.RawFrame(0, None, (np.clip(pixels[..., :3], 0, 1) * 255).round().astype(np.uint8))
-    frame = Observed(video.prepare(raw, size, background), size, background)
+    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
+    frame = Observed(prepared, size, background)
 
     def resized(values: torch.Tensor) -> torch.Tensor:
         area = torch.nn.functional.interpolate(values.float().cpu()[None, None], size=size, mode="area")[0, 0]
@@ -540,13 +548,8 @@ def judged_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: to
     leaves its true spout out of its mask, and the spout, taken for floor, costs it nothing: on the photo
     benchmark (seed 32 case 6) a turn 131 degrees off polished to a lower loss than the truth's. On one frame
     the spout is inside the union, and a pose that does not draw it there pays for it."""
-    mesh, R, T = mesh.to("cpu"), R.cpu(), T.cpu()
-    H0, W0 = pixels.shape[:2]
-    scale = min(1.0, side / min(H0, W0))
-    size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
-    renderers, plain = make_renderers(mesh, size, fov, "cpu")
-    raw = video.RawFrame(0, None, (np.clip(pixels[..., :3], 0, 1) * 255).round().astype(np.uint8))
-    prepared = video.prepare(raw, size, background)
+    R, T = R.cpu(), T.cpu()
+    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
     silhouettes = [hard_silhouette(renderers, plain, R[k:k + 1], T[k:k + 1]) for k in range(len(R))]
     frames = [Observed(prepared, size, background, silhouette) for silhouette in silhouettes]
     union = np.any([frame.mask.numpy() > 0.5 for frame in frames], axis=0)
@@ -582,14 +585,10 @@ def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tenso
     if not (torch.isfinite(R).all() and torch.isfinite(T).all()):
         return given
     device = R.device
-    mesh, R, T = mesh.to("cpu"), R.cpu(), T.cpu()
-    H0, W0 = pixels.shape[:2]
-    scale = min(1.0, side / min(H0, W0))
-    size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
-    renderers, plain = make_renderers(mesh, size, fov, R.device)
-    raw = video.RawFrame(0, None, (np.clip(pixels[..., :3], 0, 1) * 255).round().astype(np.uint8))
+    R, T = R.cpu(), T.cpu()
+    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
     silhouette = hard_silhouette(renderers, plain, R[None], T[None])
-    frame = Observed(video.prepare(raw, size, background), size, background, silhouette)
+    frame = Observed(prepared, size, background, silhouette)
     if not frame.mask.any():
         return given
     R_fit, T_fit, loss, _ = fit(renderers, plain, R[None], T[None], frame, iterations=steps, lr=lr, lr_end=0.2,

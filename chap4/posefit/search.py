@@ -205,17 +205,17 @@ class Hypotheses:
             k = self.active[row]
             self.positions[k], self.R[k], self.T[k] = centres[row].tolist(), R[row].clone(), T[row].clone()
 
-    def _add(self, R: torch.Tensor, T: torch.Tensor, by_colour: bool = True) -> int:
-        """A hypothesis the loop did not fit (a colour start, or a turn of the answer: not by_colour): its
-        record, at pose R (3, 3), T (3,). Returns its number."""
+    def _add(self, R: torch.Tensor, T: torch.Tensor, turned_from: int | None = None) -> int:
+        """A hypothesis the loop did not fit: its record, at pose R (3, 3), T (3,); a colour start, or with
+        turned_from, hypothesis turned_from's pose turned (posefit.turns). Returns its number."""
         centre = pose.camera_centre(R, T)[0].tolist()
         self.init_positions.append(centre)
         self.positions.append(centre)
         self.R.append(R.clone())
         self.T.append(T.clone())
         for records, value in ((self.final_loss, None), (self.pruned_at, None), (self.dropped, None),
-                               (self.flip_of, None), (self.polish_loss, None), (self.by_colour, by_colour),
-                               (self.turned_from, None)):
+                               (self.flip_of, None), (self.polish_loss, None), (self.by_colour, turned_from is None),
+                               (self.turned_from, turned_from)):
             records.append(value)
         self.loss_history.append([])
         return len(self.R) - 1
@@ -461,7 +461,7 @@ class Hypotheses:
                 self.R[k], self.T[k] = R, T
                 self.positions[k] = pose.camera_centre(R, T)[0].tolist()
 
-    def _try_turns(self, mesh, target: targets.Target, fov: float, polish_record) -> None:
+    def _try_turns(self, mesh, target: targets.Target, fov: float, polish_record) -> int:
         """A plain mesh's answer against its turns about the floor's vertical (posefit.turns): the best turns,
         polished, and the answer judged together on one frame (frame_fit.judged_together); the lowest is the
         answer. Each turn becomes a hypothesis of its own (turned_from), not fitted by the loop. Returns the
@@ -474,8 +474,7 @@ class Hypotheses:
                                             target.background)
         rivals = [k]
         for R0, T0 in zip(R_turns, T_turns, strict=True):
-            j = self._add(R0.to(self.R[k].device), T0.to(self.T[k].device), by_colour=False)
-            self.turned_from[j] = k
+            j = self._add(R0.to(self.R[k].device), T0.to(self.T[k].device), turned_from=k)
             polish_record(j)
             if math.isfinite(self.polish_loss[j]) and self._allows(j):
                 rivals.append(j)
