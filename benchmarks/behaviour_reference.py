@@ -20,7 +20,8 @@ the recording's "rerecorded"):
 - a file target of each kind (a 1-channel mask, RGBA, RGB on a coloured
   backdrop), written by this script from fixed poses with PyTorch3D's stock
   renderer, fitted by each script;
-- the default tracking run: R, T on every frame.
+- the default tracking run: each frame's fit (R, T as fitted, before they
+  are smoothed for the report: fit_R, fit_T) on every frame.
 
 The comparison: the same iterations, stop reasons, best hypotheses,
 pruned_at and ambiguous; cameras within 1e-5; losses within 1e-4 relative;
@@ -176,7 +177,8 @@ def tracking_case(folder: Path) -> dict:
     out = folder / "out"
     run("track_pose.py", "--output-dir", out, "--no-overlays", "--device", "cpu", folder=folder)
     frames = json.loads((out / "tracking.json").read_text())["frames"]
-    return {"frames": [{"R": f["R"], "T": f["T"]} for f in frames]}
+    # The fits: since session 46 the R, T reported are the fits smoothed (posefit.smoothing), the fits fit_R, fit_T.
+    return {"frames": [{"R": f.get("fit_R", f["R"]), "T": f.get("fit_T", f["T"])} for f in frames]}
 
 
 def cases() -> dict[str, callable]:

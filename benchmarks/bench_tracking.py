@@ -363,7 +363,9 @@ def frame_errors(frames: list[dict], truth: list[dict]) -> list[dict]:
     return rows
 
 
-STAGES = ("read", "mask", "fit", "check", "search", "pictures", "record")  # tracking.json's "timing"
+# tracking.json's "timing": "report" is the pictures and the record of the frames whose smoothed pose became
+# known (since session 46; a checkout before it has "pictures" and "record" instead).
+STAGES = ("read", "mask", "fit", "check", "search", "report", "pictures", "record")
 
 
 def stage_times(frames: list[dict]) -> dict:

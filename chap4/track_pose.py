@@ -34,10 +34,12 @@ t-1's estimate carried forward with most of the last velocity:
    initialisation of posefit.initial, limited to views near the last good
    pose, and marked `recovered`, or `lost` if still below after the search
    (then for SEARCH_PAUSE frames a frame below is marked lost, not searched);
-5. draw the estimated outline on each frame as it came, rewrite
-   tracking.json after every frame, and finish with tracking.gif, an MP4 of
-   the overlays when the input was a video, and path.png (the camera centre
-   per frame).
+5. report each frame's pose as its fit smoothed with the fits of the two
+   frames each side (posefit.smoothing: the least-squares line through
+   them, so two frames later); draw that outline on the frame as it came,
+   rewrite tracking.json as frames are reported, and finish with
+   tracking.gif, an MP4 of the overlays when the input was a video, and
+   path.png (the camera centre per frame).
 
 A pose is the (R, T) that PyTorch3D's MeshRenderer takes, the mesh in its own
 coordinates: x_view = x_mesh @ R + T (row vectors, as look_at_view_transform
@@ -59,7 +61,7 @@ from pytorch3d.renderer import look_at_view_transform
 from pytorch3d.transforms import axis_angle_to_matrix, matrix_to_axis_angle
 from tqdm import tqdm
 
-from posefit import cli, data, initial, masks, outputs, pose, render, video
+from posefit import cli, data, initial, masks, outputs, pose, render, smoothing, video
 from posefit.errors import EXIT_INTERRUPTED, UserError
 from posefit.frame_fit import (
     FACES_PER_PIXEL,
@@ -406,6 +408,7 @@ def track(
     search_starts: int = 4,
     search_iterations: int = 6,
     search_final_iterations: int = 12,
+    smooth: int = smoothing.RADIUS,
     device: str = "cpu",
     rasterizer: str = "fast",
     seed: int = 0,
@@ -428,7 +431,9 @@ def track(
     just refined its start on the frame before. A searched frame's best
     hypothesis gets search_final_iterations steps on the mask drawn around it
     (see reacquire). sigma is the soft edge width at 128 px, scaled with the pixel
-    area at other sizes.
+    area at other sizes. The pose reported for each frame (R, T; its own fit as fit_R, fit_T) is its fit
+    smoothed with those of the `smooth` frames each side (posefit.smoothing; 0: the fit itself), so a
+    frame's entry and overlay come `smooth` frames after its fit.
     """
     started = time.perf_counter()
     knobs = {name: value for name, value in locals().items() if name not in ("init_pose", "truth", "started")}
@@ -496,6 +501,36 @@ def track(
     stopped = "done"
     bar = tqdm(total=total, disable=not progress, desc="tracking", unit="frame")
     written = time.perf_counter()  # when tracking.json was last written
+    smoother = smoothing.FixedLag(smooth)  # the fits, reported smoothed `smooth` frames later
+
+    def report(done, R_report, T_report) -> None:
+        """A frame's entry, now that its reported pose is known: recorded, compared, drawn."""
+        nonlocal written
+        entry, original, fitted = done
+        if R_report is not None:  # (an undecodable frame keeps its prediction)
+            entry.update(pose.pose_json(R_report, T_report))
+            if smooth:
+                entry.update({f"fit_{k}": v for k, v in pose.pose_json(*fitted[:2]).items()})
+        title = f"frame {entry['index']}: IoU {entry['iou']:.3f}" if entry["iou"] is not None else ""
+        if truth is not None and R_report is not None:
+            R_true, T_true = truth[entry["index"]]
+            entry["rotation_error_deg"] = pose.rotation_error_deg(R_report.cpu(), R_true)
+            entry["translation_error"] = float(torch.linalg.norm(T_report.cpu() - T_true))
+            entry["distance"] = float(torch.linalg.norm(T_true))
+            entry.update({f"true_{k}": v for k, v in pose.pose_json(R_true, T_true).items()})
+            title += f", {entry['rotation_error_deg']:.1f} deg off"
+        if pictures is not None and R_report is not None:
+            R_fit, T_fit, drawn, window = fitted
+            if R_report is not R_fit:  # smoothed: its own outline
+                drawn = hard_silhouette(renderers, mesh, R_report[None], T_report[None], window)
+            pictures.frame(overlay(original, drawn), title + (" (searched)" if entry["recovered"] else ""),
+                           output_dir / f"overlay_{entry['index']}.png", to_gif=True, to_movie=movie)
+        record["frames"].append(entry)
+        if time.perf_counter() - written >= RECORD_EVERY_S:  # the whole record each time: not every frame
+            outputs.write_json_atomic(output_dir / "tracking.json", record)
+            written = time.perf_counter()
+
+    finished = False  # the loop ended (all frames, or Ctrl-C): the frames still waiting are reported
     try:
         clock = Stopwatch()  # where each frame's time goes, from the end of the last frame
         for prepared in ahead:
@@ -508,7 +543,8 @@ def track(
                 print(f"warning: frame {raw.index} could not be decoded ({raw.error}): skipped", file=sys.stderr)
                 entry = {"index": raw.index, "file": raw.file, **pose.pose_json(R_start, T_start), "skipped": True,
                          "recovered": False, "lost": False, "iou": None, "iterations": 0, "seconds": 0.0}
-                record["frames"].append(entry)
+                for done in smoother.push(None, None, (entry, None, None)):
+                    report(*done)
                 outputs.write_json_atomic(output_dir / "tracking.json", record)
                 bar.update(1)
                 clock = Stopwatch()
@@ -531,7 +567,7 @@ def track(
             iou = tracked_iou(silhouette, frame.mask)
             per_pixel = float(loss[0]) / frame.mask.numel()
             jumped = len(recent_loss) >= 5 and per_pixel > LOSS_JUMP * float(np.median(recent_loss))
-            recovered = lost = False
+            recovered = lost = cut = False
             troubled = jumped or not math.isfinite(per_pixel)  # searched whatever its IoU
             if iou < lost_iou and not troubled:
                 # A frame that only lags behind a fast turn needs a few more steps, not a search (a tenth
@@ -559,6 +595,8 @@ def track(
                 # A search for a low IoU that found a lower one keeps the frame's own fit (a frame's own mask,
                 # the search's, can be far off: a floor or a wall the colour of the object).
                 if troubled or found_iou >= iou:
+                    # A jump (the search's pose far from the frame's own fit) is not smoothed across.
+                    cut = pose.rotation_error_deg(R_found[0].cpu(), R[0].cpu()) > smoothing.JUMP_DEG
                     frame, R, T, silhouette, iou = found_frame, R_found, T_found, found, found_iou
                     history, recent_loss = [], []  # the motion before a jump says nothing about the one after it
                 lost = iou < lost_iou
@@ -572,34 +610,23 @@ def track(
             history = (history + [(R[0], T[0])])[-2:]
             clock.lap("check")
 
-            entry = {"index": raw.index, "file": raw.file, **pose.pose_json(R[0], T[0]), "iou": iou,
-                     "iterations": steps, "seconds": time.perf_counter() - frame_started, "recovered": recovered,
-                     "lost": lost}
-            title = f"frame {raw.index}: IoU {iou:.3f}"
-            if truth is not None:
-                R_true, T_true = truth[raw.index]
-                entry["rotation_error_deg"] = pose.rotation_error_deg(R[0].cpu(), R_true)
-                entry["translation_error"] = float(torch.linalg.norm(T[0].cpu() - T_true))
-                entry["distance"] = float(torch.linalg.norm(T_true))
-                entry.update({f"true_{k}": v for k, v in pose.pose_json(R_true, T_true).items()})
-                title += f", {entry['rotation_error_deg']:.1f} deg off"
-            if pictures is not None:
-                picture = overlay(frame.original, silhouette)
-                pictures.frame(picture, title + (" (searched)" if recovered else ""),
-                               output_dir / f"overlay_{raw.index}.png", to_gif=True, to_movie=movie)
-            clock.lap("pictures")
-            record["frames"].append(entry)
-            if time.perf_counter() - written >= RECORD_EVERY_S:  # the whole record each time: not every frame
-                outputs.write_json_atomic(output_dir / "tracking.json", record)
-                written = time.perf_counter()
-            clock.lap("record")
-            entry["timing"] = clock.laps  # seconds per stage, written with the next frame's and at the end
+            entry = {"index": raw.index, "file": raw.file, "iou": iou, "iterations": steps,
+                     "seconds": time.perf_counter() - frame_started, "recovered": recovered, "lost": lost}
+            entry["timing"] = clock.laps  # seconds per stage (the reporting's are a later frame's)
+            for done in smoother.push(R[0], T[0], (entry, frame.original, (R[0], T[0], silhouette, frame.window)),
+                                       cut=cut):
+                report(*done)
+            clock.lap("report")
             clock = Stopwatch()
             bar.update(1)
-            bar.set_postfix(iou=f"{iou:.3f}", **({"deg": f"{entry['rotation_error_deg']:.2f}"} if truth else {}))
+            bar.set_postfix(iou=f"{iou:.3f}")
+        finished = True
     except KeyboardInterrupt:
-        stopped = "interrupted"
+        stopped, finished = "interrupted", True
     finally:
+        if finished:
+            for done in smoother.flush():
+                report(*done)
         ahead.close()
         bar.close()
         if pictures is not None:
@@ -673,6 +700,10 @@ def main() -> int:
              "searched again near the last good pose and marked recovered, or lost if still below; within "
              f"{SEARCH_PAUSE} frames of a search that found nothing, a frame below it is marked lost without a "
              "new search (default 0.85)")
+    add("--smooth", type=cli.non_negative_int, default=smoothing.RADIUS, metavar="FRAMES",
+        help="report each frame's pose as the least-squares line through the fits of the FRAMES frames each "
+             "side, evaluated at the frame (not across a search's jump; the frame's own fit is kept as fit_R, "
+             f"fit_T; 0: the fit itself; default {smoothing.RADIUS}). Tracking goes on from the fits")
     add("--rasterizer", choices=["fast", "stock"], default="fast", help="the soft rasterizer (default fast)")
     add("--no-overlays", action="store_true", help="write no overlay pictures, GIF, MP4 or path plot")
     cli.add_common(parser, DEFAULT_OUTPUT)  # --output-dir, --device, --seed (the synthesised path), --fov
@@ -702,6 +733,7 @@ def main() -> int:
         background=args.background,
         fov=args.fov,
         lost_iou=args.lost_iou,
+        smooth=args.smooth,
         rasterizer=args.rasterizer,
         device=args.device,
         seed=args.seed,

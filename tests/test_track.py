@@ -17,7 +17,7 @@ from pytorch3d.transforms import axis_angle_to_matrix
 from scipy import ndimage
 
 import track_pose
-from posefit import data, frame_fit, masks, pose, render, video
+from posefit import data, frame_fit, masks, pose, render, smoothing, video
 
 # Stated accuracy at 64 px over the first 8 frames of the default path (the
 # benchmark's targets, at 128 px over 60 frames, are 2 / 5 degrees and 2%).
@@ -83,6 +83,13 @@ def test_synthesised_sequence_is_tracked_closely(tmp_path, meshes_ready):
                                background_frames=False, save_overlays=False, seed=seed)["frames"]
               for seed in ACCURACY_SEEDS if seed != 0]
     check_accuracy(frames + [f for run in others for f in run])
+    # The reported poses are smoothed; the tracking goes on from the fits, which --smooth 0 reports as they are.
+    unsmoothed = track_pose.track(output_dir=tmp_path / "unsmoothed", num_frames=8, image_size=64, progress=False,
+                                  background_frames=False, save_overlays=False, seed=ACCURACY_SEEDS[1],
+                                  smooth=0)["frames"]
+    assert [f["R"] for f in unsmoothed] == [f["fit_R"] for f in others[0]]
+    assert [f["T"] for f in unsmoothed] == [f["fit_T"] for f in others[0]]
+    assert "fit_R" not in unsmoothed[0] and any(f["R"] != f["fit_R"] for f in others[0])
     assert all(f["iou"] > 0.9 and not f["recovered"] for f in frames)
     saved = strict_json(tmp_path / "tracking.json")
     assert saved["frames"] == json.loads(json.dumps(frames))
@@ -224,6 +231,59 @@ def test_a_jump_is_found_by_the_search(tmp_path, meshes_ready):
     # The frame after the search starts from the pose it found, with a frame's steps (not frame 0's three
     # times as many: the search has just refined that start).
     assert record["frames"][4]["iterations"] == track_pose.STEPS_PER_FRAME
+
+
+def test_the_smoothed_poses_follow_a_steady_motion_and_lie_nearer_it_than_noisy_fits():
+    # A steady turn and move (each entry of R nearly linear over a few frames), fits off by a degree at random.
+    count, radius = 12, smoothing.RADIUS
+    generator = torch.Generator().manual_seed(0)
+    angles = torch.stack([torch.zeros(count), torch.linspace(0.0, 0.3, count), torch.zeros(count)], 1)
+    R_true = axis_angle_to_matrix(angles)
+    T_true = torch.stack([torch.linspace(-0.2, 0.2, count), torch.zeros(count), torch.full((count,), 3.0)], 1)
+    noise = torch.randn(count, 3, generator=generator) * math.radians(1.0)
+    R_fit = R_true @ axis_angle_to_matrix(noise)
+    T_fit = T_true + 0.01 * torch.randn(count, 3, generator=generator)
+    smoother, reported = smoothing.FixedLag(radius), []
+    for i in range(count):
+        ready = smoother.push(R_fit[i], T_fit[i], i)
+        # A frame comes back once `radius` more have come.
+        assert [p for p, _, _ in ready] == ([i - radius] if i >= radius else [])
+        reported += ready
+    reported += smoother.flush()
+    assert [p for p, _, _ in reported] == list(range(count))
+    R_out = torch.stack([R for _, R, _ in reported])
+    T_out = torch.stack([T for _, _, T in reported])
+    assert torch.allclose(R_out @ R_out.transpose(1, 2), torch.eye(3).expand(count, 3, 3), atol=1e-5)
+    error_fit = [pose.rotation_error_deg(a, b) for a, b in zip(R_fit, R_true, strict=True)]
+    error_out = [pose.rotation_error_deg(a, b) for a, b in zip(R_out, R_true, strict=True)]
+    assert np.mean(error_out) < 0.7 * np.mean(error_fit)
+    assert (T_out - T_true).norm(dim=1).mean() < 0.7 * (T_fit - T_true).norm(dim=1).mean()
+    # Without noise a straight move comes back as it was, at the ends too (the line does not lag).
+    smoother, still = smoothing.FixedLag(radius), []
+    for i in range(count):
+        still += smoother.push(torch.eye(3), T_true[i], i)
+    still += smoother.flush()
+    assert torch.allclose(torch.stack([T for _, _, T in still]), T_true, atol=1e-6)
+
+
+def test_the_smoothing_neither_crosses_a_cut_nor_takes_in_a_frame_without_a_fit():
+    smoother, reported = smoothing.FixedLag(2), []
+    moves = [0.0, 1.0, 2.0, None, 4.0, 100.0, 101.0, 102.0]  # None: undecodable; a jump at 100 (cut)
+    for i, x in enumerate(moves):
+        T = None if x is None else torch.tensor([x, 0.0, 3.0])
+        reported += smoother.push(None if x is None else torch.eye(3), T, i, cut=i == 5)
+    reported += smoother.flush()
+    assert [p for p, _, _ in reported] == list(range(len(moves)))
+    assert reported[3][1:] == (None, None)
+    # On each side of the cut the fits lie on a line: each comes back as it was.
+    assert [float(T[0]) for _, _, T in reported if T is not None] == pytest.approx(
+        [x for x in moves if x is not None], abs=1e-9)
+    # Radius 0: each frame back at once, its fit itself.
+    R, T = torch.eye(3), torch.ones(3)
+    alone = smoothing.FixedLag(0)
+    (_, R_out, T_out), = alone.push(R, T, "frame")
+    assert R_out is not None and torch.equal(R_out, R) and torch.equal(T_out, T)
+    assert [p for p, _, _ in alone.push(R, T + 1, "next") + alone.flush()] == ["next"]
 
 
 def test_the_prediction_repeats_a_share_of_the_last_step():

@@ -16,6 +16,7 @@ From the bottom up:
 - turns: a plain object's answer turned about the floor's vertical, the turns its colours prefer.
 - search: several hypotheses at once: starts, schedule, pruning, the best, ambiguity.
 - run: a fit's options (the book's defaults) and its run control: progress bar, stop rule, NaN, Ctrl-C.
+- smoothing: the tracker's reported poses, each frame's fit smoothed with its neighbours'.
 - frames: the pictures, the GIF and the MP4, written by a background process (started without the caller's script).
 - video: the frames of a sequence to track: a folder of PNG or JPEG files, a video file, or rendered;
   read ahead in the background.
