@@ -187,17 +187,25 @@ def test_lost_frames_are_searched_again(tmp_path, meshes_ready):
     assert all(math.isfinite(f["rotation_error_deg"]) and f["iou"] > 0.8 for f in frames)
 
 
-def test_a_search_that_finds_a_lower_iou_keeps_the_frames_own_fit(tmp_path, meshes_ready, monkeypatch):
+@pytest.mark.parametrize("own_mask", [False, True])
+def test_a_search_whose_pose_explains_the_frame_worse_keeps_the_frames_own_fit(tmp_path, meshes_ready,
+                                                                                monkeypatch, own_mask):
     # Every frame is lost (an IoU above 1 is never reached) and every search "finds" the cow turned a quarter
-    # turn away (its own mask could be wrong: a wall the colour of the object): its IoU is lower than the
-    # frame's own fit's, which is kept, and the track stays on the cow.
+    # turn away (its own mask could be wrong: a wall the colour of the object). Judged with the frame's own
+    # fit on one frame (frame_fit.judged_on) it explains the frame worse, and the fit is kept: the track
+    # stays on the cow. own_mask: the search's frame comes with a mask drawn exactly around the turned pose,
+    # so that its IoU there (1) beats the fit's on the frame's mask: a search judged by its IoU on its own
+    # mask (the rule until session 46) took it.
     searched = []
 
     def wrong_search(renderers, mesh, raw, size, background, fov, candidates, **_):
         R, T = candidates[1]
         searched.append(raw.raw.index)
         turned = R @ axis_angle_to_matrix(torch.tensor([0.0, math.pi / 2, 0.0]))
-        return frame_fit.Observed(raw, size, background), turned[None], T[None], None
+        frame = frame_fit.Observed(raw, size, background)
+        if own_mask:
+            frame.mask = track_pose.hard_silhouette(renderers, mesh, turned[None], T[None]).float()
+        return frame, turned[None], T[None], None
 
     monkeypatch.setattr(track_pose, "reacquire", wrong_search)
     count = track_pose.SEARCH_PAUSE + 3

@@ -550,6 +550,12 @@ def judged_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: to
     the spout is inside the union, and a pose that does not draw it there pays for it."""
     R, T = R.cpu(), T.cpu()
     renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
+    return judged_on(renderers, plain, size, prepared, R, T, background)
+
+
+def judged_on(renderers, plain, size, prepared, R: torch.Tensor, T: torch.Tensor, background=None) -> np.ndarray:
+    """judged_together's losses on a frame already prepared (video.Prepared) at the renderers' size: the
+    tracker's, to choose between a frame's own fit and a search's pose."""
     silhouettes = [hard_silhouette(renderers, plain, R[k:k + 1], T[k:k + 1]) for k in range(len(R))]
     frames = [Observed(prepared, size, background, silhouette) for silhouette in silhouettes]
     union = np.any([frame.mask.numpy() > 0.5 for frame in frames], axis=0)
