@@ -523,7 +523,7 @@ def track(
             title += f", {entry['rotation_error_deg']:.1f} deg off"
         if pictures is not None and R_report is not None:
             R_fit, T_fit, drawn, window = fitted
-            if R_report is not R_fit:  # smoothed: its own outline
+            if not (torch.equal(R_report, R_fit) and torch.equal(T_report, T_fit)):  # smoothed: its own outline
                 drawn = hard_silhouette(renderers, mesh, R_report[None], T_report[None], window)
             pictures.frame(overlay(original, drawn), title + (" (searched)" if entry["recovered"] else ""),
                            output_dir / f"overlay_{entry['index']}.png", to_gif=True, to_movie=movie)

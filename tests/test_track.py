@@ -216,6 +216,25 @@ def test_a_search_whose_pose_explains_the_frame_worse_keeps_the_frames_own_fit(t
     check_accuracy(frames)
 
 
+def test_a_frame_whose_loss_is_not_finite_is_searched_and_the_track_goes_on(tmp_path, meshes_ready, monkeypatch):
+    # Frame 3's fit reports a non-finite loss (its pose stays finite: `fit` undoes a step that is not): the
+    # frame is searched whatever its IoU, the search's pose judged against the fit's, and the track goes on.
+    fitted = []
+    real_fit = track_pose.fit
+
+    def failing_fit(renderers, mesh, R, T, frame, **knobs):
+        R_fit, T_fit, loss, silhouette = real_fit(renderers, mesh, R, T, frame, **knobs)
+        fitted.append(1)
+        return R_fit, T_fit, loss * math.nan if len(fitted) == 4 else loss, silhouette
+
+    monkeypatch.setattr(track_pose, "fit", failing_fit)
+    record = track_pose.track(output_dir=tmp_path, num_frames=6, image_size=64, save_overlays=False,
+                              progress=False)
+    frames = record["frames"]
+    assert [f["recovered"] for f in frames] == [i == 3 for i in range(6)]
+    check_accuracy(frames)
+
+
 def test_a_jump_is_found_by_the_search(tmp_path, meshes_ready):
     folder = tmp_path / "frames"
     write_sequence(folder, count=3)
