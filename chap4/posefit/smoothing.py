@@ -48,8 +48,6 @@ class _Frame:
     position: int  # the frame's place in the track
     segment: int  # frames of one segment (between cuts) smooth each other
     fit: tuple | None  # its fit, (R, T) as pushed (None: no fit, undecodable)
-    R: np.ndarray | None  # the same in float64
-    T: np.ndarray | None
     payload: object = field(default=None, repr=False)
 
 
@@ -72,11 +70,8 @@ class FixedLag:
         if cut:
             self.segment += 1
         position, self.pushed = self.pushed, self.pushed + 1
-        fit, R64, T64 = None, None, None
-        if R is not None:
-            fit = (R.detach().reshape(3, 3), T.detach().reshape(3))
-            R64, T64 = (x.cpu().double().numpy() for x in fit)
-        self.frames.append(_Frame(position, self.segment, fit, R64, T64, payload))
+        fit = None if R is None else (R.detach().reshape(3, 3), T.detach().reshape(3))
+        self.frames.append(_Frame(position, self.segment, fit, payload))
         return self._ready(final=False)
 
     def flush(self) -> list[tuple]:
@@ -108,8 +103,8 @@ class FixedLag:
         if len(window) == 1:  # alone (radius 0, a cut on each side): its fit as it came
             return frame.fit
         weights = line_weights([f.position - frame.position for f in window])
-        R = nearest_rotation(np.tensordot(weights, np.stack([f.R for f in window]), 1))
-        T = np.tensordot(weights, np.stack([f.T for f in window]), 1)
+        R, T = (np.tensordot(weights, np.stack([f.fit[i].cpu().double().numpy() for f in window]), 1) for i in (0, 1))
+        R = nearest_rotation(R)
         like = frame.fit[0]
         return (torch.from_numpy(R).to(like.dtype).to(like.device),
                 torch.from_numpy(T).to(like.dtype).to(like.device))
