@@ -12,7 +12,7 @@ From the bottom up:
 - masks: which pixels of a photo are the object (a backdrop model from the border, edges).
 - targets: what is fitted: the book's target, an image file; the book's mask rule; a photo's colours relit.
 - initial: where a 6-DoF fit starts: a coarse grid of views scored against the mask.
-- colour_starts: a textured object's 6-DoF starts chosen by its colours among the grid's best.
+- colour_starts: a photo's 6-DoF starts chosen by the object's colours (a plain one's shading) among the grid's best.
 - turns: a plain object's answer turned about the floor's vertical, the turns its colours prefer.
 - search: several hypotheses at once: starts, schedule, pruning, the best, ambiguity.
 - run: a fit's options (the book's defaults) and its run control: progress bar, stop rule, NaN, Ctrl-C.
