@@ -906,10 +906,7 @@ def test_a_plain_objects_finalists_are_judged_with_the_answers_turns_on_one_fram
     # tilted 40 degrees off the truth (no turn about the vertical reaches the truth from it): judged with the
     # other finalists and the turns on one frame, the truth is the answer.
     mesh = teapot()
-    R, T = off_centre_rolled_pose(mesh)
-    photo, _, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    target = targets.load_target_image(tmp_path / "photo.png", fov=FOV)
+    R, T, target, _, _ = photo_and_twin(mesh, tmp_path, (170, 110, 60))
     centre, _ = initial.mesh_centre_radius(mesh)
     R_tilted = axis_angle_to_matrix(torch.tensor([math.radians(-40.0), 0.0, 0.0])) @ R  # (about the mesh x)
     T_tilted = centre @ R + T - centre @ R_tilted
