@@ -407,9 +407,9 @@ class Hypotheses:
         teapot's spout and handle, so that its half-turn twin (spout and handle swapped) fits the mask as
         well; the colours see the spout in front of the body (photo benchmark, seed 10 case 12: 166 degrees
         off -> 1.3). The answer is then polished once more (ANSWER_POLISH_STEPS). With the floor's prior, a
-        plain mesh's answer then meets its turns about the floor's vertical (posefit.turns, _try_turns), and a
-        turn that explains the photo better is polished once more in its place. Other fits are left as they
-        are. Returns whether it polished."""
+        plain mesh's answer then meets its turns about the floor's vertical (posefit.turns, _try_turns) and the
+        other polished poses, all judged on one frame, and a rival that explains the photo better there is
+        polished once more in its place. Other fits are left as they are. Returns whether it polished."""
         if not isinstance(self.poses, pose.SixDoF) or target.photo is None or target.original is None:
             return False
         if not masks.is_photo(target.photo.cpu().numpy()):
