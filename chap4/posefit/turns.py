@@ -9,9 +9,11 @@ answer is any of them: on the photo benchmark's seed 32 case 6 it ended
 that takes it to the truth within 10 degrees of the mesh's vertical. The
 loop's twin (search.Hypotheses.flip_twin) tries only the half turn. So the
 answer is turned by every STEP_DEG about the floor's vertical through the
-object's centre (where it is seen stays put), the turns are judged together
-with it on one frame (posefit.frame_fit.judged_together: the colour term on
-the union of their masks), and the POLISHED best are handed to the polish
+object's centre (where it is seen stays put), the turns are refined together
+with it for REFINE_STEPS steps and judged on one frame
+(posefit.frame_fit.refined_together: the colour term on the union of their
+masks; the answer comes polished, and a turn a few degrees off the truth
+must not lose to it for that), and the POLISHED best are handed to the polish
 (posefit.search.Hypotheses.polish), which refines them and judges them with
 the answer on one frame again.
 
@@ -30,7 +32,8 @@ import torch
 from posefit import frame_fit
 
 STEP_DEG = 30.0  # the turns tried: every this many degrees about the floor's vertical
-POLISHED = 2  # the best of them (judged unpolished, on one frame with the answer) handed to the polish
+REFINE_STEPS = 10  # the turns and the answer refined together on the one frame before they are judged there
+POLISHED = 2  # the best of them (so judged, on one frame with the answer) handed to the polish
 
 
 def turned(R: torch.Tensor, T: torch.Tensor, centre: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,15 +48,17 @@ def turned(R: torch.Tensor, T: torch.Tensor, centre: torch.Tensor, degrees: floa
 
 
 def best_turns(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, centre: torch.Tensor,
-               background=None, *, step_deg: float = STEP_DEG, count: int = POLISHED
+               background=None, *, step_deg: float = STEP_DEG, count: int = POLISHED, steps: int = REFINE_STEPS
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `count` turns R (n, 3, 3), T (n, 3) of the answer R (3, 3), T (3,) about the floor's vertical
     through `centre` (every `step_deg`), those whose colours explain the photo (H, W, 3 in [0, 1], as it came)
-    best when judged together with the answer (frame_fit.judged_together), best first."""
+    best when refined together with the answer for `steps` steps and judged with it on one frame
+    (frame_fit.refined_together), as refined, best first (on the CPU)."""
     poses = [turned(R, T, centre, k * step_deg) for k in range(1, int(round(360.0 / step_deg)))]
     R_all = torch.stack([R] + [p[0] for p in poses])
     T_all = torch.stack([T] + [p[1] for p in poses])
-    scores = frame_fit.judged_together(mesh, pixels, fov, R_all, T_all, background)[1:]
+    R_all, T_all, scores = frame_fit.refined_together(mesh, pixels, fov, R_all, T_all, background, steps=steps)
+    scores = scores[1:]
     order = [k for k in np.argsort(scores, kind="stable").tolist() if math.isfinite(scores[k])][:count]
     index = torch.tensor(order, dtype=torch.long) + 1
     return R_all[index], T_all[index]
