@@ -91,8 +91,9 @@ POLISH_CHOICE_MARGIN = 1.5
 POLISH_CHOICE_GAIN = 0.05
 # A plain mesh's answer meets its turns and the other polished poses on one frame (_try_turns); a rival takes
 # its place only if judged lower there by this share. On the teapots of seeds 30-35 the rivals that mended a
-# wrong answer won by 7% to 30%; where a rival won by 0.5% to 3% both were near-ties: four wrong answers
-# swapped for other wrong ones, and one right answer (33/16, 2.8 degrees off) for a turn 97 degrees off.
+# wrong answer won by 7% to 30%; where a rival won by 0.1% to 3% the two were near-ties: seven right answers
+# swapped for other right ones, three wrong for other wrong ones, and one right answer (33/16, 2.8 degrees
+# off) for a turn 97 degrees off.
 JUDGED_CHOICE_GAIN = 0.05
 # ... and the answer chosen is then polished once more, for this many steps (its mask drawn again around the
 # silhouette it ended with, the rate from the polish's start again): 60 steps end short of the colours' own
