@@ -876,9 +876,9 @@ def test_judged_together_the_true_pose_beats_its_turns_that_leave_the_spout_out(
 
 
 def test_the_turns_are_refined_together_before_they_are_judged(meshes_ready):
-    # The answer comes polished, a turn of it as turned: a turn a few degrees off the truth explains the photo
-    # much worse than it would refined (photo benchmark 33/10: the half turn 4 degrees off lost to two other
-    # turns). best_turns refines the answer and its turns together on the one frame before it judges them, and
+    # A turn is judged as turned, some degrees from where the colours would settle it: a turn a few degrees
+    # off the truth explains the photo much worse than it would refined (photo benchmark 33/10: the half turn
+    # 4 degrees off lost to two other turns). best_turns refines the answer and its turns together on the one frame before it judges them, and
     # hands on the best as refined: here the half turn of an answer tilted 6 degrees off the truth's twin
     # (about the mesh's x, which no turn about the vertical undoes), nearer the truth than it was turned.
     mesh = teapot()

@@ -560,10 +560,12 @@ def refined_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: t
     CPU) and their M losses (as judged_together's).
 
     Why: a pose a few degrees off explains a photo much worse than the same pose refined, so poses judged
-    as they come favour one already polished. On the photo benchmark (33/10, a teapot whose mask lost its
-    spout) the answer, polished, 179 degrees off, scored 7,387, and its half turn, 4 degrees off the truth,
-    8,597, behind two other turns of the eleven (the truth: 5,992); after ten steps together, 6,919 and
-    6,945, the best turn."""
+    as they come are ranked by how near each happens to lie to where the colours would settle it, and one
+    near the truth can rank below one far off. On the photo benchmark (33/10, a teapot whose mask lost its
+    spout), of the eleven turns of an answer 179 degrees off, the half turn, 4 degrees off the truth, scored
+    8,597 and a turn 149 degrees off 8,585 (the truth: 5,992; in the fit itself the half turn was not among
+    the two best, and was never polished); after ten steps together the half turn scored 6,945, the best
+    turn."""
     R, T = R.cpu(), T.cpu()
     renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
     frame = one_frame(renderers, plain, size, prepared, R, T, background)

@@ -12,8 +12,8 @@ answer is turned by every STEP_DEG about the floor's vertical through the
 object's centre (where it is seen stays put), the turns are refined together
 with it for REFINE_STEPS steps and judged on one frame
 (posefit.frame_fit.refined_together: the colour term on the union of their
-masks; the answer comes polished, and a turn a few degrees off the truth
-must not lose to it for that), and the POLISHED best are handed to the polish
+masks; judged as turned, a turn a few degrees off the truth can rank below
+turns far off), and the POLISHED best are handed to the polish
 (posefit.search.Hypotheses.polish), which refines them and judges them with
 the answer on one frame again.
 
