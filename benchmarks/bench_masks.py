@@ -6,7 +6,7 @@
 A 6-DoF fit of a photo (`--pose 6dof --restarts 8`) spends about half its
 time before the loop: it reads the photo's masks (each surface of the border
 taken for the floor, and the mesh's outline among the photo's edges), lets
-the mesh choose one (posefit.initial.choose_reading, with its short trial
+the mesh choose one (posefit.readings.choose_reading, with its short trial
 fits), looks for a piece of it in front of the object (in_front_piece), and
 takes the grid's best 8 poses as its starts (posefit.search.start). This
 script runs exactly that, on the cases bench_photo.py renders, and scores it
@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from posefit import initial, masks, pose, search, targets  # noqa: E402
+from posefit import initial, masks, pose, readings, search, targets  # noqa: E402
 
 TRUTH_MARGIN = 2  # pixels: what lies this far from the true mask is not the object
 POOR_MASK = 0.85  # a chosen mask below this IoU with the truth is counted as poor
@@ -61,9 +61,9 @@ def read_case(folder: Path, case: dict) -> dict:
     truth = Image.open(folder / f"case_{case['case']:02d}_truth_mask.png").convert("L")
     truth = np.asarray(truth.resize((W, H), Image.BILINEAR)) > 127
     photo = None if target.photo is None else target.photo.cpu().numpy()
-    readings = [target.hard_mask.cpu().numpy() > 0.5]
+    found = [target.hard_mask.cpu().numpy() > 0.5]
     if photo is not None and masks.is_photo(photo):  # the readings start() chooses among
-        readings = search.photo_readings(mesh, photo, case["fov"], upright=upright) or readings
+        found = readings.photo_readings(mesh, photo, case["fov"], upright=upright) or found
     hypotheses = search.start("6dof", mesh, target, case["fov"], init_position=None, restarts=8, iterations=200,
                               lr=0.05, upright=upright)
     chosen = (target.hard_mask if hypotheses.mask is None else hypotheses.mask).cpu().numpy() > 0.5
@@ -71,8 +71,8 @@ def read_case(folder: Path, case: dict) -> dict:
     piece = np.zeros_like(chosen) if hypotheses.care is None else (hypotheses.care.cpu().numpy() < 0.5) & chosen
     R, _ = hypotheses.poses.poses()
     errors = [pose.rotation_error_deg(r, torch.tensor(case["R"], dtype=R.dtype)) for r in R.detach()]
-    return {**case, "readings": len(readings), "mask_iou": masks.iou(chosen & ~piece, truth),
-            "best_reading_iou": max(masks.iou(m, truth) for m in readings),
+    return {**case, "readings": len(found), "mask_iou": masks.iou(chosen & ~piece, truth),
+            "best_reading_iou": max(masks.iou(m, truth) for m in found),
             "in_front_share": float(in_front.sum() / max(chosen.sum(), 1)),
             "piece_share": float(piece.sum() / max(chosen.sum(), 1)),
             "piece_covers": float((piece & in_front).sum() / max(in_front.sum(), 1)),

@@ -93,3 +93,35 @@ def test_a_poor_fit_says_which_mask_to_check(tmp_path, capsys, target_image, nam
     summary["settings"]["restarts"] = 8
     outputs.report(summary, tmp_path)
     assert "--restarts" not in capsys.readouterr().out.splitlines()[0]
+
+
+def test_the_packages_imports_run_one_way():
+    # README, "Imports run one way": no module of the posefit package imports one that imports it, directly or
+    # through others (a cycle would make a module's meaning depend on which was imported first).
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "chap4" / "posefit"
+    names = {path.stem for path in package.glob("*.py")}
+    imports = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "posefit":
+                found.update(alias.name for alias in node.names if alias.name in names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("posefit."):
+                found.add(node.module.split(".")[1])
+        imports[path.stem] = found
+    assert imports["search"] >= {"readings", "occluders", "initial"}  # (the parse found the package's imports)
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"an import cycle: {' -> '.join(path + (name,))}"
+        if name in done:
+            return
+        for other in imports[name]:
+            visit(other, path + (name,))
+        done.add(name)
+
+    for name in sorted(imports):
+        visit(name, ())

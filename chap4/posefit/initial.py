@@ -24,11 +24,8 @@ import torch.nn.functional as F
 from pytorch3d.renderer import FoVPerspectiveCameras, RasterizationSettings, look_at_rotation
 from pytorch3d.structures import Meshes
 from pytorch3d.transforms import axis_angle_to_matrix
-from scipy import ndimage, sparse
-from scipy.sparse import csgraph
-from skimage import graph, segmentation
 
-from posefit import grid_kernels, masks, render
+from posefit import grid_kernels, render
 
 GRID_VIEWS = 240  # view directions, a Fibonacci lattice on the whole sphere (about 13 degrees apart)
 GRID_ROLLS = 24  # in-plane rotations, 15 degrees apart
@@ -37,62 +34,11 @@ FILL = 0.75  # the bounding sphere's share of the views' field of view
 MIN_SEPARATION_DEG = 25.0  # hypotheses kept are at least this far apart (geodesic angle)
 MAX_ROLL_DEG = 60.0  # Upright: the camera's roll off the floor's horizontal (a hand-held photo's is within +-40)
 STRAIGHT_DOWN_DEG = 10.0  # Upright: within this of looking straight down a camera may face any way
-# Something in front of the object (in_front_piece): a piece of the photo (a region of one colour, scikit-image's
-# felzenszwalb) that holds between OCCLUDER_SHARE of the mask and reaches its outline is a candidate; the
-# OCCLUDER_CANDIDATES largest are each left out of the grid's scores, and the one whose best score beats the
-# whole mask's by OCCLUDER_GAIN (IoU) is taken. With it left out the object's hidden part is missing from the
-# mask's area, so the views are also scored at OCCLUDED_SCALES times the scale its area gives, each placed by
-# the whole object's centroid (hidden_centroid). A piece is a region with its neighbours of the same hue
-# (faces_of_one_hue: a post's lit, shaded and top faces), which may hold up to OCCLUDER_SHARE[1] of the mask: a
-# post or a box in front is often larger in the photo than the part of the object it leaves in view (the object
-# at least three quarters seen, the thing in front reaching down to the floor): on seed 24 a yellow post held
-# 0.73 of case 9's mask and a red box 0.77 of case 15's (their shaded faces and the shadows about them joined by
-# hue), and the cows behind them ended 42 and 64 degrees off with the bound at half the mask (0.5; 0.45 before
-# the faces were joined), 0.4 and 0.5 with it at 0.8.
-OCCLUDER_SHARE = (0.04, 0.8)
-# ... reaching the mask's outline or within OCCLUDER_RIM pixels of it: felzenszwalb often gives an object's
-# blended edge a region of its own, a rim between the bar in front and the backdrop (seed 10 case 15, a bar
-# 34% of the mask, was no candidate with the outline itself; on 105 photos of seeds 0-9 this rim added three
-# bars in front, and no piece of an unoccluded object).
-OCCLUDER_RIM = 3
-BORROW_INSIDE = 0.2  # borrowed_piece: a piece of another reading at most this much inside the chosen mask ...
-BORROW_TOLERANCE = 0.005  # ... whose leaving out lowers the grid's best score by at most this
-OCCLUDER_CANDIDATES = 3
-# ... each grown into the mask's pixels of its hue within OCCLUDER_GROWTH pixels of it: felzenszwalb parts a
-# post's or a bar's lit face from its shaded one, whose hue is the same (OCCLUDER_HUE_COS: the cosine between
-# two chromaticities' offsets from grey) and its saturation often lower (pixels need at least
-# OCCLUDER_SATURATION[1] of the piece's); left in the mask, the shaded face pulled the fit (seed 11 cases 15
-# and 23, cows behind a red post, 71 and 130 degrees off). A piece less saturated than OCCLUDER_SATURATION[0] is not grown: a grey one has no
-# hue to follow, and a white object's side takes the tint of a coloured floor's light (0.02-0.1 on seeds 7-11,
-# where at 0.04 the growth took in more of a white teapot's shaded side; the painted posts and bars there are
-# 0.13-0.31). The growth stays near the piece for the same reason.
-OCCLUDER_GROWTH = 4
-OCCLUDER_HUE_COS = 0.9
-OCCLUDER_SATURATION = (0.1, 0.35)
-OCCLUDER_GAIN = 0.05
-# ... or, with a trial (posefit.search.trial_iou, a short fit), a candidate that the grid scores above the
-# whole mask at all is taken if the trial's IoU with it left out beats the whole mask's trial by
-# OCCLUDER_TRIAL_GAIN (the best such, of the OCCLUDER_TRIALS the grid scores best). The grid's views are 13
-# degrees apart and 64 px wide, and its score of a mask varies by a few hundredths with what its views happen
-# to match: a red bar across a teapot gained 0.030 on the grid (seed 17 case 20), as much as a piece of an
-# unoccluded teapot's own body. Fitted, the mesh explains the rest of a mask much better without most things
-# in front of the object (15 of 20 such pieces on seeds 13-17: +0.033 to +0.30) and hardly better without a
-# piece of the object itself (at most +0.0296 there, of 25: the pixels left out no longer count either way).
-OCCLUDER_TRIAL_GAIN = 0.03
-OCCLUDER_TRIALS = 2  # candidates tried so, at most (a trial costs about a second)
+# A piece of the mask taken for something in front of the object (posefit.occluders) leaves the object's
+# part behind it missing from the mask's area: score_grid then also scores the views at OCCLUDED_SCALES
+# times the scale that area gives, each placed by the whole object's centroid (hidden_centroid).
 OCCLUDED_SCALES = (1.0, 1.12, 1.25)
 HIDDEN_REACH = 0.5  # hidden_centroid: the part behind lies within this times the seen part's size of it
-# A photo's masks read with each surface of its border taken for the floor (choose_reading): another than the
-# usual reading is taken if its score beats the usual one's by READING_GAIN; a mask's score loses OUTLINE_PENALTY
-# times the share of its outline that lies off the photo's strong edges.
-READING_GAIN = 0.02
-OUTLINE_PENALTY = 0.2
-# ... and with a trial (a short fit of each, posefit.search.trial_iou), the readings whose scores are within
-# TRIAL_MARGIN of the best are scored again by it (their handicaps kept), the others are out (with one within
-# it, nothing is tried).
-TRIAL_MARGIN = 0.05
-SEGMENT_SCALE = 100.0  # felzenszwalb's scale (larger: larger regions) at the working size
-MERGE_COLOUR = 0.06  # neighbouring regions whose mean colours (RGB in [0, 1]) are this close are merged
 COMPILED_GRID = True  # on the CPU, score_grid counts each pair's pixels in a compiled loop (posefit.grid_kernels)
 
 
@@ -394,115 +340,26 @@ def view_distance(mesh, fov: float) -> float:
     return radius / math.sin(math.atan(FILL * math.tan(math.radians(fov) / 2)))
 
 
-def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: Upright | None = None,
-                   photo: np.ndarray | None = None, regions: np.ndarray | None = None,
-                   outline_on_edges: list[float] | None = None, grid: ViewGrid | None = None, trial=None
-                   ) -> tuple[int, torch.Tensor | None]:
-    """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's,
-    and the care weights of what in it was taken for something in front of the object (None: nothing; give
-    them to initial_poses, which then need not search again).
-
-    Each is scored as the grid scores a mask, by the best IoU of a view that `upright` allows (with the
-    photo, also with a piece that in_front_piece takes for something in front of the object left out, as
-    initial_poses will), less OUTLINE_PENALTY times the share of its outline off the photo's strong edges
-    (outline_on_edges, from posefit.masks.outline_on_edges): a mask that takes in the wall or a lamp's patch
-    is no silhouette of the mesh, or has an outline that no edge of the photo backs. Another than the first
-    is chosen only if it scores READING_GAIN better. regions: photo_regions(photo), grid: view_grid(mesh,
-    fov, upright=upright), if already made. trial(mask, care) -> IoU: if given, the readings scored within
-    TRIAL_MARGIN of the best are scored again by it, the others are out (posefit.search.trial_iou: the IoU
-    after a short fit; the grid's views are 13 degrees apart and 64 px wide, which favours a compact mask
-    over one whose thin parts no view quite matches); and if nothing in the chosen reading was taken for
-    something in front, the grid's near misses are tried by it (in_front_piece).
-    """
-    grid = grid or view_grid(mesh, fov, upright=upright)
-    silhouettes, angles, best_score = grid.silhouettes, grid.angles, grid.best_score
-    if photo is not None and regions is None:
-        regions = photo_regions(photo)
-    scores, cares, wholes, handicaps = [], [], [], []
-    for k, mask in enumerate(readings):
-        mask = mask.float().to(mesh.device)
-        best = best_score(*score_grid(silhouettes, mask, angles)[:2])
-        wholes.append(best)
-        care = None if photo is None else in_front_piece(silhouettes, mask, angles, photo, best_score, regions)
-        if care is not None:
-            best = max(best, best_score(*score_grid(silhouettes, mask, angles, care=care, scales=OCCLUDED_SCALES)[:2]))
-        off_edges = 0.0 if outline_on_edges is None else 1.0 - outline_on_edges[k]
-        handicaps.append(OUTLINE_PENALTY * off_edges + (0.0 if k == 0 else READING_GAIN))
-        scores.append(best - handicaps[-1])
-        cares.append(care)
-    cut = max(scores) - TRIAL_MARGIN
-    if trial is not None and sum(score >= cut for score in scores) > 1:
-        scores = [-math.inf if score < cut else trial(mask.float().to(mesh.device), care) - handicap
-                  for score, handicap, mask, care in zip(scores, handicaps, readings, cares, strict=True)]
-    k = int(np.argmax(scores))
-    if cares[k] is None:
-        cares[k] = borrowed_piece(silhouettes, readings[k].float().to(mesh.device), angles, cares, best_score,
-                                  wholes[k])
-    if cares[k] is None and photo is not None and trial is not None:
-        # The chosen reading's near misses on the grid, tried (in_front_piece). Not while the readings are
-        # scored: a piece left out, the rest is explained better by a few hundredths whatever it is, and a
-        # reading that took in a shadow then beat the object's own (seed 16 case 14: the chosen mask's IoU with
-        # the truth 0.97 -> 0.82, for no better fit).
-        cares[k] = in_front_piece(silhouettes, readings[k].float().to(mesh.device), angles, photo, best_score,
-                                  regions, trial)
-    return k, cares[k]
-
-
-def borrowed_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, cares: list,
-                   best_score, whole: float | None = None) -> torch.Tensor | None:
-    """The care weights of something in front of the object that another reading of the photo held (cares:
-    each reading's, None where none) and this mask (H, W) leaves out, else None.
-
-    The mesh's outline reading (posefit.outlines) follows the object's own edges, and leaves a post in front
-    of it out of the mask, as the backdrop: the silhouette term would then push the object's part behind
-    the post out of it (seed 10 case 15, a cow behind a bar, 7.6 degrees off). A colour reading that took
-    the post in found it for what it is; its piece, if at most BORROW_INSIDE of it lies in this mask, is left
-    out of this one's fit too, unless the grid then explains the mask worse. whole: the grid's best score of
-    the mask as it is, if already found.
-    """
-    if whole is None:
-        whole = best_score(*score_grid(view_silhouettes, mask, rolls)[:2])
-    best, best_value = None, whole - BORROW_TOLERANCE
-    inside_mask = mask > 0.5
-    for care in cares:
-        if care is None:
-            continue
-        care = care.to(mask.device)
-        piece = care < 0.5
-        if (piece & inside_mask).sum() > BORROW_INSIDE * piece.sum():
-            continue
-        value = best_score(*score_grid(view_silhouettes, mask, rolls, care=care, scales=OCCLUDED_SCALES)[:2])
-        if value >= best_value:
-            best, best_value = care, value
-    return best
-
-
 def initial_poses(mesh, mask: torch.Tensor, fov: float, count: int, *, views: int = GRID_VIEWS,
                   rolls: int = GRID_ROLLS, side: int = SCORE_SIDE, min_separation_deg: float = MIN_SEPARATION_DEG,
-                  near=None, upright: Upright | None = None, photo: np.ndarray | None = None,
-                  regions: np.ndarray | None = None, care: torch.Tensor | None = None, grid: ViewGrid | None = None,
-                  trial=None):
+                  near=None, upright: Upright | None = None, care: torch.Tensor | None = None,
+                  grid: ViewGrid | None = None):
     """The `count` best-scoring poses for this (H, W) mask: R (count, 3, 3), T (count, 3), their IoUs, and the
     weights (H, W) of the mask's pixels that the scores counted (None: all of them).
 
     near: (R, degrees): only views and rolls within that angle of R's (a lost track's neighbourhood).
     upright: the poses it allows come first (the others only if too few are allowed).
-    photo: (H, W, 3) the photograph the mask was found in: a piece of the mask that the grid explains much
-    better left out is taken for something in front of the object (in_front_piece), its pixels weighed 0.
-    regions: photo_regions(photo), if already found. care: the weights of what was taken for something in
-    front, if already found (choose_reading): the grid scores with them, and does not search (photo unused).
+    care: the weights of the mask's pixels, 0 on what was taken for something in front of the object
+    (posefit.occluders.in_front_piece): the grid scores with them (None: all count).
     grid: view_grid(mesh, fov, views=views, rolls=rolls, side=side, near=near, upright=upright), if already made.
-    trial: in_front_piece's, a short fit that tells a piece in front from the grid's near miss (None: none).
     """
     device = mesh.device
     grid = grid or view_grid(mesh, fov, views=views, rolls=rolls, side=side, near=near, upright=upright)
-    silhouettes, angles, R_all = grid.silhouettes, grid.angles, grid.R_all
+    R_all = grid.R_all
     pairs = None
     if near is not None:  # rolls (and views) too far from the neighbourhood's rotation are out (score -1)
         trace = (R_all @ near[0].to(device).T).diagonal(dim1=-2, dim2=-1).sum(-1)
         pairs = (trace - 1) / 2 >= math.cos(math.radians(near[1]))
-    if care is None and photo is not None:
-        care = in_front_piece(silhouettes, mask.float(), angles, photo, grid.best_score, regions, trial)
     if care is not None:
         care = care.to(device)
     iou, scale, where, order = ranked(grid, mask, care, pairs)
@@ -562,120 +419,3 @@ def best_placed(grid: ViewGrid, mask: torch.Tensor, fov: float, count: int, care
     second opinion to choose from (posefit.colour_starts)."""
     iou, scale, where, order = ranked(grid, mask, None if care is None else care.to(mask.device))
     return placed(grid, scale, where, fov, [divmod(index, iou.shape[1]) for index in order[:count].tolist()])
-
-
-def photo_regions(photo: np.ndarray) -> np.ndarray:
-    """The photo's regions of one colour (labels, H x W): felzenszwalb's, neighbours of nearly one colour
-    merged (felzenszwalb cut a plain bar in front of the object into five: its middle and its ends)."""
-    regions = segmentation.felzenszwalb(photo, scale=SEGMENT_SCALE, sigma=0.8, min_size=20)
-    return graph.cut_threshold(regions, graph.rag_mean_color(photo, regions), MERGE_COLOUR)
-
-
-def occluder_candidates(photo: np.ndarray, mask: np.ndarray, regions: np.ndarray | None = None) -> list[np.ndarray]:
-    """Pieces of the mask that may be something in front of the object: its regions of one colour
-    (felzenszwalb on the photo), each with its neighbours of the same hue (faces_of_one_hue), that hold
-    OCCLUDER_SHARE of the mask and reach its outline, or within
-    OCCLUDER_RIM pixels of it (a thing in front of the object reaches beyond it), the OCCLUDER_CANDIDATES
-    largest first, each with the pixels of its hue beside it (same_hue_around). regions: photo_regions(photo),
-    if already found."""
-    regions = photo_regions(photo) if regions is None else regions
-    rim = mask & ~ndimage.binary_erosion(mask, iterations=OCCLUDER_RIM)
-    area = int(mask.sum())
-    chroma = masks.chromaticity(masks.smoothed(photo))
-    pieces = []
-    for group in faces_of_one_hue(regions, mask, chroma):
-        piece = np.isin(regions, list(group)) & mask
-        share = piece.sum() / max(area, 1)
-        if OCCLUDER_SHARE[0] <= share <= OCCLUDER_SHARE[1] and (piece & rim).any():
-            pieces.append((share, piece))
-    pieces.sort(key=lambda item: -item[0])
-    return [same_hue_around(chroma, mask, piece) for _, piece in pieces[:OCCLUDER_CANDIDATES]]
-
-
-def faces_of_one_hue(regions: np.ndarray, mask: np.ndarray, chroma: np.ndarray) -> list[frozenset]:
-    """The mask's regions (labels) with the neighbouring regions of their hue joined to them, and theirs in
-    turn (frozensets of labels, each group once, in the order of its lowest label): the lit, the shaded and the top face of a post
-    are regions of their own with one hue (seed 22 case 20: a yellow post's two faces were two candidates, and
-    neither left out alone explained the rest). Hues as same_hue_around compares a pixel's with a piece's,
-    each region's the median of its pixels in the mask; a region less saturated than OCCLUDER_SATURATION[0]
-    joins nothing and is joined to nothing (a white object's side takes the tint of a coloured floor's light)."""
-    labels = np.unique(regions[mask])
-    hues = {label: np.median(chroma[(regions == label) & mask], 0) - 1.0 / 3.0 for label in labels}
-    saturation = {label: float(np.linalg.norm(hue)) for label, hue in hues.items()}
-    # Neighbouring labels: the pairs of different labels of the mask's pixels side by side.
-    inside = np.where(mask, regions, -1)
-    pairs = set()
-    for a, b in ((inside[:, :-1], inside[:, 1:]), (inside[:-1], inside[1:])):
-        touching = (a != b) & (a >= 0) & (b >= 0)
-        pairs.update(zip(a[touching].tolist(), b[touching].tolist(), strict=True))
-
-    def alike(a, b) -> bool:
-        low, high = sorted((saturation[a], saturation[b]))
-        return (low >= OCCLUDER_SATURATION[0] and low >= OCCLUDER_SATURATION[1] * high
-                and float(hues[a] @ hues[b]) >= OCCLUDER_HUE_COS * low * high)
-
-    # The neighbours of the neighbours, and so on: the connected components of the graph of alike neighbours.
-    index = {label: k for k, label in enumerate(labels.tolist())}
-    edges = np.array([(index[a], index[b]) for a, b in pairs if alike(a, b)], dtype=np.int64).reshape(-1, 2)
-    graph = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(labels),) * 2)
-    _, component = csgraph.connected_components(graph, directed=False)
-    return [frozenset(labels[component == c].tolist()) for c in dict.fromkeys(component.tolist())]
-
-
-def same_hue_around(chroma: np.ndarray, mask: np.ndarray, piece: np.ndarray) -> np.ndarray:
-    """The piece (H, W bool) with the mask's pixels of its hue joined to it within OCCLUDER_GROWTH pixels
-    (chroma: the photo's chromaticity, posefit.masks.chromaticity)."""
-    offset = chroma - 1.0 / 3.0  # from grey
-    hue = np.median(chroma[piece], 0) - 1.0 / 3.0
-    saturation = float(np.linalg.norm(hue))
-    if saturation < OCCLUDER_SATURATION[0]:
-        return piece
-    length = np.linalg.norm(offset, axis=-1)
-    alike = (offset @ hue >= OCCLUDER_HUE_COS * length * saturation) & (length >= OCCLUDER_SATURATION[1] * saturation)
-    near = ndimage.binary_dilation(piece, iterations=OCCLUDER_GROWTH)
-    joined, _ = ndimage.label((alike & near & mask) | piece)
-    return np.isin(joined, np.unique(joined[piece])) & mask
-
-
-def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: torch.Tensor, photo: np.ndarray,
-                   best_score=lambda iou, scale: float(iou.max()), regions: np.ndarray | None = None,
-                   trial=None) -> torch.Tensor | None:
-    """The care weights (H, W; 0 on the piece) if a piece of the mask is something in front of the object,
-    else None.
-
-    A post or a box in front of the object joins the mask (it is not the backdrop), and a silhouette fitted
-    to it turns towards it (on the photo benchmark's tuning seeds none of the occluded photos succeeded).
-    The grid tells it: with the piece left out (and the views scaled up to make up for the part of the
-    object behind it), some view explains the rest much better than any explains the whole mask. A piece
-    of the object itself (a cow's black patch) left out helps no view: the right one covers it anyway.
-    best_score(iou, scale): the best of a grid's scores (of those the prior allows). regions: photo_regions(photo),
-    if already found (the photo's masks are scored in turn: posefit.initial.choose_reading). trial(mask, care)
-    -> IoU: if given, and no candidate beats the whole mask by OCCLUDER_GAIN, the OCCLUDER_TRIALS best that
-    beat it at all are tried by it (posefit.search.trial_iou: a short fit), and the best of those that beat the
-    whole mask's trial by OCCLUDER_TRIAL_GAIN is taken.
-    """
-    # The candidates are scored with the views at half their size (a quarter of the cost), and so is the whole
-    # mask's score they must beat.
-    small = F.avg_pool2d(view_silhouettes[:, None], 2)[:, 0]
-    whole, scale, _ = score_grid(small, mask, rolls)
-    whole = best_score(whole, scale)
-    scored = []  # (score, care) of the candidates the grid scores above the whole mask
-    for piece in occluder_candidates(photo, mask.cpu().numpy() > 0.5, regions):
-        care = 1.0 - torch.from_numpy(piece).float().to(mask.device)
-        iou, scale, _ = score_grid(small, mask, rolls, care=care, scales=OCCLUDED_SCALES)
-        score = best_score(iou, scale)
-        if score > whole:
-            scored.append((score, care))
-    scored.sort(key=lambda item: -item[0])  # (stable: of two alike, the larger candidate first)
-    if not scored:
-        return None
-    if scored[0][0] > whole + OCCLUDER_GAIN:
-        return scored[0][1]
-    if trial is None:
-        return None
-    best, best_iou = None, trial(mask, None) + OCCLUDER_TRIAL_GAIN
-    for _, care in scored[:OCCLUDER_TRIALS]:
-        iou = trial(mask, care)
-        if iou >= best_iou:
-            best, best_iou = care, iou
-    return best

@@ -48,7 +48,7 @@ casts a soft shadow, a wall may show at the top), and the file is noisy.
 
 `floor_readings` gives the mask with each surface of the border taken for
 the floor in turn (the one that holds most of the border may be a wall);
-the mesh chooses among them (posefit.initial.choose_reading).
+the mesh chooses among them (posefit.readings.choose_reading).
 
 `refine_with_silhouette` redoes step 5 around a fitted pose's silhouette
 (sure object well inside it, sure background well outside, edges in
@@ -428,7 +428,7 @@ def floor_readings(rgb: np.ndarray, background=None) -> list[np.ndarray]:
     The surface that holds most of the border is not always the one the object stands on: seen from low,
     a light grey wall or sky behind a white teapot fills the top of the picture, and taken for the floor it
     takes the teapot in too (its shadow allowance spans the grey floor and the grey teapot). Which reading
-    is the object's, the mesh tells (posefit.initial.choose_reading).
+    is the object's, the mesh tells (posefit.readings.choose_reading).
     """
     readings = [photo_mask(rgb, background)]
     if background is not None or not is_photo(rgb):

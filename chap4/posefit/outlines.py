@@ -24,7 +24,7 @@ the photo nearly all the way round. So the mesh looks for itself:
    between, as posefit.masks does.
 
 The reading joins the photo's others, and the mesh chooses among them
-(posefit.initial.choose_reading).
+(posefit.readings.choose_reading).
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ class Target:
     fov_source: str = ""
     relit: bool = False  # the colour term compares after a per-channel gain and offset (a photo's own light)
     # (H, W) how much each pixel counts in the loss (None: all alike): 0 on something in front of the object
-    # that joined a photo's mask (posefit.initial.in_front_piece)
+    # that joined a photo's mask (posefit.occluders.in_front_piece)
     care: torch.Tensor | None = None
 
     @property

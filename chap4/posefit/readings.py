@@ -1,0 +1,102 @@
+"""A photo's masks, and which of them is the object's: the mesh tells.
+
+posefit.masks reads a photo's mask with each surface of its border taken
+for the floor (a wall, a table's far side, the floor itself), and
+posefit.outlines reads one from the mesh's outlines among the photo's
+edges. `photo_readings` gathers the usable ones; `choose_reading` asks the
+grid of views (posefit.initial) which of them the mesh explains best, with
+a short fit of the close ones (posefit.search.trial_iou) and what is in
+front of the object left out (posefit.occluders).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from posefit import initial, masks, occluders, outlines, targets
+
+# A photo's masks read with each surface of its border taken for the floor (choose_reading): another than the
+# usual reading is taken if its score beats the usual one's by READING_GAIN; a mask's score loses OUTLINE_PENALTY
+# times the share of its outline that lies off the photo's strong edges.
+READING_GAIN = 0.02
+OUTLINE_PENALTY = 0.2
+# ... and with a trial (a short fit of each, posefit.search.trial_iou), the readings whose scores are within
+# TRIAL_MARGIN of the best are scored again by it (their handicaps kept), the others are out (with one within
+# it, nothing is tried).
+TRIAL_MARGIN = 0.05
+
+
+def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
+                   upright: initial.Upright | None = None) -> list[np.ndarray]:
+    """The usable masks of a photo that a 6-DoF fit chooses among: one with each surface of the border taken for
+    the floor (posefit.masks.floor_readings), and the mesh's outline among the photo's edges (posefit.outlines)
+    unless it is one of those or its edges hardly follow it (outlines.MIN_OUTLINE_SHARE: a photo with no
+    strong edge at all had its outline reading in a corner, which the grid then chose). Empty if no colour
+    reading is usable (the target's mask is then already the outline's: targets.load_target_image)."""
+    readings = [m for m in masks.floor_readings(photo, background) if targets.usable_mask(m)]
+    if readings:
+        outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)  # (empty if poorly followed)
+        if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
+            readings.append(outline)
+    return readings
+
+
+def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: initial.Upright | None = None,
+                   photo: np.ndarray | None = None, regions: np.ndarray | None = None,
+                   outline_on_edges: list[float] | None = None, grid: initial.ViewGrid | None = None, trial=None
+                   ) -> tuple[int, torch.Tensor | None]:
+    """Which of a photo's masks (posefit.masks.floor_readings: the first is the usual one) is the object's,
+    and the care weights of what in it was taken for something in front of the object (None: nothing; give
+    them to initial.initial_poses, whose scores count them).
+
+    Each is scored as the grid scores a mask, by the best IoU of a view that `upright` allows (with the
+    photo, also with a piece that occluders.in_front_piece takes for something in front of the object left
+    out, as the starts will be scored), less OUTLINE_PENALTY times the share of its outline off the photo's
+    strong edges (outline_on_edges, from posefit.masks.outline_on_edges): a mask that takes in the wall or a
+    lamp's patch is no silhouette of the mesh, or has an outline that no edge of the photo backs. Another
+    than the first is chosen only if it scores READING_GAIN better. regions: occluders.photo_regions(photo),
+    grid: initial.view_grid(mesh, fov, upright=upright), if already made. trial(mask, care) -> IoU: if
+    given, the readings scored within TRIAL_MARGIN of the best are scored again by it, the others are out
+    (posefit.search.trial_iou: the IoU after a short fit; the grid's views are 13 degrees apart and 64 px
+    wide, which favours a compact mask over one whose thin parts no view quite matches); and if nothing in
+    the chosen reading was taken for something in front, the grid's near misses are tried by it
+    (occluders.in_front_piece).
+    """
+    grid = grid or initial.view_grid(mesh, fov, upright=upright)
+    silhouettes, angles, best_score = grid.silhouettes, grid.angles, grid.best_score
+    if photo is not None and regions is None:
+        regions = occluders.photo_regions(photo)
+    scores, cares, wholes, handicaps = [], [], [], []
+    for k, mask in enumerate(readings):
+        mask = mask.float().to(mesh.device)
+        best = best_score(*initial.score_grid(silhouettes, mask, angles)[:2])
+        wholes.append(best)
+        care = None
+        if photo is not None:
+            care = occluders.in_front_piece(silhouettes, mask, angles, photo, best_score, regions)
+        if care is not None:
+            best = max(best, best_score(*initial.score_grid(silhouettes, mask, angles, care=care,
+                                                            scales=initial.OCCLUDED_SCALES)[:2]))
+        off_edges = 0.0 if outline_on_edges is None else 1.0 - outline_on_edges[k]
+        handicaps.append(OUTLINE_PENALTY * off_edges + (0.0 if k == 0 else READING_GAIN))
+        scores.append(best - handicaps[-1])
+        cares.append(care)
+    cut = max(scores) - TRIAL_MARGIN
+    if trial is not None and sum(score >= cut for score in scores) > 1:
+        scores = [-math.inf if score < cut else trial(mask.float().to(mesh.device), care) - handicap
+                  for score, handicap, mask, care in zip(scores, handicaps, readings, cares, strict=True)]
+    k = int(np.argmax(scores))
+    if cares[k] is None:
+        cares[k] = occluders.borrowed_piece(silhouettes, readings[k].float().to(mesh.device), angles, cares,
+                                            best_score, wholes[k])
+    if cares[k] is None and photo is not None and trial is not None:
+        # The chosen reading's near misses on the grid, tried (occluders.in_front_piece). Not while the readings
+        # are scored: a piece left out, the rest is explained better by a few hundredths whatever it is, and a
+        # reading that took in a shadow then beat the object's own (seed 16 case 14: the chosen mask's IoU with
+        # the truth 0.97 -> 0.82, for no better fit).
+        cares[k] = occluders.in_front_piece(silhouettes, readings[k].float().to(mesh.device), angles, photo,
+                                            best_score, regions, trial)
+    return k, cares[k]
