@@ -610,7 +610,7 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     photo = None if target.photo is None else target.photo.cpu().numpy()
     if photo is not None and not masks.is_photo(photo):
         photo = None  # a clean render on a flat backdrop: one reading of its mask, nothing in front to find
-    mask = regions = care = None
+    mask = care = None
     with render.cpu_threads(render.DEFAULT_CPU_THREADS):
         grid = initial.view_grid(mesh, fov, upright=upright)  # (rendered once, for every mask scored)
         trial = TrialCache(mesh, fov, grid, upright)
