@@ -637,8 +637,14 @@ def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(
     # The best outline: the teapot moved to the image's other side, on bare floor, scoring `share`.
     aside = T + torch.tensor([-0.8, 0.5, 0.0])
     monkeypatch.setattr(outlines, "outline_poses", lambda *args, **kwargs: (R[None], aside[None], [share]))
-    found = readings.photo_readings(mesh, photo, FOV, upright=initial.Upright.of(mesh))
+    upright = initial.Upright.of(mesh)
     colour = [m for m in masks.floor_readings(photo) if targets.usable_mask(m)]
+    # The colour reading's outline lies on the photo's edges all round: no outline reading is sought ...
+    assert masks.outline_on_edges(photo, colour[0]) >= readings.OUTLINE_UNLESS_ON_EDGES
+    assert len(readings.photo_readings(mesh, photo, FOV, upright=upright)) == len(colour)
+    # ... unless it did not (readings.OUTLINE_UNLESS_ON_EDGES).
+    monkeypatch.setattr(readings, "OUTLINE_UNLESS_ON_EDGES", 1.01)
+    found = readings.photo_readings(mesh, photo, FOV, upright=upright)
     assert found and any(masks.iou(r, mask) > 0.8 for r in found)  # the colour reading finds the teapot
     assert len(found) == len(colour) + joins
     assert outlines.outline_reading(mesh, photo, FOV)[0].any() == joins
@@ -698,6 +704,28 @@ def test_the_mesh_finds_its_outline_among_the_photos_edges(meshes_ready):
     floor, noise = grey_floor((96, 128))
     empty = (floor[..., None] + noise).clip(0, 1).astype(np.float32)
     assert outlines.outline_reading(mesh, empty, FOV, upright=upright)[1] < outlines.MIN_OUTLINE_SHARE
+
+
+def test_a_shadow_running_out_of_the_frame_does_not_take_the_outline_with_it(meshes_ready):
+    # posefit.outlines.oriented_edges leaves out the edges joined to the border, but only BORDER_TRIM along
+    # them: a low sun's sharp shadow from the teapot to the frame's side joins the teapot's whole outline to
+    # the border (dropping every joined piece left no edge at all; seed 37 case 6's reading then lay on noise).
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, -0.8, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (120, 120, 120), size=(96, 128))
+    photo = photo.astype(np.float32) / 255
+    rows, cols = np.nonzero(truth.any(1))[0], np.nonzero(truth.any(0))[0]
+    middle = (rows[0] + rows[-1]) // 2
+    shadow = np.zeros_like(truth)
+    shadow[middle - 6 : middle + 6, (cols[0] + cols[-1]) // 2 :] = True  # to the right-hand border
+    photo[shadow & ~truth] *= 0.5
+    edges = outlines.oriented_edges(photo).amax(0)
+    scale = edges.shape[0] / truth.shape[0]
+    assert not edges[:, -5:].any(), "the shadow's edges near the border: out"
+    assert edges[:, : int(cols[0] * scale) + 2].any(), "the teapot's far side: in"
+    found, share = outlines.outline_reading(mesh, photo, FOV, upright=initial.Upright.of(mesh))
+    assert share >= outlines.MIN_OUTLINE_SHARE
+    assert pose.silhouette_iou(torch.from_numpy(found), torch.from_numpy(truth)) > 0.8
 
 
 def test_a_photo_whose_colours_do_not_show_the_object_is_fitted_by_its_outline(tmp_path, meshes_ready, monkeypatch):

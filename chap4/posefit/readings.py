@@ -27,17 +27,27 @@ OUTLINE_PENALTY = 0.2
 # TRIAL_MARGIN of the best are scored again by it (their handicaps kept), the others are out (with one within
 # it, nothing is tried).
 TRIAL_MARGIN = 0.05
+# The mesh's outline reading joins a photo's readings only if the usual reading's outline lies less than this share
+# on the photo's strong edges (posefit.masks.outline_on_edges): one that lies on them all round has found the
+# object's boundary, and where the mesh explains the outline reading better, something stands in front of the
+# object; the outline reading's vote fills the object behind it, losing the shapes that tell a teapot's mirror
+# views apart. Fitted on the RGB photos of seeds 25-37 (session 50): with the edges trimmed near the border
+# (outlines.BORDER_TRIM) the outline reading mended 37/6, 30/8 and 34/8 (their usual readings 0.80-0.92 on
+# edges) and lost 27/4, 35/20 and 37/19 (0.97-1.00); with this bound those three and 35/10 fit right, and
+# 34/19, whose outline reading was the better one, 8.1 degrees off (2.1 before).
+OUTLINE_UNLESS_ON_EDGES = 0.95
 
 
 def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
                    upright: initial.Upright | None = None) -> list[np.ndarray]:
     """The usable masks of a photo that a 6-DoF fit chooses among: one with each surface of the border taken for
     the floor (posefit.masks.floor_readings), and the mesh's outline among the photo's edges (posefit.outlines)
-    unless it is one of those or its edges hardly follow it (outlines.MIN_OUTLINE_SHARE: a photo with no
+    if the first's outline is not all but wholly on the photo's edges (OUTLINE_UNLESS_ON_EDGES), unless it is
+    one of those or its edges hardly follow it (outlines.MIN_OUTLINE_SHARE: a photo with no
     strong edge at all had its outline reading in a corner, which the grid then chose). Empty if no colour
     reading is usable (the target's mask is then already the outline's: targets.load_target_image)."""
     readings = [m for m in masks.floor_readings(photo, background) if targets.usable_mask(m)]
-    if readings:
+    if readings and masks.outline_on_edges(photo, readings[0]) < OUTLINE_UNLESS_ON_EDGES:
         outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)  # (empty if poorly followed)
         if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
             readings.append(outline)
