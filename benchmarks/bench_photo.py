@@ -93,23 +93,33 @@ SECONDS_TARGET = 60.0
 SUCCESS_TARGET = 23  # of 24
 
 
-def render_cases(seed: int, count: int, folder: Path, teapot_colours: bool = False) -> list[dict]:
+def render_cases(seed: int, count: int, folder: Path, teapot_colours: bool = False,
+                 floor_textures: bool = False, distractors: bool = False) -> list[dict]:
     """Render the photo stand-ins into folder (case_NN.jpg/png) and write folder/cases.json with the truth.
-    teapot_colours: the teapots painted in other colours (scenes.coloured_teapots), their names after the floor's."""
+    teapot_colours: the teapots painted in other colours (scenes.coloured_teapots), their names after the floor's;
+    floor_textures: the floors given a pattern in turn (scenes.textured_floors), its name after the floor's;
+    distractors: something else on the floor beside the object (scenes.with_distractors), named after the floor."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import scenes  # benchmark-only: needs Mitsuba
 
     folder.mkdir(parents=True, exist_ok=True)
     cases = []
     specs = scenes.sample_photo_cases(seed, count)
+    if distractors:
+        specs = scenes.with_distractors(specs, seed)
     painted = scenes.coloured_teapots(specs) if teapot_colours else [(spec, None) for spec in specs]
+    if floor_textures:
+        painted = [(spec.replace(floor_texture=texture), colour) for (spec, colour), (_, texture)
+                   in zip(painted, scenes.textured_floors(specs), strict=True)]
     for i, (spec, colour) in enumerate(painted):
         result = scenes.render_scene(spec)
         path = scenes.save(result, folder / f"case_{i:02d}")
         Image.fromarray(result["object_mask"].astype(np.uint8) * 255).save(folder / f"case_{i:02d}_truth_mask.png")
         cases.append({"case": i, "file": path.name, "mesh": spec.mesh, "R": np.asarray(spec.R).tolist(),
                       "T": np.asarray(spec.T).tolist(), "fov": float(spec.fov), "size": list(spec.size),
-                      "floor": spec.floor_name + (f"/{colour} teapot" if colour else ""),
+                      "floor": spec.floor_name + (f" {spec.floor_texture}" if spec.floor_texture else "")
+                      + (f"/{colour} teapot" if colour else "")
+                      + (f" + {spec.distractor.name} {spec.distractor.kind}" if spec.distractor else ""),
                       "cutout": bool(spec.cutout), "jpeg": spec.jpeg_quality,
                       "occluded_share": float(result["occluded_share"]) if spec.occluder is not None else 0.0,
                       "roll_deg": float(spec.meta.get("roll_deg", 0.0))})
@@ -231,6 +241,12 @@ def main() -> int:
     parser.add_argument("--teapot-colours", action="store_true",
                         help="a probe outside the fixed ranges: the teapots painted in other colours in turn "
                              "(red, blue, black, green, yellow, brown, pink, teal), all else as the seed draws it")
+    parser.add_argument("--floor-textures", action="store_true",
+                        help="a probe outside the fixed ranges: the floors given a pattern in turn (planks, tiles, "
+                             "speckle) on their colours, all else as the seed draws it")
+    parser.add_argument("--distractors", action="store_true",
+                        help="a probe outside the fixed ranges: something else (a box or a post-like cylinder) on "
+                             "the floor beside each object, clear of it in the image, all else as the seed draws it")
     parser.add_argument("extra", nargs="*", help="more flags for the scripts, after --")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_photo_") as tmp:
@@ -238,7 +254,8 @@ def main() -> int:
         if (folder / "cases.json").exists():
             cases = json.loads((folder / "cases.json").read_text())["cases"]
         else:
-            cases = render_cases(args.seed, args.count, folder, args.teapot_colours)
+            cases = render_cases(args.seed, args.count, folder, args.teapot_colours, args.floor_textures,
+                                 args.distractors)
         if args.render_only:
             return 0
         rows = []

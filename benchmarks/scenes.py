@@ -153,6 +153,8 @@ class SceneSpec:
     jpeg_quality: int | None = None  # None = PNG
     cutout: bool = False  # RGBA: the object alone, alpha = its anti-aliased coverage
     object_rgb: tuple | None = None  # the teapot's diffuse reflectance (linear); None: white plastic (TEAPOT_WHITE)
+    floor_texture: str | None = None  # one of FLOOR_TEXTURES on the floor's colour; None: the colour alone
+    distractor: Occluder | None = None  # something else on the floor beside the object, not in front of it
     exposure_key: float = 0.18  # auto-exposure: mean luminance maps to this (highlights capped)
     seed: int = 0  # Mitsuba sampler + noise
     meta: dict = field(default_factory=dict)
@@ -351,6 +353,66 @@ def coloured_teapots(specs: list[SceneSpec]) -> list[tuple[SceneSpec, str | None
     return out
 
 
+# Textured floors: a probe outside the fixed ranges (session 52; bench_photo.py --floor-textures). A real table
+# is seldom one flat colour: planks with their grain and joints, tiles and grout, a speckled stone or carpet.
+FLOOR_TEXTURES = ("planks", "tiles", "speckle")
+FLOOR_TEXTURE_SPAN = 4.0  # one repeat of the pattern, in the object's bounding radii
+
+
+def floor_texture(name: str, rgb: tuple, seed: int, side: int = 512) -> np.ndarray:
+    """(side, side, 3) linear reflectance: the floor's sRGB colour with the pattern `name` (FLOOR_TEXTURES) on
+    it, seamless when repeated. planks: four planks a repeat, each a shade of its own, wavy grain along them
+    and a dark joint between; tiles: 3x3 tiles, each a shade of its own, light grout 2.5% of a tile wide;
+    speckle: a stone's or a carpet's fine grain with darker and lighter flecks."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng([seed, 5252])
+    y, x = np.mgrid[0:side, 0:side] / side
+
+    def smooth(scale: float) -> np.ndarray:  # unit-variance noise that repeats, `scale` pixels across
+        field = ndimage.gaussian_filter(rng.standard_normal((side, side)), scale, mode="wrap")
+        return field / field.std()
+
+    if name == "planks":
+        plank = np.floor(y * 4).astype(int)
+        along = (y * 4) % 1
+        grain = np.sin(2 * np.pi * (along * 6 + 0.35 * smooth(24.0) + x * rng.integers(1, 3, 4)[plank]))
+        factor = (1 + 0.1 * rng.standard_normal(4))[plank] * (0.9 + 0.08 * grain + 0.03 * smooth(1.5))
+        factor = np.where((along < 0.012) | (along > 0.988), 0.5, factor)
+    elif name == "tiles":
+        row, col, u, v = np.floor(y * 3).astype(int), np.floor(x * 3).astype(int), (y * 3) % 1, (x * 3) % 1
+        factor = (1 + 0.05 * rng.standard_normal((3, 3)))[row, col] * (1 + 0.02 * smooth(2.0))
+        grout = (np.minimum(u, 1 - u) < 0.0125) | (np.minimum(v, 1 - v) < 0.0125)
+        factor = np.where(grout, 1.35, factor)
+    elif name == "speckle":
+        flecks = rng.random((side, side))
+        factor = 1 + 0.08 * smooth(1.0) + 0.05 * smooth(6.0)
+        factor = np.where(flecks < 0.03, 0.6, np.where(flecks > 0.97, 1.3, factor))
+    else:
+        raise ValueError(f"unknown floor texture {name!r}")
+    return np.clip(srgb_to_linear(rgb)[None, None, :] * factor[..., None], 0.0, 1.0).astype(np.float32)
+
+
+def textured_floors(specs: list[SceneSpec]) -> list[tuple[SceneSpec, str]]:
+    """Each spec with its floor given the next of FLOOR_TEXTURES in turn on its colour, and the texture's name:
+    the probe's cases, the same poses, objects, lights and things in front as the benchmark's."""
+    names = itertools.cycle(FLOOR_TEXTURES)
+    return [(spec.replace(floor_texture=name), name) for spec, name in zip(specs, names, strict=False)]
+
+
+def _floor_bsdf(spec: SceneSpec, radius: float) -> dict:
+    colour = srgb_to_linear(spec.floor_rgb).tolist()
+    if spec.floor_texture is None:
+        return {"type": "diffuse", "reflectance": {"type": "rgb", "value": colour}}
+    mi = _mi()
+    # The rectangle's UV runs 0-1 over its 120 units; one repeat of the pattern spans FLOOR_TEXTURE_SPAN radii.
+    repeats = 120.0 / (FLOOR_TEXTURE_SPAN * radius)
+    image = floor_texture(spec.floor_texture, spec.floor_rgb, spec.seed)
+    return {"type": "diffuse", "reflectance": {"type": "bitmap", "bitmap": mi.Bitmap(image), "raw": True,
+                                               "filter_type": "bilinear", "wrap_mode": "repeat",
+                                               "to_uv": mi.ScalarTransform4f().scale([repeats, repeats, 1.0])}}
+
+
 def _object_bsdf(mesh: str, rgb: tuple | None = None) -> dict:
     if mesh == "cow":
         return {"type": "diffuse", "reflectance": {"type": "bitmap", "filename": str(COW_TEXTURE),
@@ -359,20 +421,20 @@ def _object_bsdf(mesh: str, rgb: tuple | None = None) -> dict:
             "diffuse_reflectance": {"type": "rgb", "value": list(rgb or TEAPOT_WHITE)}}
 
 
-def _occluder_shapes(occ: Occluder, bsdf: dict) -> dict:
+def _occluder_shapes(occ: Occluder, bsdf: dict, name: str = "occluder") -> dict:
     mi = _mi()
     T4 = mi.ScalarTransform4f
     bx, by, bz = (float(c) for c in occ.base)
     if occ.kind == "box":
         to_world = (T4().translate([bx, by + occ.height / 2, bz]) @ T4().rotate([0, 1, 0], float(occ.yaw_deg))
                     @ T4().scale([occ.half_width, occ.height / 2, occ.half_depth]))
-        return {"occluder": {"type": "cube", "to_world": to_world, "bsdf": bsdf}}
+        return {name: {"type": "cube", "to_world": to_world, "bsdf": bsdf}}
     if occ.kind == "cylinder":
         top = [bx, by + occ.height, bz]
         return {
-            "occluder": {"type": "cylinder", "p0": [bx, by, bz], "p1": top, "radius": float(occ.half_width),
-                         "bsdf": bsdf},
-            "occluder_cap": {"type": "disk", "bsdf": bsdf,
+            name: {"type": "cylinder", "p0": [bx, by, bz], "p1": top, "radius": float(occ.half_width),
+                   "bsdf": bsdf},
+            f"{name}_cap": {"type": "disk", "bsdf": bsdf,
                              "to_world": T4().translate(top) @ T4().rotate([1, 0, 0], -90)
                              @ T4().scale(float(occ.half_width))},
         }
@@ -410,7 +472,7 @@ def build_scene_dict(spec: SceneSpec, pass_: str, spp: int) -> dict:
         scene["integrator"] = {"type": "path", "max_depth": 5}
         scene["sensor"] = _sensor(spec, spp, "gaussian")
         scene["object"] = _mesh_shape(spec.mesh, _object_bsdf(spec.mesh, spec.object_rgb))
-        floor = {"type": "diffuse", "reflectance": {"type": "rgb", "value": srgb_to_linear(spec.floor_rgb).tolist()}}
+        floor = _floor_bsdf(spec, float(info["radius"]))
         scene["floor"] = {
             "type": "rectangle",
             "bsdf": floor,
@@ -422,6 +484,10 @@ def build_scene_dict(spec: SceneSpec, pass_: str, spp: int) -> dict:
                         "diffuse_reflectance": {"type": "rgb",
                                                 "value": srgb_to_linear(spec.occluder.rgb).tolist()}}
             scene.update(_occluder_shapes(spec.occluder, occ_bsdf))
+        if spec.distractor is not None:
+            other = {"type": "roughplastic", "distribution": "ggx", "alpha": 0.3,
+                     "diffuse_reflectance": {"type": "rgb", "value": srgb_to_linear(spec.distractor.rgb).tolist()}}
+            scene.update(_occluder_shapes(spec.distractor, other, "distractor"))
         scene["env"] = _envmap(spec)
         r = float(spec.light_radius)
         radiance = np.asarray(spec.light_rgb) * spec.light_intensity / (math.pi * r * r)
@@ -433,9 +499,12 @@ def build_scene_dict(spec: SceneSpec, pass_: str, spp: int) -> dict:
     scene["sensor"] = _sensor(spec, spp, "box")
     white = {"type": "diffuse", "reflectance": {"type": "rgb", "value": [1.0, 1.0, 1.0]}}
     scene["object"] = _mesh_shape(spec.mesh, white)
-    if pass_ == "visible" and spec.occluder is not None:
+    if pass_ == "visible" and (spec.occluder is not None or spec.distractor is not None):
         black = {"type": "diffuse", "reflectance": {"type": "rgb", "value": [0.0, 0.0, 0.0]}}
-        scene.update(_occluder_shapes(spec.occluder, black))
+        if spec.occluder is not None:
+            scene.update(_occluder_shapes(spec.occluder, black))
+        if spec.distractor is not None:
+            scene.update(_occluder_shapes(spec.distractor, black, "distractor"))
     elif pass_ not in ("visible", "silhouette"):
         raise ValueError(f"unknown pass {pass_!r}")
     return scene
@@ -848,6 +917,44 @@ def sample_sequence(seed: int, frames: int = 60, kind: str = "plain", mesh: str 
     if kind == "occluded":
         specs = _place_sequence_post(rng, specs)
     return specs
+
+
+def with_distractors(specs: list[SceneSpec], seed: int) -> list[SceneSpec]:
+    """Each photo spec (not a cut-out) with something else standing on the floor beside the object: a box (a
+    book, a carton) or a post-like cylinder (a mug, a bottle), 0.5-1.5 of the object's height, in one of
+    OCCLUDER_COLOURS, 1.3-3 bounding radii from it, its image clear of the object's (bounding boxes a pixel
+    apart) and at least its foot in view (it may run out of the frame, as clutter does): a probe outside the
+    fixed ranges (session 52; bench_photo.py --distractors). Where 200 draws find no such place, none."""
+    out = []
+    for i, spec in enumerate(specs):
+        if spec.cutout:
+            out.append(spec)
+            continue
+        rng = np.random.default_rng([int(seed), 5353, i])
+        info = mesh_info(spec.mesh)
+        r, P = info["radius"], info["centre"]
+        H, W = spec.size
+        for _ in range(200):
+            angle = rng.uniform(0, 2 * math.pi)
+            distance = rng.uniform(1.3, 3.0) * r
+            base = np.array([P[0] + distance * math.cos(angle), info["floor_y"], P[2] + distance * math.sin(angle)])
+            height = rng.uniform(0.5, 1.5) * info["height"]
+            name = list(OCCLUDER_COLOURS)[rng.integers(len(OCCLUDER_COLOURS))]
+            if rng.random() < 0.5:
+                hw, hd = rng.uniform(0.2, 0.5, size=2) * r
+                other = Occluder("box", tuple(base), float(hw), float(hd), float(height), float(rng.uniform(0, 90)),
+                                 OCCLUDER_COLOURS[name], name)
+            else:
+                hw = rng.uniform(0.12, 0.3) * r
+                other = Occluder("cylinder", tuple(base), float(hw), float(hw), float(height), 0.0,
+                                 OCCLUDER_COLOURS[name], name)
+            foot, z = project(base[None], spec.R, spec.T, spec.fov, spec.size)
+            if (z[0] > 0 and 0 <= foot[0, 0] < W and 0 <= foot[0, 1] < H and _occluder_clear(other, spec.mesh, spec.R, spec.T)
+                    and not _may_overlap(spec, other)):
+                spec = spec.replace(distractor=other)
+                break
+        out.append(spec)
+    return out
 
 
 def _occluder_corners(occ: Occluder) -> np.ndarray:

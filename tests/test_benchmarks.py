@@ -136,12 +136,16 @@ def test_mask_benchmark_scores_the_fits_start_against_the_truth(tmp_path, meshes
     assert empty.returncode == 2 and "holds no cases.json" in empty.stderr
 
 
-def test_the_teapot_colour_probe_paints_only_the_teapots_and_keeps_each_case(monkeypatch):
+def load_scenes(monkeypatch):
     loader = importlib.util.spec_from_file_location("scenes", BENCHMARKS / "scenes.py")
     scenes = importlib.util.module_from_spec(loader)
     monkeypatch.setitem(sys.modules, "scenes", scenes)  # (its dataclasses look their module up; undone after)
     loader.loader.exec_module(scenes)  # (Mitsuba is imported only to render)
+    return scenes
 
+
+def test_the_teapot_colour_probe_paints_only_the_teapots_and_keeps_each_case(monkeypatch):
+    scenes = load_scenes(monkeypatch)
     # (made by hand: sampling the benchmark's cases renders a quick look at each occluder, with Mitsuba)
     specs = [scenes.SceneSpec(mesh=("teapot", "cow")[i % 2], R=np.eye(3), T=np.array([0.0, 0.0, 3.0 + i]), fov=50.0,
                               floor_name=f"floor {i}") for i in range(6)]
@@ -155,3 +159,43 @@ def test_the_teapot_colour_probe_paints_only_the_teapots_and_keeps_each_case(mon
         if spec.mesh == "teapot":
             assert scenes._object_bsdf(spec.mesh, spec.object_rgb)["diffuse_reflectance"]["value"] == list(spec.object_rgb)
     assert scenes._object_bsdf("teapot")["diffuse_reflectance"]["value"] == list(scenes.TEAPOT_WHITE)
+
+
+def test_the_floor_texture_probe_patterns_each_floor_in_its_own_colour_and_keeps_each_case(monkeypatch):
+    scenes = load_scenes(monkeypatch)
+    specs = [scenes.SceneSpec(mesh=("teapot", "cow")[i % 2], R=np.eye(3), T=np.array([0.0, 0.0, 3.0 + i]), fov=50.0,
+                              floor_rgb=(136, 96, 62), floor_name=f"floor {i}", seed=i) for i in range(4)]
+    textured = scenes.textured_floors(specs)
+    assert [name for _, name in textured] == ["planks", "tiles", "speckle", "planks"]
+    for (spec, name), plain in zip(textured, specs, strict=True):
+        assert spec.floor_texture == name and plain.floor_texture is None
+        assert np.array_equal(spec.T, plain.T) and spec.floor_rgb == plain.floor_rgb
+    colour = scenes.srgb_to_linear((136, 96, 62))
+    for name in scenes.FLOOR_TEXTURES:
+        image = scenes.floor_texture(name, (136, 96, 62), seed=1, side=128)
+        assert image.shape == (128, 128, 3) and image.min() >= 0 and image.max() <= 1
+        # the floor's own colour on average, a pattern on it, and the same pattern from the same seed
+        assert np.allclose(image.mean((0, 1)), colour, rtol=0.25)
+        assert image[..., 0].std() > 0.02 * colour[0]
+        assert np.array_equal(image, scenes.floor_texture(name, (136, 96, 62), seed=1, side=128))
+        assert not np.array_equal(image, scenes.floor_texture(name, (136, 96, 62), seed=2, side=128))
+
+
+def test_the_distractor_probe_stands_something_on_the_floor_in_view_and_clear_of_the_object(monkeypatch,
+                                                                                             meshes_ready):
+    scenes = load_scenes(monkeypatch)
+    specs = []
+    for i, (mesh, elevation) in enumerate([("teapot", 30), ("cow", 50), ("teapot", 70), ("cow", 20)]):
+        fov = 55.0
+        R, T = scenes.camera_pose(mesh, 40 * i, elevation, scenes.distance_for_fill(mesh, 0.45, fov), fov=fov)
+        specs.append(scenes.SceneSpec(mesh=mesh, R=R, T=T, fov=fov, cutout=i == 3))
+    placed = scenes.with_distractors(specs, seed=3)
+    assert placed[3].distractor is None  # a cut-out has no floor
+    for spec in placed[:3]:
+        other = spec.distractor
+        assert other is not None and other.kind in ("box", "cylinder")
+        assert other.base[1] == scenes.mesh_info(spec.mesh)["floor_y"]  # standing on the floor
+        foot, depth = scenes.project(np.array([other.base]), spec.R, spec.T, spec.fov, spec.size)
+        assert depth[0] > 0 and 0 <= foot[0, 0] < spec.size[1] and 0 <= foot[0, 1] < spec.size[0]
+        assert not scenes._may_overlap(spec, other)  # its image clear of the object's
+    assert [s.distractor for s in scenes.with_distractors(specs, seed=3)] == [s.distractor for s in placed]

@@ -141,6 +141,36 @@ def test_a_lamps_bright_patch_on_a_grey_floor_is_not_the_object():
     assert not (mask & (lamp > 0.1)).any(), "no pixel of the lamp's patch is taken for the object"
 
 
+def test_a_border_surface_of_mixed_colours_claims_no_more_than_the_widest_tolerance(monkeypatch):
+    # A white object with a black patch on a green floor lit from one corner, and at the right border a box
+    # cut by the frame: its lit red face, a white label, a black and a blue stripe and its shadow, which the
+    # border's clustering took for one surface (forced here: real photos did it with a box's lit and shaded
+    # faces and its shadow). Its tolerances, from so mixed a border, take in every colour, and the surface
+    # reached across the floor and claimed the object; capped (MAX_CHROMA_TOLERANCE, MAX_RGB_TOLERANCE), the
+    # object is found whole.
+    H, W = 72, 96
+    yy, xx = np.mgrid[:H, :W]
+    photo = np.array([0.19, 0.29, 0.17]) * (0.5 + 1.3 * np.hypot(yy, xx) / np.hypot(H, W))[..., None]
+    truth = disk((H, W), (40, 38), 13.9)
+    photo[truth] = (0.85, 0.85, 0.82)
+    photo[truth & disk((H, W), (36, 42), 4.9)] = (0.08, 0.08, 0.08)
+    lit, shaded = (0.98, 0.45, 0.44), (0.21, 0.13, 0.08)
+    for rows, colour in (((5, 33), lit), ((33, 36), shaded), ((36, 40), (0.95, 0.95, 0.95)), ((40, 44), (0.02,) * 3),
+                         ((44, 48), (0.1, 0.2, 0.7)), ((48, 50), shaded), ((50, 62), (0.1, 0.15, 0.09))):
+        photo[rows[0]:rows[1], 80:] = colour
+    photo = (photo + np.random.default_rng(0).normal(0, 0.01, photo.shape)).clip(0, 1).astype(np.float32)
+    points = np.argwhere(masks.border_band(H, W))
+    box = (points[:, 1] >= 80) & (points[:, 0] >= 5) & (points[:, 0] < 62)
+    labels = np.where(box, 0, np.where(points[:, 0] < H // 2, 1, 2))
+    monkeypatch.setattr(masks, "kmeans2", lambda *args, **kwargs: (None, labels))
+    found = {}
+    for name, cap in (("capped", (masks.MAX_CHROMA_TOLERANCE, masks.MAX_RGB_TOLERANCE)), ("uncapped", (np.inf, np.inf))):
+        monkeypatch.setattr(masks, "MAX_CHROMA_TOLERANCE", cap[0])
+        monkeypatch.setattr(masks, "MAX_RGB_TOLERANCE", cap[1])
+        found[name] = pose.silhouette_iou(torch.from_numpy(masks.photo_mask(photo)), torch.from_numpy(truth))
+    assert found["uncapped"] < 0.5 and found["capped"] > 0.95, found
+
+
 def test_the_floor_is_cut_along_fainter_edges_so_a_grey_objects_shaded_side_is_kept(monkeypatch):
     # A white object on a grey floor, lit from the left: its right side shades smoothly down to the floor's
     # brightness, parted from the floor only by a faint outline. Cut along edges fainter than the sure
