@@ -680,6 +680,34 @@ def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(
     assert outlines.outline_reading(mesh, photo, FOV)[0].any() == joins
 
 
+def test_something_else_beside_the_object_is_read_apart_and_the_mesh_chooses_the_object(meshes_ready):
+    # A red box on the floor a little way from the teapot: as unlike the floor as the teapot, it stays in the
+    # colour reading as a second blob, and a silhouette fitted to both was pulled towards it (distractor
+    # probe 61/2: 15.9 degrees). Each blob that stands apart (masks.apart_blobs) is a reading of its own, and
+    # the grid chooses the teapot's.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, mask, _ = photograph(mesh, R, T, (90, 140, 90))
+    box = np.zeros(SIZE, bool)
+    box[4:16, 4:14] = True
+    assert not ndimage.binary_dilation(mask, iterations=int(masks.BLOBS_APART * min(SIZE)) + 1)[box].any()
+    photo[box] = (200, 40, 40)
+    photo = photo / 255.0
+    colour = [m for m in masks.floor_readings(photo) if targets.usable_mask(m)]
+    assert masks.iou(colour[0], mask | box) > 0.8, "the usual reading holds the box too"
+    assert [masks.iou(blob, box) > 0.8 for blob in masks.apart_blobs(colour[0])].count(True) == 1
+    upright = initial.Upright.of(mesh)
+    found = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright, photo=photo)
+    assert masks.iou(found[k], mask) > 0.85 > masks.iou(colour[0], mask)
+    # Blobs nearer than BLOBS_APART are no readings of their own (a mask's split pieces of one object).
+    pieces = np.zeros(SIZE, bool)
+    pieces[20:30, 20:30] = pieces[20:30, 32:40] = True
+    assert masks.apart_blobs(pieces) == []
+    pieces[20:30, 32:40], pieces[20:30, 45:53] = False, True
+    assert len(masks.apart_blobs(pieces)) == 2
+
+
 def test_a_short_fit_tells_a_photos_readings_apart(meshes_ready):
     # search.trial_iou: the grid's views are 13 degrees apart; a short fit from its best ones explains the
     # mesh's own silhouette at a pose off the grid better than any of them, and all but fully.

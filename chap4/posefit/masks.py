@@ -107,6 +107,11 @@ PALETTE_MARGIN = 0.05  # ... leaving out samples this close to one of the object
 MIN_FRONT_SAMPLES = 5  # ... and finds nothing with fewer such samples
 PALETTE_SAMPLES = 300  # object_palette and covered_by_front: colours kept (at random, seeded) for nearest neighbours
 KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
+# A blob at least this share of the shorter side from the rest of its mask stands apart (apart_blobs). On the RGB
+# photos of seeds 25-42 the pieces of one object that a mask split lay 0.028-0.049 apart (26/4, 36/19, 37/6),
+# and 6 photos held a blob that is no part of it 0.17-0.35 away (4 more, 0.026-0.095); in the distractor probe
+# (seeds 60 and 61) the things beside the object lay 0.06-0.38 away, 4 of 17 nearer than this.
+BLOBS_APART = 0.1
 MIN_SPECK = 0.0005  # smaller blobs are specks (share of the image)
 SAME_READING = 0.97  # floor_readings: a reading whose IoU with an earlier one is at least this is that one
 MAX_HOLE = 0.001  # holes smaller than this share of the image are filled
@@ -129,6 +134,22 @@ def biggest_blobs(mask: np.ndarray) -> np.ndarray:
     sizes[0] = 0
     keep = (sizes >= KEEP_BLOBS * sizes.max()) & (sizes > MIN_SPECK * mask.size)
     return keep[labels]
+
+
+def apart_blobs(mask: np.ndarray, gap: float = BLOBS_APART) -> list[np.ndarray]:
+    """The blobs of a mask that stand apart from the rest of it, at least `gap` of the image's shorter side
+    away (none if the mask is one blob): something else on the table beside the object, a mug or a box, is
+    as unlike the floor as the object, and its blob stays in the mask (clean keeps blobs KEEP_BLOBS of the
+    biggest); which blob is the object's, the mesh tells (posefit.readings)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count < 2:
+        return []
+    apart = []
+    for j in range(1, count + 1):
+        blob = labels == j
+        if ndimage.distance_transform_edt(~blob)[mask & ~blob].min() >= gap * min(mask.shape):
+            apart.append(blob)
+    return apart
 
 
 def clean(mask: np.ndarray) -> np.ndarray:
