@@ -63,7 +63,7 @@ def read_case(folder: Path, case: dict) -> dict:
     photo = None if target.photo is None else target.photo.cpu().numpy()
     found = [target.hard_mask.cpu().numpy() > 0.5]
     if photo is not None and masks.is_photo(photo):  # the readings start() chooses among
-        found = readings.photo_readings(mesh, photo, case["fov"], upright=upright) or found
+        found = readings.photo_readings(mesh, photo, case["fov"], upright=upright)[0] or found
     hypotheses = search.start("6dof", mesh, target, case["fov"], init_position=None, restarts=8, iterations=200,
                               lr=0.05, upright=upright)
     chosen = (target.hard_mask if hypotheses.mask is None else hypotheses.mask).cpu().numpy() > 0.5

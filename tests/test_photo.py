@@ -671,10 +671,11 @@ def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(
     colour = [m for m in masks.floor_readings(photo) if targets.usable_mask(m)]
     # The colour reading's outline lies on the photo's edges all round: no outline reading is sought ...
     assert masks.outline_on_edges(photo, colour[0]) >= readings.OUTLINE_UNLESS_ON_EDGES
-    assert len(readings.photo_readings(mesh, photo, FOV, upright=upright)) == len(colour)
+    assert len(readings.photo_readings(mesh, photo, FOV, upright=upright)[0]) == len(colour)
     # ... unless it did not (readings.OUTLINE_UNLESS_ON_EDGES).
     monkeypatch.setattr(readings, "OUTLINE_UNLESS_ON_EDGES", 1.01)
-    found = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    found, on_edges = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    assert on_edges == [masks.outline_on_edges(photo, m) for m in found]
     assert found and any(masks.iou(r, mask) > 0.8 for r in found)  # the colour reading finds the teapot
     assert len(found) == len(colour) + joins
     assert outlines.outline_reading(mesh, photo, FOV)[0].any() == joins
@@ -697,8 +698,11 @@ def test_something_else_beside_the_object_is_read_apart_and_the_mesh_chooses_the
     assert masks.iou(colour[0], mask | box) > 0.8, "the usual reading holds the box too"
     assert [masks.iou(blob, box) > 0.8 for blob in masks.apart_blobs(colour[0])].count(True) == 1
     upright = initial.Upright.of(mesh)
-    found = readings.photo_readings(mesh, photo, FOV, upright=upright)
-    k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright, photo=photo)
+    found, on_edges = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    blobs = [i for i, m in enumerate(found) if any(masks.iou(m, blob) == 1 for blob in masks.apart_blobs(colour[0]))]
+    assert len(blobs) == 2 and all(on_edges[i] == on_edges[0] for i in blobs), "judged on their mask's edges"
+    k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright, photo=photo,
+                                   outline_on_edges=on_edges)
     assert masks.iou(found[k], mask) > 0.85 > masks.iou(colour[0], mask)
     # Blobs nearer than BLOBS_APART are no readings of their own (a mask's split pieces of one object).
     pieces = np.zeros(SIZE, bool)

@@ -39,24 +39,31 @@ OUTLINE_UNLESS_ON_EDGES = 0.95
 
 
 def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
-                   upright: initial.Upright | None = None) -> list[np.ndarray]:
-    """The usable masks of a photo that a 6-DoF fit chooses among: one with each surface of the border taken for
-    the floor (posefit.masks.floor_readings), each blob of those that stands apart from the rest of its mask
-    alone (posefit.masks.apart_blobs), and the mesh's outline among the photo's edges (posefit.outlines)
-    if the first's outline is not all but wholly on the photo's edges (OUTLINE_UNLESS_ON_EDGES), unless it is
-    one of those or its edges hardly follow it (outlines.MIN_OUTLINE_SHARE: a photo with no
-    strong edge at all had its outline reading in a corner, which the grid then chose). Empty if no colour
-    reading is usable (the target's mask is then already the outline's: targets.load_target_image)."""
+                   upright: initial.Upright | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """The usable masks of a photo that a 6-DoF fit chooses among, and the share of each one's outline that lies
+    on the photo's strong edges (posefit.masks.outline_on_edges, for choose_reading): one mask with each surface
+    of the border taken for the floor (posefit.masks.floor_readings); each blob of those that stands apart from
+    the rest of its mask alone (posefit.masks.apart_blobs), its share its mask's, whose piece of outline it is
+    (a white teapot's shaded side has a faint outline, a box beside it a crisp one: judged on their own edges,
+    the box's blob won the grid, distractor probe 61/14); and the mesh's outline among the photo's edges
+    (posefit.outlines) if the first's outline is not all but wholly on the photo's edges
+    (OUTLINE_UNLESS_ON_EDGES), unless it is one of those or its edges hardly follow it
+    (outlines.MIN_OUTLINE_SHARE: a photo with no strong edge at all had its outline reading in a corner, which
+    the grid then chose). Empty if no colour reading is usable (the target's mask is then already the
+    outline's: targets.load_target_image)."""
     readings = [m for m in masks.floor_readings(photo, background) if targets.usable_mask(m)]
-    for blob in [blob for reading in readings for blob in masks.apart_blobs(reading)]:
-        # (something else beside the object: each blob that stands apart is read alone too)
-        if targets.usable_mask(blob) and all(masks.iou(blob, m) < masks.SAME_READING for m in readings):
-            readings.append(blob)
-    if readings and masks.outline_on_edges(photo, readings[0]) < OUTLINE_UNLESS_ON_EDGES:
+    on_edges = [masks.outline_on_edges(photo, m) for m in readings]
+    for k, reading in enumerate(list(readings)):
+        for blob in masks.apart_blobs(reading):  # (something else beside the object: each read alone too)
+            if targets.usable_mask(blob) and all(masks.iou(blob, m) < masks.SAME_READING for m in readings):
+                readings.append(blob)
+                on_edges.append(on_edges[k])
+    if readings and on_edges[0] < OUTLINE_UNLESS_ON_EDGES:
         outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)  # (empty if poorly followed)
         if targets.usable_mask(outline) and all(masks.iou(outline, m) < masks.SAME_READING for m in readings):
             readings.append(outline)
-    return readings
+            on_edges.append(masks.outline_on_edges(photo, outline))
+    return readings, on_edges
 
 
 def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: initial.Upright | None = None,

@@ -617,9 +617,8 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         if photo is not None:
             regions = occluders.photo_regions(photo)  # (one segmentation for every mask scored with it)
             # Which surface of the border is the floor, the mesh tells (readings.choose_reading).
-            found = readings.photo_readings(mesh, photo, fov, target.background, upright)
+            found, on_edges = readings.photo_readings(mesh, photo, fov, target.background, upright)
             if len(found) > 1:
-                on_edges = [masks.outline_on_edges(photo, m) for m in found]
                 k, care = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], fov,
                                                   upright=upright, photo=photo, regions=regions,
                                                   outline_on_edges=on_edges, grid=grid, trial=trial)
