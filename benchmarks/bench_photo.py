@@ -107,10 +107,9 @@ def render_cases(seed: int, count: int, folder: Path, teapot_colours: bool = Fal
     specs = scenes.sample_photo_cases(seed, count)
     if distractors:
         specs = scenes.with_distractors(specs, seed)
-    painted = scenes.coloured_teapots(specs) if teapot_colours else [(spec, None) for spec in specs]
     if floor_textures:
-        painted = [(spec.replace(floor_texture=texture), colour) for (spec, colour), (_, texture)
-                   in zip(painted, scenes.textured_floors(specs), strict=True)]
+        specs = scenes.textured_floors(specs)
+    painted = scenes.coloured_teapots(specs) if teapot_colours else [(spec, None) for spec in specs]
     for i, (spec, colour) in enumerate(painted):
         result = scenes.render_scene(spec)
         path = scenes.save(result, folder / f"case_{i:02d}")

@@ -393,11 +393,11 @@ def floor_texture(name: str, rgb: tuple, seed: int, side: int = 512) -> np.ndarr
     return np.clip(srgb_to_linear(rgb)[None, None, :] * factor[..., None], 0.0, 1.0).astype(np.float32)
 
 
-def textured_floors(specs: list[SceneSpec]) -> list[tuple[SceneSpec, str]]:
-    """Each spec with its floor given the next of FLOOR_TEXTURES in turn on its colour, and the texture's name:
+def textured_floors(specs: list[SceneSpec]) -> list[SceneSpec]:
+    """Each spec with its floor given the next of FLOOR_TEXTURES in turn on its colour (spec.floor_texture):
     the probe's cases, the same poses, objects, lights and things in front as the benchmark's."""
     names = itertools.cycle(FLOOR_TEXTURES)
-    return [(spec.replace(floor_texture=name), name) for spec, name in zip(specs, names, strict=False)]
+    return [spec.replace(floor_texture=name) for spec, name in zip(specs, names, strict=False)]
 
 
 def _floor_bsdf(spec: SceneSpec, radius: float) -> dict:
@@ -461,6 +461,13 @@ def _envmap(spec: SceneSpec) -> dict:
     return {"type": "envmap", "bitmap": mi.Bitmap(img)}
 
 
+def _things_on_the_floor(spec: SceneSpec) -> list[tuple[str, Occluder]]:
+    """The scene's shapes besides the object and the floor, by their names in the scene: what stands in front
+    of the object, and what stands beside it."""
+    return [(name, thing) for name, thing in (("occluder", spec.occluder), ("distractor", spec.distractor))
+            if thing is not None]
+
+
 def build_scene_dict(spec: SceneSpec, pass_: str, spp: int) -> dict:
     """pass_: "beauty" (the photo), "visible" (object albedo 1, occluder 0, nothing else: coverage of the
     visible object), "silhouette" (object alone: its full anti-aliased coverage)."""
@@ -479,15 +486,10 @@ def build_scene_dict(spec: SceneSpec, pass_: str, spp: int) -> dict:
             "to_world": T4().translate([float(info["centre"][0]), info["floor_y"] - 1e-4, float(info["centre"][2])])
             @ T4().rotate([1, 0, 0], -90) @ T4().scale(60.0),
         }
-        if spec.occluder is not None:
-            occ_bsdf = {"type": "roughplastic", "distribution": "ggx", "alpha": 0.3,
-                        "diffuse_reflectance": {"type": "rgb",
-                                                "value": srgb_to_linear(spec.occluder.rgb).tolist()}}
-            scene.update(_occluder_shapes(spec.occluder, occ_bsdf))
-        if spec.distractor is not None:
-            other = {"type": "roughplastic", "distribution": "ggx", "alpha": 0.3,
-                     "diffuse_reflectance": {"type": "rgb", "value": srgb_to_linear(spec.distractor.rgb).tolist()}}
-            scene.update(_occluder_shapes(spec.distractor, other, "distractor"))
+        for name, thing in _things_on_the_floor(spec):
+            paint = {"type": "roughplastic", "distribution": "ggx", "alpha": 0.3,
+                     "diffuse_reflectance": {"type": "rgb", "value": srgb_to_linear(thing.rgb).tolist()}}
+            scene.update(_occluder_shapes(thing, paint, name))
         scene["env"] = _envmap(spec)
         r = float(spec.light_radius)
         radiance = np.asarray(spec.light_rgb) * spec.light_intensity / (math.pi * r * r)
@@ -499,13 +501,11 @@ def build_scene_dict(spec: SceneSpec, pass_: str, spp: int) -> dict:
     scene["sensor"] = _sensor(spec, spp, "box")
     white = {"type": "diffuse", "reflectance": {"type": "rgb", "value": [1.0, 1.0, 1.0]}}
     scene["object"] = _mesh_shape(spec.mesh, white)
-    if pass_ == "visible" and (spec.occluder is not None or spec.distractor is not None):
+    if pass_ == "visible":
         black = {"type": "diffuse", "reflectance": {"type": "rgb", "value": [0.0, 0.0, 0.0]}}
-        if spec.occluder is not None:
-            scene.update(_occluder_shapes(spec.occluder, black))
-        if spec.distractor is not None:
-            scene.update(_occluder_shapes(spec.distractor, black, "distractor"))
-    elif pass_ not in ("visible", "silhouette"):
+        for name, thing in _things_on_the_floor(spec):
+            scene.update(_occluder_shapes(thing, black, name))
+    elif pass_ != "silhouette":
         raise ValueError(f"unknown pass {pass_!r}")
     return scene
 

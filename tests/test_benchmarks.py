@@ -166,9 +166,9 @@ def test_the_floor_texture_probe_patterns_each_floor_in_its_own_colour_and_keeps
     specs = [scenes.SceneSpec(mesh=("teapot", "cow")[i % 2], R=np.eye(3), T=np.array([0.0, 0.0, 3.0 + i]), fov=50.0,
                               floor_rgb=(136, 96, 62), floor_name=f"floor {i}", seed=i) for i in range(4)]
     textured = scenes.textured_floors(specs)
-    assert [name for _, name in textured] == ["planks", "tiles", "speckle", "planks"]
-    for (spec, name), plain in zip(textured, specs, strict=True):
-        assert spec.floor_texture == name and plain.floor_texture is None
+    assert [spec.floor_texture for spec in textured] == ["planks", "tiles", "speckle", "planks"]
+    for spec, plain in zip(textured, specs, strict=True):
+        assert plain.floor_texture is None
         assert np.array_equal(spec.T, plain.T) and spec.floor_rgb == plain.floor_rgb
     colour = scenes.srgb_to_linear((136, 96, 62))
     for name in scenes.FLOOR_TEXTURES:
