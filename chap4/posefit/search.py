@@ -82,7 +82,7 @@ MIN_DEPTH_VIEW = 0.6
 MIN_DEPTH_RADII = 1.2
 # ... and its bounding sphere stays beyond the cameras' near plane (CAMERA_ZNEAR, FoVPerspectiveCameras'
 # default, which the renderers keep): PyTorch3D clips a face nearer than half of it, and the fast rasterizer
-# leaves such a batch to PyTorch3D's own, 20 to 30 times slower (posefit.render.fast_fragments). A mask
+# leaves such a batch to PyTorch3D's own, 20 to 30 times slower (posefit.fast_raster). A mask
 # covering half the image and three of its borders drew the cow's hypotheses to 1.4 units, the bounds above
 # at 50 degrees, whose nearest faces were 0.3 units away: 1.7 s an iteration, some 6 minutes a fit.
 CAMERA_ZNEAR = 1.0
