@@ -388,10 +388,10 @@ def test_a_hypothesis_drawn_near_the_camera_keeps_the_whole_mesh_beyond_its_near
         poses.constrain()
         R_held, T_held = poses()
         nearest = (verts[None] @ R_held + T_held[:, None])[..., 2].amin(1)
-        assert (nearest >= search.CAMERA_ZNEAR - 1e-4).all()
+        assert (nearest >= render.CAMERA_ZNEAR - 1e-4).all()
     # (FoVPerspectiveCameras' near plane, which the renderers keep)
-    assert float(FoVPerspectiveCameras().znear) == search.CAMERA_ZNEAR
-    assert float(render.make_renderers("cpu", (32, 32), fov=FOV).cameras.znear) == search.CAMERA_ZNEAR
+    assert float(FoVPerspectiveCameras().znear) == render.CAMERA_ZNEAR
+    assert float(render.make_renderers("cpu", (32, 32), fov=FOV).cameras.znear) == render.CAMERA_ZNEAR
 
 
 def with_a_bar_in_front(photo, truth, colour=(40, 120, 60), width=7, reach=12, seed=1):

@@ -156,7 +156,8 @@ def render_views(mesh, directions: torch.Tensor, fov: float, side: int, distance
 def hard_silhouettes(mesh, R: torch.Tensor, T: torch.Tensor, fov: float, size) -> torch.Tensor:
     """(n, H, W) bool: the mesh's silhouettes at poses R (n, 3, 3), T (n, 3), one face per pixel, no blur.
     size: an int (square) or (H, W)."""
-    rasterizer = render.make_rasterizer("fast", FoVPerspectiveCameras(device=mesh.device, fov=fov),
+    cameras = FoVPerspectiveCameras(device=mesh.device, fov=fov, znear=render.CAMERA_ZNEAR)
+    rasterizer = render.make_rasterizer("fast", cameras,
                                         RasterizationSettings(image_size=size, faces_per_pixel=1, blur_radius=0.0))
     plain = Meshes(verts=[mesh.verts_packed()] * len(R), faces=[mesh.faces_packed()] * len(R))
     with torch.no_grad():

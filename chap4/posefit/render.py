@@ -39,6 +39,10 @@ def book_blur_radius(sigma: float = 1e-4) -> float:
 DEFAULT_CPU_THREADS = torch.get_num_threads()
 # FaceColourShader's blend and targets.solve_light's sums on the CPU by blend_kernels (False: torch's operations).
 COMPILED_BLEND = True
+# The cameras' near plane (FoVPerspectiveCameras' default, made explicit): PyTorch3D clips a face nearer than half of
+# it, and the fast rasterizer leaves such a batch to PyTorch3D's own, 20 to 30 times slower (posefit.fast_raster);
+# the 6-DoF search keeps its hypotheses beyond it (posefit.search.six_dof_poses).
+CAMERA_ZNEAR = 1.0
 
 
 def set_cpu_threads(rasterizer: str) -> None:
@@ -149,7 +153,7 @@ def make_renderers(
     """
     if not isinstance(image_size, int):
         image_size = tuple(int(s) for s in image_size)
-    cameras = FoVPerspectiveCameras(device=device, fov=fov)
+    cameras = FoVPerspectiveCameras(device=device, fov=fov, znear=CAMERA_ZNEAR)
     lights = PointLights(device=device, location=((2.0, 2.0, -2.0),))
     blend_params = BlendParams(sigma=sigma, gamma=gamma)
     soft = RasterizationSettings(
@@ -312,7 +316,7 @@ class FaceColourShader(torch.nn.Module):
     fifth of its time in the torch form's small operations), on CUDA as the torch operations below.
     """
 
-    def __init__(self, colours: torch.Tensor, blend_params: BlendParams, znear: float = 1.0, zfar: float = 100.0):
+    def __init__(self, colours: torch.Tensor, blend_params: BlendParams, znear: float = CAMERA_ZNEAR, zfar: float = 100.0):
         super().__init__()
         self.colours, self.blend_params, self.znear, self.zfar = colours, blend_params, znear, zfar
 

@@ -80,12 +80,10 @@ SIX_DOF_EXPLORE_SIGMA = 1e-5
 # MIN_DEPTH_RADII radii: one that comes close and fills the view costs the rasterizer minutes.
 MIN_DEPTH_VIEW = 0.6
 MIN_DEPTH_RADII = 1.2
-# ... and its bounding sphere stays beyond the cameras' near plane (CAMERA_ZNEAR, FoVPerspectiveCameras'
-# default, which the renderers keep): PyTorch3D clips a face nearer than half of it, and the fast rasterizer
-# leaves such a batch to PyTorch3D's own, 20 to 30 times slower (posefit.fast_raster). A mask
-# covering half the image and three of its borders drew the cow's hypotheses to 1.4 units, the bounds above
-# at 50 degrees, whose nearest faces were 0.3 units away: 1.7 s an iteration, some 6 minutes a fit.
-CAMERA_ZNEAR = 1.0
+# ... and its bounding sphere stays beyond the cameras' near plane (render.CAMERA_ZNEAR), within half of which
+# PyTorch3D clips a face and the fast rasterizer leaves the batch to PyTorch3D's own. A mask covering half the
+# image and three of its borders drew the cow's hypotheses to 1.4 units, the bounds above at 50 degrees, whose
+# nearest faces were 0.3 units away: 1.7 s an iteration, some 6 minutes a fit.
 # The polish (a photo's 6-DoF fit) refines the finalists whose loop loss is at most this many times the lowest,
 # and answers the one whose colours then explain the photo best. A finalist far behind can still win that
 # (the polish draws each one's mask around its own silhouette): on seed 7, case 7, a cow's twin 174.7 degrees
@@ -659,10 +657,10 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
 
 def six_dof_poses(mesh, R: torch.Tensor, T: torch.Tensor, fov: float) -> pose.SixDoF:
     """A 6-DoF batch from these poses, held at least MIN_DEPTH_* in front of the camera, the whole bounding
-    sphere beyond its near plane (CAMERA_ZNEAR)."""
+    sphere beyond its near plane (render.CAMERA_ZNEAR)."""
     centre, radius = initial.mesh_centre_radius(mesh)
     min_depth = max(radius * max(MIN_DEPTH_RADII, MIN_DEPTH_VIEW / math.tan(math.radians(fov) / 2)),
-                    radius + CAMERA_ZNEAR)
+                    radius + render.CAMERA_ZNEAR)
     return pose.SixDoF(R, T, min_depth=min_depth, centre=centre)
 
 
