@@ -216,6 +216,20 @@ def test_on_a_grey_floor_what_edges_wall_off_is_the_object_but_not_a_shadow(monk
     assert pose.silhouette_iou(torch.from_numpy(without), torch.from_numpy(truth)) < 0.5, "the walled-off body"
 
 
+@pytest.mark.parametrize("gap, walled_off", [(0, True), (2, True), (6, False)])
+def test_an_outline_with_a_gap_of_a_pixel_or_two_still_walls_the_body_off(gap, walled_off):
+    # A body that matches the floor, its outline a 3-pixel ring: one that fades for `gap` rows on its right (where
+    # a shaded side meets the floor) still walls the body off, one with a wide opening does not.
+    size = (96, 128)
+    body = disk(size, (48, 64), 20)
+    edges = disk(size, (48, 64), 23) & ~body
+    edges[48 - gap // 2: 48 - gap // 2 + gap, 64:] = False
+    found = masks.enclosed(~edges, edges, np.zeros(size, bool), np.ones(size))
+    share = (found & body).sum() / body.sum()
+    assert share > 0.95 if walled_off else share == 0, share
+    assert not (found & ~disk(size, (48, 64), 24)).any(), "nothing outside the outline"
+
+
 def test_the_floor_near_the_object_stops_at_strong_edges_and_far_from_it_does_not():
     # A grey object's shaded side matches a grey floor's colour: the backdrop model takes it for floor. Its
     # outline is a strong edge: near the object the floor stops there. Far from the object, a piece of floor
