@@ -592,6 +592,14 @@ def test_with_a_piece_left_out_the_grid_puts_the_objects_centroid_towards_the_hi
     lone[far] = 1.0
     (lone_seen,), (lone_area,) = initial.moments((lone * (~far).float())[None])
     assert torch.allclose(initial.hidden_centroid(lone, (~far).float(), lone_area), lone_seen)
+    # A bar wholly outside the mask (another reading's piece, this one gave it to the backdrop): the hidden part
+    # lies in it all the same, beside the seen part.
+    right = square.clone()
+    right[:, :40] = 0.0
+    (right_seen,), (right_area,) = initial.moments(right[None])
+    beside = initial.hidden_centroid(right, care, right_area)
+    assert beside[0] > right_seen[0] + 0.1
+    assert abs(float(beside[1] - square_centroid[1])) < 0.05
 
 
 def test_a_teapot_a_third_behind_a_post_starts_near_its_pose(meshes_ready):
