@@ -569,6 +569,34 @@ def test_a_posts_faces_of_one_hue_are_one_candidate_and_the_white_object_none_of
     assert (both[0] & green).sum() <= 2 * green.any(1).sum()
 
 
+def test_a_piece_in_front_is_followed_beyond_the_mask_where_the_backdrop_took_the_rest_of_it():
+    # A teal post crosses a white object and runs down to the frame's border: the mask took in its top face (lit,
+    # inside the object) and gave its body below (darker) to the backdrop. Left out, the piece goes on into the
+    # body near the object, and into nothing else: not the floor, not a far patch of the post's hue.
+    photo, mask, (top, body, far) = white_object_with_paint(np.s_[10:40, 20:60], [
+        (np.s_[10:40, 44:54], (0.15, 0.45, 0.42)), (np.s_[40:60, 44:54], (0.07, 0.22, 0.2)),
+        (np.s_[2:8, 2:8], (0.15, 0.45, 0.42))], in_front=(0,))
+    photo = photo.astype(np.float32)
+    care = 1.0 - torch.from_numpy(top).float()
+    followed = occluders.beyond_the_mask(photo, mask, care).numpy() < 0.5
+    reach = round(initial.HIDDEN_REACH * math.sqrt((mask & ~top).sum()))
+    near_body = body & (np.arange(60)[:, None] < 40 + reach)
+    core = near_body & (np.abs(np.arange(80) - 48.5) < 4)  # (its edge columns blurred into the floor)
+    assert (followed & core).sum() > 0.9 * core.sum(), "the body near the object"
+    assert not (followed & body & ~near_body).any(), "not beyond the reach"
+    assert not (followed & far).any()
+    assert (followed & ~top & ~body).sum() < 2 * 2 * reach, "the floor stays: only the post's blurred rim"
+    # On a floor of the post's own paint the post has nothing of its own to follow; a grey piece, no hue.
+    for floor in ((0.15, 0.45, 0.42), None):
+        again = photo.copy()
+        if floor is None:
+            again[top] = 0.5
+            again[body] = 0.3
+        else:
+            again[~mask & ~body] = floor
+        assert torch.equal(occluders.beyond_the_mask(again, mask, care), care)
+
+
 def test_with_a_piece_left_out_the_grid_puts_the_objects_centroid_towards_the_hidden_part():
     # A square object whose left half is hidden by a bar that reaches far above and below it: the hidden part
     # lies near the seen part (within HIDDEN_REACH of its size), not along the whole bar.

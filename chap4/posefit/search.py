@@ -606,7 +606,8 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     the sphere). 6dof: the `restarts` best poses of the coarse grid (posefit.initial) for the target's mask,
     on the 6-DoF schedule (SIX_DOF_ITERATIONS at most, a fifth of the rate), those `upright` allows first.
     With a photo, its mask is first chosen among its readings with each border surface as the floor
-    (hypotheses.mask, if not the target's), and a piece of it in front of the object is left out (hypotheses.care).
+    (hypotheses.mask, if not the target's), and a piece of it in front of the object is left out (hypotheses.care),
+    with the thing's pixels beside the mask (occluders.beyond_the_mask).
     """
     if pose_mode == "lookat":
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
@@ -634,6 +635,8 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
                 # looks for it in the mask it chooses).
                 care = occluders.in_front_piece(grid.silhouettes, target.hard_mask.float(), grid.angles, photo,
                                                 grid.best_score, regions, trial)
+            if care is not None:  # (what stands in front goes on outside the mask, where the backdrop took it)
+                care = occluders.beyond_the_mask(photo, target.hard_mask.cpu().numpy() > 0.5, care)
         R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright, care=care,
                                               grid=grid)
         # The object's colours (a plain one's shading) pick starts of their own among the grid's poses, for
