@@ -458,6 +458,42 @@ def test_something_in_front_of_the_object_is_left_out_of_the_grids_scores(meshes
     assert nearest < 12.0 and nearest < nearest_whole
 
 
+def test_a_second_thing_in_front_is_left_out_with_the_first_and_no_piece_of_the_object(meshes_ready, monkeypatch):
+    # Two posts stand in front of the cow, a wide green one and a narrow red one: with the green one's piece
+    # left out, the red one's is told as the first was (the grid and a short fit), and no piece of the cow is.
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, 2.3, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
+    upright = initial.Upright.of(mesh)
+    grid = initial.view_grid(mesh, FOV, upright=upright)
+    trial = search.TrialCache(mesh, FOV, grid, upright)
+    one, green = with_a_bar_in_front(photo, truth, width=9)
+    ys, xs = np.nonzero(truth)
+    red = np.zeros(truth.shape, bool)
+    left = xs.min() + (xs.max() - xs.min()) // 5
+    red[max(0, ys.min() - 12) : ys.max() + 12, left : left + 5] = True
+    two = one.copy()
+    two[red] = (150, 30, 30)
+
+    def left_out(image):
+        rgb = image.astype(np.float32) / 255
+        mask = torch.from_numpy(masks.photo_mask(rgb)).float()
+        first = max(occluders.occluder_candidates(rgb, mask.numpy() > 0.5), key=lambda piece: (piece & green).sum())
+        care = 1.0 - torch.from_numpy(first).float()
+        more = occluders.more_in_front(grid.silhouettes, mask, grid.angles, rgb, care, grid.best_score, trial)
+        return first, more.numpy() < 0.5
+
+    first, more = left_out(two)
+    assert (first & green).sum() > 0.9 * green.sum() and not (first & red).any()
+    assert (more & red).sum() > 0.9 * red.sum(), "the second post too"
+    assert (more & truth & ~green & ~red).sum() < 0.05 * (truth & ~green & ~red).sum(), "the cow's pixels stay in"
+    first, more = left_out(one)
+    assert np.array_equal(first, more), "with one post, no piece of the cow joins it"
+    monkeypatch.setattr(occluders, "OCCLUDER_TRIAL_GAIN", 1.0)
+    first, more = left_out(two)
+    assert np.array_equal(first, more), "the grid alone does not take it"
+
+
 def test_a_near_miss_on_the_grid_is_told_by_a_short_fit(meshes_ready, monkeypatch):
     # The grid's scores vary by a few hundredths with what its views happen to match, so a piece in front may
     # gain it less than OCCLUDER_GAIN (here made out of reach): a short fit (search.trial_iou) then tells a

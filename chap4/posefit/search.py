@@ -635,8 +635,11 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
                 # looks for it in the mask it chooses).
                 care = occluders.in_front_piece(grid.silhouettes, target.hard_mask.float(), grid.angles, photo,
                                                 grid.best_score, regions, trial)
-            if care is not None:  # (what stands in front goes on outside the mask, where the backdrop took it)
+            if care is not None:  # (what stands in front goes on outside the mask, where the backdrop took it; a
+                # second thing in front, or a shadow beside the first, is told as the first was)
                 care = occluders.beyond_the_mask(photo, target.hard_mask.cpu().numpy() > 0.5, care)
+                care = occluders.more_in_front(grid.silhouettes, target.hard_mask.float(), grid.angles, photo, care,
+                                               grid.best_score, trial, regions)
         R, T, _, care = initial.initial_poses(mesh, target.hard_mask, fov, restarts, upright=upright, care=care,
                                               grid=grid)
         # The object's colours (a plain one's shading) pick starts of their own among the grid's poses, for
