@@ -184,16 +184,25 @@ def faces_of_one_hue(regions: np.ndarray, mask: np.ndarray, chroma: np.ndarray) 
     return [frozenset(labels[component == c].tolist()) for c in dict.fromkeys(component.tolist())]
 
 
+def of_its_hue(chroma: np.ndarray, piece: np.ndarray, least: float) -> np.ndarray | None:
+    """The pixels (H, W bool) whose chromaticity (chroma, posefit.masks.chromaticity) has the piece's hue (its
+    pixels' median's offset from grey; cosine at least OCCLUDER_HUE_COS) with at least `least` times its
+    saturation; None for a piece less saturated than OCCLUDER_SATURATION[0] (grey: no hue to follow)."""
+    offset = chroma - 1.0 / 3.0  # from grey
+    hue = np.median(chroma[piece], 0) - 1.0 / 3.0 if piece.any() else np.zeros(chroma.shape[-1])
+    saturation = float(np.linalg.norm(hue))
+    if saturation < OCCLUDER_SATURATION[0]:
+        return None
+    length = np.linalg.norm(offset, axis=-1)
+    return (offset @ hue >= OCCLUDER_HUE_COS * length * saturation) & (length >= least * saturation)
+
+
 def same_hue_around(chroma: np.ndarray, mask: np.ndarray, piece: np.ndarray) -> np.ndarray:
     """The piece (H, W bool) with the mask's pixels of its hue joined to it within OCCLUDER_GROWTH pixels
     (chroma: the photo's chromaticity, posefit.masks.chromaticity)."""
-    offset = chroma - 1.0 / 3.0  # from grey
-    hue = np.median(chroma[piece], 0) - 1.0 / 3.0
-    saturation = float(np.linalg.norm(hue))
-    if saturation < OCCLUDER_SATURATION[0]:
+    alike = of_its_hue(chroma, piece, OCCLUDER_SATURATION[1])
+    if alike is None:
         return piece
-    length = np.linalg.norm(offset, axis=-1)
-    alike = (offset @ hue >= OCCLUDER_HUE_COS * length * saturation) & (length >= OCCLUDER_SATURATION[1] * saturation)
     near = ndimage.binary_dilation(piece, iterations=OCCLUDER_GROWTH)
     joined, _ = ndimage.label((alike & near & mask) | piece)
     return np.isin(joined, np.unique(joined[piece])) & mask
@@ -254,14 +263,9 @@ def beyond_the_mask(photo: np.ndarray, mask: np.ndarray, care: torch.Tensor) -> 
     term pushed the object's part behind the body out of it (seed 42 case 8, 45/11).
     """
     piece = care.cpu().numpy() < 0.5
-    chroma = masks.chromaticity(masks.smoothed(photo))
-    offset = chroma - 1.0 / 3.0  # from grey
-    hue = np.median(chroma[piece], 0) - 1.0 / 3.0 if piece.any() else np.zeros(3)
-    saturation = float(np.linalg.norm(hue))
-    if saturation < OCCLUDER_SATURATION[0]:
+    alike = of_its_hue(masks.chromaticity(masks.smoothed(photo)), piece, BEYOND_SATURATION)
+    if alike is None:
         return care
-    length = np.linalg.norm(offset, axis=-1)
-    alike = (offset @ hue >= OCCLUDER_HUE_COS * length * saturation) & (length >= BEYOND_SATURATION * saturation)
     joined, _ = ndimage.label((alike & ~mask) | piece)
     thing = np.isin(joined, np.unique(joined[piece]))
     border = masks.border_band(*mask.shape)
