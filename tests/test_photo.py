@@ -458,15 +458,21 @@ def test_something_in_front_of_the_object_is_left_out_of_the_grids_scores(meshes
     assert nearest < 12.0 and nearest < nearest_whole
 
 
-def test_a_second_thing_in_front_is_left_out_with_the_first_and_no_piece_of_the_object(meshes_ready, monkeypatch):
-    # Two posts stand in front of the cow, a wide green one and a narrow red one: with the green one's piece
-    # left out, the red one's is told as the first was (the grid and a short fit), and no piece of the cow is.
+def rolled_cow_with_its_grid():
+    """A photo of the cow off-centre and rolled on terracotta (96 x 128), its true silhouette, and the grid of
+    views and the short fits (search.TrialCache) that tell a piece in front of it."""
     mesh = cow()
     R, T = off_centre_rolled_pose(mesh, turn=(0.4, 2.3, 0.2))
     photo, truth, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
     upright = initial.Upright.of(mesh)
     grid = initial.view_grid(mesh, FOV, upright=upright)
-    trial = search.TrialCache(mesh, FOV, grid, upright)
+    return photo, truth, grid, search.TrialCache(mesh, FOV, grid, upright)
+
+
+def test_a_second_thing_in_front_is_left_out_with_the_first_and_no_piece_of_the_object(meshes_ready, monkeypatch):
+    # Two posts stand in front of the cow, a wide green one and a narrow red one: with the green one's piece
+    # left out, the red one's is told as the first was (the grid and a short fit), and no piece of the cow is.
+    photo, truth, grid, trial = rolled_cow_with_its_grid()
     one, green = with_a_bar_in_front(photo, truth, width=9)
     ys, xs = np.nonzero(truth)
     red = np.zeros(truth.shape, bool)
@@ -499,12 +505,7 @@ def test_a_near_miss_on_the_grid_is_told_by_a_short_fit(meshes_ready, monkeypatc
     # gain it less than OCCLUDER_GAIN (here made out of reach): a short fit (search.trial_iou) then tells a
     # post in front, left out of the fit, from a piece of the object itself.
     monkeypatch.setattr(occluders, "OCCLUDER_GAIN", 1.0)
-    mesh = cow()
-    R, T = off_centre_rolled_pose(mesh, turn=(0.4, 2.3, 0.2))
-    photo, truth, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
-    upright = initial.Upright.of(mesh)
-    grid = initial.view_grid(mesh, FOV, upright=upright)
-    trial = search.TrialCache(mesh, FOV, grid, upright)
+    photo, truth, grid, trial = rolled_cow_with_its_grid()
 
     def in_front(image, trial):
         rgb = image.astype(np.float32) / 255
