@@ -199,3 +199,43 @@ def test_the_distractor_probe_stands_something_on_the_floor_in_view_and_clear_of
         assert depth[0] > 0 and 0 <= foot[0, 0] < spec.size[1] and 0 <= foot[0, 1] < spec.size[0]
         assert not scenes._may_overlap(spec, other)  # its image clear of the object's
     assert [s.distractor for s in scenes.with_distractors(specs, seed=3)] == [s.distractor for s in placed]
+
+
+def test_judge_benchmark_tells_where_a_kept_fit_went_wrong(tmp_path, meshes_ready):
+    """A kept fit as bench_photo --keep leaves it (its summary written here, no fit run): one candidate at the
+    truth's pose and one turned a quarter turn away. Answered with the turned one, the fit failed at the
+    choice (a candidate near the truth was there); answered with the truth's, it did not fail."""
+    import torch
+    from pytorch3d.transforms import axis_angle_to_matrix
+    from test_photo import off_centre_rolled_pose, photograph, teapot
+
+    folder, fits = tmp_path / "cases", tmp_path / "fits"
+    folder.mkdir()
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, truth, _ = photograph(mesh, R, T, (120, 120, 120))
+    Image.fromarray(photo).save(folder / "case_00.jpg", quality=90)
+    cases = [{"case": i, "file": "case_00.jpg", "mesh": "teapot", "R": R.tolist(), "T": T.tolist(), "fov": 50.0,
+              "floor": "grey"} for i in range(2)]
+    (folder / "cases.json").write_text(json.dumps({"seed": 0, "cases": cases}))
+    R_turned = axis_angle_to_matrix(torch.tensor([0.0, math.pi / 2, 0.0])) @ R
+    candidates = [{"R": R.tolist(), "T": T.tolist(), "polish_loss": 1.0},
+                  {"R": R_turned.tolist(), "T": T.tolist(), "polish_loss": 1.0}]
+    for i, answer in enumerate((R_turned, R)):
+        (fits / f"fit_{i:02d}").mkdir(parents=True)
+        summary = {"R": answer.tolist(), "T": T.tolist(), "polished": True, "hypotheses": candidates}
+        (fits / f"fit_{i:02d}" / "summary.json").write_text(json.dumps(summary))
+    result = run_benchmark("bench_judge.py", "--cases", folder, "--fits", fits, "--all")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 0 ") or
+            line.startswith("| 1 ")]
+    assert len(rows) == 2
+    failed, right = ([cell.strip() for cell in row] for row in rows)
+    assert float(failed[3]) > 80 and float(failed[4]) < 1 and failed[7] == "choice"
+    assert float(failed[5]) < float(failed[6]), "the truth is judged better than the quarter turn"
+    assert float(right[3]) < 1 and right[7] == ""
+    only_failures = run_benchmark("bench_judge.py", "--cases", folder, "--fits", fits)
+    assert "| 0 |" in only_failures.stdout and "| 1 |" not in only_failures.stdout
+    # A folder with no cases in it: one line, exit 2.
+    empty = run_benchmark("bench_judge.py", "--cases", tmp_path, "--fits", fits)
+    assert empty.returncode == 2 and "holds no cases.json" in empty.stderr
