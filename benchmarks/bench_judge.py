@@ -4,12 +4,13 @@
     python benchmarks/bench_judge.py --cases /tmp/photos47 --fits /tmp/fits47     # then this
     python benchmarks/bench_judge.py --cases /tmp/photos47 --fits /tmp/fits47 --only 16 --all
 
-A polished 6-DoF fit of an RGB photo (posefit.search.Hypotheses.polish) ends
-by judging its polished candidates (the loop's finalists, the colour starts,
-a plain mesh's turns) on one frame (posefit.frame_fit.judged_together: the
-colour term on the union of the masks drawn around each candidate). This
-script judges the truth's pose with them, on such a frame, and tells the
-failures (rotation error over FAR_DEG) apart:
+A polished 6-DoF fit of an RGB photo (posefit.search.Hypotheses.polish)
+chooses among its polished candidates (the loop's finalists, the colour
+starts, a plain mesh's turns) by their colours: a plain mesh's answer last
+on one frame (posefit.frame_fit.judged_together: the colour term on the
+union of the masks drawn around each candidate). This script judges the
+truth's pose with them, on such a frame, and tells the failures (rotation
+error over FAR_DEG) apart:
 
 - judge: a candidate far off is judged better than the truth itself;
 - choice: the truth is judged better than every candidate FAR_DEG or more
