@@ -63,8 +63,7 @@ def judge_case(folder: Path, fits: Path, case: dict, mesh) -> dict | None:
     far = [scores[i + 1] for i, error in enumerate(errors) if error >= FAR_DEG]
     answer_error = pose.rotation_error_deg(torch.tensor(summary["R"]), R_true)
     return {"case": case["case"], "mesh": case["mesh"], "floor": case["floor"], "answer_deg": answer_error,
-            "nearest_deg": min(errors), "truth": float(scores[0]), "best_far": float(min(far, default=np.inf)),
-            "candidates": len(polished)}
+            "nearest_deg": min(errors), "truth": float(scores[0]), "best_far": float(min(far, default=np.inf))}
 
 
 def main() -> int:
