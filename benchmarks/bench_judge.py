@@ -82,15 +82,12 @@ def main() -> int:
               f"{args.cases})", file=sys.stderr)
         return 2
     cases = json.loads(listing.read_text())["cases"]
-    meshes = {}
     print("| case | mesh | floor | answer (deg) | nearest candidate (deg) | truth judged | best far one | failed at |")
     print("|---:|---|---|---:|---:|---:|---:|---|")
     for case in cases:
         if args.only and case["case"] not in args.only:
             continue
-        if case["mesh"] not in meshes:
-            meshes[case["mesh"]] = load_mesh(case["mesh"])
-        row = judge_case(args.cases, args.fits, case, meshes[case["mesh"]])
+        row = judge_case(args.cases, args.fits, case, load_mesh(case["mesh"]))  # (bench_photo caches each mesh)
         if row is None or (row["answer_deg"] < FAR_DEG and not args.all):
             continue
         where = ("" if row["answer_deg"] < FAR_DEG else "judge" if row["best_far"] < row["truth"]
