@@ -141,6 +141,28 @@ def test_a_lamps_bright_patch_on_a_grey_floor_is_not_the_object():
     assert not (mask & (lamp > 0.1)).any(), "no pixel of the lamp's patch is taken for the object"
 
 
+def test_on_a_grey_floor_a_bright_part_beyond_the_floor_coloured_body_stays_and_a_far_blob_does_not(monkeypatch):
+    # A grey teapot's shaded body matches a grey floor, and its bright spout beyond it is a small blob of its own
+    # (photo benchmark 49/22): kept, as a blob near the body (NEAR_BLOBS); a bright fleck of the same size far from
+    # the object is still dropped, and without NEAR_BLOBS the spout is dropped with it.
+    size = (96, 128)
+    floor, noise = grey_floor(size)
+    body = disk(size, (48, 40), 14)
+    spout = np.zeros(size, bool)
+    spout[45:52, 60:72] = True  # 6 pixels of floor between it and the body, whose size is 24.8 pixels
+    fleck = np.zeros(size, bool)
+    fleck[45:52, 104:116] = True
+    brightness = np.where(body | spout | fleck, 0.85, floor)
+    photo = (brightness[..., None] + noise).clip(0, 1).astype(np.float32)
+    assert masks.backdrop(photo).grey
+    mask = masks.photo_mask(photo)
+    assert (mask & spout).sum() > 0.8 * spout.sum(), "the spout is kept"
+    assert not (mask & fleck).any(), "the far fleck is not"
+    assert (mask & body).sum() > 0.9 * body.sum()
+    monkeypatch.setattr(masks, "NEAR_BLOBS", 0.0)
+    assert not (masks.photo_mask(photo) & spout).any(), "(without it the spout is dropped as a small blob)"
+
+
 def test_a_border_surface_of_mixed_colours_claims_no_more_than_the_widest_tolerance(monkeypatch):
     # A white object with a black patch on a green floor lit from one corner, and at the right border a box
     # cut by the frame: its lit red face, a white label, a black and a blue stripe and its shadow, which the
