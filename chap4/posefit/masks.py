@@ -119,8 +119,8 @@ KEEP_BLOBS = 0.2  # blobs at least this share of the biggest are kept
 # a grey teapot's shaded body matches the floor, and its bright spout or handle beyond it is a small blob of its own
 # (the spout of 49/22 0.26 of the body's size away, 47/16's handle 0.05), dropped as noise, and the fit turned the
 # teapot to put its spout elsewhere (43.4 and 175.0 degrees off). On the 526 RGB photos of seeds 25-50 (session
-# 59) the kept blobs changed 27 first masks (IoU with the truth 11 up by 0.02 or more, 7 down); fitted as the
-# README runs it, 49/22 43.4 -> 4.1 degrees and 47/16 175.0 -> 13.4, none of the 27 lost.
+# 59) the kept blobs changed 67 photos' readings (27 first masks: IoU with the truth 11 up by 0.02 or more, 7
+# down); fitted as the README runs it, 49/22 43.4 -> 4.1 degrees and 47/16 175.0 -> 13.4, none of the 67 lost.
 NEAR_BLOBS = 0.3
 # A blob at least this share of the shorter side from the rest of its mask stands apart (apart_blobs). On the RGB
 # photos of seeds 25-42 the pieces of one object that a mask split lay 0.028-0.049 apart (26/4, 36/19, 37/6),
