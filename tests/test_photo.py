@@ -149,7 +149,7 @@ def test_on_a_grey_floor_a_bright_part_beyond_the_floor_coloured_body_stays_and_
     floor, noise = grey_floor(size)
     body = disk(size, (48, 40), 14)
     spout = np.zeros(size, bool)
-    spout[45:52, 60:72] = True  # 6 pixels of floor between it and the body, whose size is 24.8 pixels
+    spout[45:52, 60:72] = True  # 6 pixels from the body (5 of floor between), whose size is 24.8 pixels
     fleck = np.zeros(size, bool)
     fleck[45:52, 104:116] = True
     brightness = np.where(body | spout | fleck, 0.85, floor)
