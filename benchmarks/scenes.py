@@ -919,6 +919,28 @@ def sample_sequence(seed: int, frames: int = 60, kind: str = "plain", mesh: str 
     return specs
 
 
+def smaller_objects(specs: list[SceneSpec], seed: int, fill=(0.25, 0.40)) -> list[SceneSpec]:
+    """Each photo spec with its camera moved back along the ray through the object's centre, so that the
+    bounding sphere spans `fill` of the shorter side (PHOTO_RANGES' is 0.40-0.70): the object where the
+    photo had it, smaller, as in a photo taken from further off. The sphere light moves away from the object
+    by the same factor (its radius too, its intensity by the square: the same light on the object, still out
+    of view); rotation, floor and occluder as drawn (an occluder, nearer the camera, then hides another
+    share). A probe outside the fixed ranges (session 61; bench_photo.py --smaller)."""
+    out = []
+    for i, spec in enumerate(specs):
+        rng = np.random.default_rng([int(seed), 6161, i])
+        P = mesh_info(spec.mesh)["centre"]
+        C = camera_centre(spec.R, spec.T)
+        k = distance_for_fill(spec.mesh, float(rng.uniform(*fill)), spec.fov) / float(np.linalg.norm(C - P))
+        k = max(k, 1.0)
+        T = -(P + k * (C - P)) @ np.asarray(spec.R)
+        light = P + k * (np.asarray(spec.light_position) - P)
+        out.append(spec.replace(T=T, light_position=tuple(float(v) for v in light),
+                                light_radius=spec.light_radius * k, light_intensity=spec.light_intensity * k * k,
+                                meta={**spec.meta, **framing(spec.mesh, spec.R, T, spec.fov, spec.size)}))
+    return out
+
+
 def with_distractors(specs: list[SceneSpec], seed: int) -> list[SceneSpec]:
     """Each photo spec (not a cut-out) with something else standing on the floor beside the object: a box (a
     book, a carton) or a post-like cylinder (a mug, a bottle), 0.5-1.5 of the object's height, in one of

@@ -239,3 +239,33 @@ def test_judge_benchmark_tells_where_a_kept_fit_went_wrong(tmp_path, meshes_read
     # A folder with no cases in it: one line, exit 2.
     empty = run_benchmark("bench_judge.py", "--cases", tmp_path, "--fits", fits)
     assert empty.returncode == 2 and "holds no cases.json" in empty.stderr
+
+
+def test_the_smaller_object_probe_moves_the_camera_back_along_the_ray_through_the_object(monkeypatch, meshes_ready):
+    scenes = load_scenes(monkeypatch)
+    specs = []
+    for i, (mesh, elevation) in enumerate([("teapot", 30), ("cow", 50), ("teapot", 70)]):
+        fov = 55.0
+        R, T = scenes.camera_pose(mesh, 40 * i, elevation, scenes.distance_for_fill(mesh, 0.6, fov), roll_deg=-20 * i,
+                                  offset_ndc=(0.3, -0.2), fov=fov)
+        specs.append(scenes.SceneSpec(mesh=mesh, R=R, T=T, fov=fov, light_position=(2.0, 4.0, 2.0 + i)))
+    smaller = scenes.smaller_objects(specs, seed=3)
+    for spec, plain in zip(smaller, specs, strict=True):
+        info = scenes.mesh_info(spec.mesh)
+        centre = info["centre"]
+        assert np.array_equal(spec.R, plain.R) and spec.fov == plain.fov and spec.size == plain.size
+        # the object's centre where the photo had it, the camera further off, the sphere spanning 0.25-0.40
+        at, _ = scenes.project(centre[None], spec.R, spec.T, spec.fov, spec.size)
+        was, _ = scenes.project(centre[None], plain.R, plain.T, plain.fov, plain.size)
+        assert np.allclose(at, was, atol=1e-6)
+        distance = np.linalg.norm(scenes.camera_centre(spec.R, spec.T) - centre)
+        fill = math.tan(math.asin(info["radius"] / distance)) / math.tan(math.radians(spec.fov) / 2)
+        assert 0.25 - 1e-6 <= fill <= 0.40 + 1e-6
+        assert scenes.framing(spec.mesh, spec.R, spec.T, spec.fov, spec.size)["fill_share"] < \
+            scenes.framing(plain.mesh, plain.R, plain.T, plain.fov, plain.size)["fill_share"]
+        # the same light on the object: the sphere light as far again, as large again, irradiance kept
+        k = distance / np.linalg.norm(scenes.camera_centre(plain.R, plain.T) - centre)
+        assert np.allclose(np.asarray(spec.light_position) - centre, k * (np.asarray(plain.light_position) - centre))
+        assert math.isclose(spec.light_radius, k * plain.light_radius)
+        assert math.isclose(spec.light_intensity / (k * k), plain.light_intensity)
+    assert all(np.array_equal(a.T, b.T) for a, b in zip(scenes.smaller_objects(specs, seed=3), smaller, strict=True))
