@@ -984,6 +984,34 @@ def test_the_colour_polish_brings_a_turned_pose_closer(meshes_ready):
     assert R_nan is nan_R and loss_nan == math.inf
 
 
+def test_a_small_objects_photo_is_polished_on_a_frame_drawn_larger(meshes_ready):
+    # zoom_for: enough for the mask's extent to span ZOOM_EXTENT pixels at the polish's side, at most MAX_ZOOM.
+    mask = torch.zeros(192, 256)
+    assert frame_fit.zoom_for(mask) == 1.0  # (nothing to zoom to)
+    mask[40:160, 60:200] = 1  # 140 of the shorter side's 192 pixels: 131 at 180
+    assert frame_fit.zoom_for(mask) == 1.0
+    mask.zero_()
+    mask[80:120, 100:130] = 1  # 40 of 192: 37.5 at 180
+    assert math.isclose(frame_fit.zoom_for(mask), frame_fit.ZOOM_EXTENT / (40 / 192 * frame_fit.POLISH_SIDE))
+    mask.zero_()
+    mask[90:94, 100:103] = 1
+    assert frame_fit.zoom_for(mask) == frame_fit.MAX_ZOOM
+    # The photo drawn that much larger, scaled up where it has fewer pixels.
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh, distance=8.0)
+    photo, seen, _ = photograph(mesh, R, T, (60, 110, 170), size=(96, 128))
+    zoom = frame_fit.zoom_for(torch.from_numpy(seen))
+    assert 1.5 < zoom < frame_fit.MAX_ZOOM
+    _, _, size, prepared = frame_fit._photo_at(mesh, photo / 255.0, FOV, frame_fit.POLISH_SIDE, zoom=zoom)
+    assert size == (round(96 * zoom), round(128 * zoom)) and prepared.values.shape[:2] == size
+    # Polished there, a pose turned 6 degrees off comes back, in the photo's own camera.
+    turned = axis_angle_to_matrix(torch.tensor([0.0, math.radians(6.0), 0.0])) @ R
+    R_fit, T_fit, loss = frame_fit.polish(mesh, photo / 255.0, FOV, turned, T, zoom=zoom)
+    assert math.isfinite(loss)
+    assert pose.rotation_error_deg(R_fit, R) < 0.5 * pose.rotation_error_deg(turned, R)
+    assert float((T_fit - T).norm() / T.norm()) < 0.03
+
+
 def photo_and_twin(mesh, tmp_path, backdrop):
     """The mesh at off_centre_rolled_pose (R, T) photographed on a backdrop at 96 x 128, loaded as a target, and
     its half-turn twin (R_twin, T_twin: half a turn about the mesh's vertical through its centre)."""

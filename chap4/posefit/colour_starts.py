@@ -57,12 +57,14 @@ def textured(mesh) -> bool:
 def colour_starts(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, grid: initial.ViewGrid,
                   care: torch.Tensor | None = None, background=None, *, pool: int = RANK_POOL, keep: int = KEEP,
                   steps: int = FIT_STEPS, count: int = COUNT,
-                  min_separation_deg: float = initial.MIN_SEPARATION_DEG) -> tuple[torch.Tensor, torch.Tensor]:
+                  min_separation_deg: float = initial.MIN_SEPARATION_DEG, zoom: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `count` poses R (n, 3, 3), T (n, 3) of the object in the photo (H, W, 3 in [0, 1], as it came),
     chosen by their colours among the grid's `pool` best for the photo's mask (with care: the pixels' weights
-    the grid scored with, 0 on something in front; see the module's docstring). On the CPU."""
+    the grid scored with, 0 on something in front; see the module's docstring); zoom: its frames drawn that
+    many times larger (frame_fit.zoom_for). On the CPU."""
     R, T = initial.best_placed(grid, mask, fov, pool, care)
-    renderers, plain, frame = frame_fit.photo_frame(mesh, pixels, fov, mask, care, RANK_SIDE, background)
+    renderers, plain, frame = frame_fit.photo_frame(mesh, pixels, fov, mask, care, RANK_SIDE, background, zoom)
     loss = frame_fit.photo_losses(renderers, plain, frame, R, T)
     order = np.argsort(loss, kind="stable")[:keep]
     best = torch.from_numpy(order[np.isfinite(loss[order])])
@@ -71,7 +73,7 @@ def colour_starts(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, grid
     R, T, _, _ = frame_fit.fit(renderers, plain.extend(len(best)), R[best].cpu(), T[best].cpu(), frame,
                                iterations=steps, lr=FIT_LR, lr_end=FIT_LR_END, weight_colour=frame_fit.WEIGHT_COLOUR,
                                light_passes=frame_fit.ROBUST_LIGHT_PASSES)
-    renderers, plain, frame = frame_fit.photo_frame(mesh, pixels, fov, mask, care, CHECK_SIDE, background)
+    renderers, plain, frame = frame_fit.photo_frame(mesh, pixels, fov, mask, care, CHECK_SIDE, background, zoom)
     loss = frame_fit.photo_losses(renderers, plain, frame, R, T)
     order = [k for k in np.argsort(loss, kind="stable").tolist() if math.isfinite(loss[k])]
     index = torch.tensor(initial.spread_out(((k, R[k]) for k in order), count, min_separation_deg), dtype=torch.long)

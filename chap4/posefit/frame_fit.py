@@ -56,6 +56,28 @@ POLISH_LR = 0.006
 # the object's shading (35 -> 31 of 42 runs within the targets).
 LOCAL_GAIN_WIDTH = 0.05
 LOCAL_GAIN_FLOOR = 1e-3  # added to both averages: the gain is 1 far from the object
+# A small object's photo frames (the polish's, the judge's, the colour starts') are drawn larger (zoom_for):
+# enough for the object to span ZOOM_EXTENT pixels across in the polish's frame, at most MAX_ZOOM times. Only
+# the window around the object is rendered, so a zoomed frame costs what a larger object's does; the photo is
+# scaled up where it has fewer pixels (a phone's file has more). On the benchmark's photos the object spans
+# 30-60% of the shorter side (54-108 px at 180); moved back to 16-33% (bench_photo.py --smaller, seed 63), its
+# teapots fitted 5 of 12 unzoomed, 8 of 12 zoomed to 80 px (two half-turn twins among the failures before,
+# none after), the cows 11 of 12 either way; the teapots of fresh seeds 55 and 56, 20 of 24 either way
+# (benchmarks/RESULTS.md, session 61).
+ZOOM_EXTENT = 80
+MAX_ZOOM = 3.0
+
+
+def zoom_for(mask: torch.Tensor) -> float:
+    """How many times larger than their sides a photo's frames are drawn for the object its mask (any size)
+    holds: enough for the mask's extent (its bounding box's longer side) to span ZOOM_EXTENT pixels at
+    POLISH_SIDE on the shorter side, at most MAX_ZOOM; 1 for an object that already does or an empty mask."""
+    m = mask.detach().cpu().numpy() > 0.5
+    rows, cols = np.nonzero(m)
+    if len(rows) == 0:
+        return 1.0
+    share = (max(np.ptp(rows), np.ptp(cols)) + 1) / min(m.shape)
+    return float(min(MAX_ZOOM, max(1.0, ZOOM_EXTENT / (share * POLISH_SIDE))))
 
 
 def to_linear(srgb: torch.Tensor) -> torch.Tensor:
@@ -489,12 +511,13 @@ def hard_silhouette(renderers, mesh, R, T, window=None) -> torch.Tensor:
         return rasterizer(mesh, R=R, T=T).pix_to_face[0, ..., 0] >= 0
 
 
-def _photo_at(mesh, pixels: np.ndarray, fov: float, side: int, background=None):
-    """A photo (H, W, 3 in [0, 1], as it came) at `side` pixels on its shorter side (never scaled up): the
-    renderers at that size and the plain mesh they render (make_renderers, on the CPU), the size, and the
-    photo prepared as a frame (video.prepare: scaled, its backdrop model found)."""
+def _photo_at(mesh, pixels: np.ndarray, fov: float, side: int, background=None, zoom: float = 1.0):
+    """A photo (H, W, 3 in [0, 1], as it came) at `side` pixels on its shorter side (never scaled up to it),
+    then `zoom` times that (zoom_for): the renderers at that size and the plain mesh they render
+    (make_renderers, on the CPU), the size, and the photo prepared as a frame (video.prepare: scaled, its
+    backdrop model found)."""
     H0, W0 = pixels.shape[:2]
-    scale = min(1.0, side / min(H0, W0))
+    scale = min(1.0, side / min(H0, W0)) * zoom
     size = (max(1, round(H0 * scale)), max(1, round(W0 * scale)))
     renderers, plain = make_renderers(mesh.to("cpu"), size, fov, "cpu")
     raw = video.RawFrame(0, None, (np.clip(pixels[..., :3], 0, 1) * 255).round().astype(np.uint8))
@@ -502,12 +525,12 @@ def _photo_at(mesh, pixels: np.ndarray, fov: float, side: int, background=None):
 
 
 def photo_frame(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, care: torch.Tensor | None, side: int,
-                background=None):
-    """A photo (H, W, 3 in [0, 1], as it came) as a frame at `side` pixels (its shorter side), with a mask
+                background=None, zoom: float = 1.0):
+    """A photo (H, W, 3 in [0, 1], as it came) as a frame at `side` pixels (its shorter side; x zoom), with a mask
     given rather than found: the photo's chosen mask (any size, box-averaged to the frame's and halved) and
     its pixels' weights (care, 0 on something in front; None: all count). The whole frame is its window.
     Returns the frame's renderers, the plain mesh they render (make_renderers) and the frame (Observed)."""
-    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
+    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background, zoom)
     frame = Observed(prepared, size, background)
 
     def resized(values: torch.Tensor) -> torch.Tensor:
@@ -536,9 +559,9 @@ def photo_losses(renderers, plain, frame: Observed, R: torch.Tensor, T: torch.Te
 
 
 def judged_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
-                    side: int = POLISH_SIDE) -> np.ndarray:
+                    side: int = POLISH_SIDE, zoom: float = 1.0) -> np.ndarray:
     """How well each of the poses R (M, 3, 3), T (M, 3) explains a photo (H, W, 3 in [0, 1], as it came),
-    judged on one frame for all of them: the photo at `side` pixels, its mask the union of the masks drawn
+    judged on one frame for all of them: the photo at `side` pixels (x zoom), its mask the union of the masks drawn
     around each pose's silhouette (as the polish draws one), the floor and shadow filled in behind all of
     them, and the colour term alone (the silhouette term would favour the pose whose mask it is). Returns
     M losses (numpy; inf where not finite, all inf if no pose shows anything).
@@ -549,12 +572,13 @@ def judged_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: to
     benchmark (seed 32 case 6) a turn 131 degrees off polished to a lower loss than the truth's. On one frame
     the spout is inside the union, and a pose that does not draw it there pays for it."""
     R, T = R.cpu(), T.cpu()
-    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
+    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background, zoom)
     return judged_on(renderers, plain, size, prepared, R, T, background)
 
 
 def refined_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
-                     steps: int, side: int = POLISH_SIDE) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+                     steps: int, side: int = POLISH_SIDE, zoom: float = 1.0
+                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The poses R (M, 3, 3), T (M, 3) refined together for `steps` steps on the frame judged_together judges
     them on (its colour term, at the polish's rate), then judged there. Returns the refined R, T (on the
     CPU) and their M losses (as judged_together's).
@@ -567,7 +591,7 @@ def refined_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: t
     the two best, and was never polished); after ten steps together the half turn scored 6,945, the best
     turn."""
     R, T = R.cpu(), T.cpu()
-    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
+    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background, zoom)
     frame = one_frame(renderers, plain, size, prepared, R, T, background)
     if frame is None:
         return R, T, np.full(len(R), math.inf)
@@ -611,9 +635,9 @@ def one_frame(renderers, plain, size, prepared, R: torch.Tensor, T: torch.Tensor
 
 
 def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
-           side: int = POLISH_SIDE, steps: int = POLISH_STEPS, lr: float = POLISH_LR):
+           side: int = POLISH_SIDE, steps: int = POLISH_STEPS, lr: float = POLISH_LR, zoom: float = 1.0):
     """A photo's 6-DoF answer R (3, 3), T (3,) refined as a tracked frame is fitted: the photo (H, W, 3 in
-    [0, 1], as it came) scaled to `side`, its mask drawn around the answer's silhouette, then `steps` steps
+    [0, 1], as it came) scaled to `side` (x zoom, zoom_for), its mask drawn around the answer's silhouette, then `steps` steps
     on the silhouette and on the colours of the render lit by the photo's light and composited over the
     floor and shadow behind the object. The grid and the silhouette fit place the object by the mask, whose
     outline a photo's shading shifts; the colours place it by the lit and the shaded sides themselves.
@@ -625,7 +649,7 @@ def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tenso
         return given
     device = R.device
     R, T = R.cpu(), T.cpu()
-    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background)
+    renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background, zoom)
     silhouette = hard_silhouette(renderers, plain, R[None], T[None])
     frame = Observed(prepared, size, background, silhouette)
     if not frame.mask.any():

@@ -202,6 +202,7 @@ class Hypotheses:
         self.mask = None  # (H, W) bool: the photo's mask the starts chose, if not the target's (start, 6-DoF)
         self.care = None  # (H, W) the target's pixels' weights, 0 on something in front (start, 6-DoF photos)
         self.in_front_share = None  # the share of the first mask that care leaves out
+        self.zoom = 1.0  # a photo's frames drawn this many times larger, for a small object (frame_fit.zoom_for)
         # (R (n, 3, 3), T (n, 3)): starts the photo's colours chose (start, posefit.colour_starts), polished
         # beside the finalists; each becomes a hypothesis of its own (by_colour), not fitted by the loop.
         self.colour_starts = None
@@ -441,7 +442,8 @@ class Hypotheses:
         finalists = finalists or [loop_best]
 
         def polish_record(k: int) -> None:
-            R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background)
+            R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background,
+                                          zoom=self.zoom)
             self.R[k], self.T[k], self.polish_loss[k] = R, T, loss
             self.positions[k] = pose.camera_centre(R, T)[0].tolist()
 
@@ -476,7 +478,7 @@ class Hypotheses:
         k = self.best()
         if self.polish_loss[k] is not None and math.isfinite(self.polish_loss[k]):
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background,
-                                          steps=ANSWER_POLISH_STEPS)
+                                          steps=ANSWER_POLISH_STEPS, zoom=self.zoom)
             if math.isfinite(loss):
                 self.R[k], self.T[k] = R, T
                 self.positions[k] = pose.camera_centre(R, T)[0].tolist()
@@ -498,7 +500,7 @@ class Hypotheses:
             return k
         centre = self.poses.centre
         R_turns, T_turns = turns.best_turns(mesh, target.original, fov, self.R[k], self.T[k], centre,
-                                            target.background)
+                                            target.background, zoom=self.zoom)
         rivals = [k] + [j for j in others if j != k and math.isfinite(self.polish_loss[j]) and self._allows(j)]
         for R0, T0 in zip(R_turns, T_turns, strict=True):
             j = self._add(R0.to(self.R[k].device), T0.to(self.T[k].device), turned_from=k)
@@ -508,7 +510,8 @@ class Hypotheses:
         if len(rivals) > 1:
             # (all of them on the frame, whose mask is the union of theirs; only those that fit the mask may win)
             scores = frame_fit.judged_together(mesh, target.original, fov, torch.stack([self.R[j] for j in rivals]),
-                                               torch.stack([self.T[j] for j in rivals]), target.background)
+                                               torch.stack([self.T[j] for j in rivals]), target.background,
+                                               zoom=self.zoom)
             eligible = set(self._fitting_the_mask(mesh, fov, rivals[1:], k if reference is None else reference))
             may_win = np.array([i == 0 or j in eligible for i, j in enumerate(rivals)])  # (the answer stays one)
             best = int(np.argmin(np.where(may_win, scores, np.inf)))
@@ -574,6 +577,8 @@ class Hypotheses:
         out = {"best_hypothesis": best, "hypotheses": entries, "ambiguous": False, "polished": self.polished}
         if self.in_front_share is not None:  # the share of the mask taken for something in front of the object
             out["in_front_share"] = self.in_front_share
+        if self.polished:
+            out["polish_zoom"] = self.zoom
         if not self.single:
             out["multistart"] = self.schedule()
         rivals = [
@@ -646,14 +651,16 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         # The object's colours (a plain one's shading) pick starts of their own among the grid's poses, for
         # the polish.
         by_colour = None
+        zoom = frame_fit.zoom_for(target.hard_mask)  # (the photo's frames from here on, for a small object)
         if photo is not None and target.original is not None:
             by_colour = colour_starts.colour_starts(mesh, target.original, fov, target.hard_mask, grid, care,
-                                                    target.background)
+                                                    target.background, zoom=zoom)
     poses = six_dof_poses(mesh, R, T, fov)
     hypotheses = Hypotheses(poses, iterations=min(iterations, SIX_DOF_ITERATIONS), lr=lr * SIX_DOF_LR_SHARE,
                             scheduled=True, rank_with_colour=True, flip_twins=True, upright=upright,
                             **{"explore_sigma": SIX_DOF_EXPLORE_SIGMA, **schedule})
     hypotheses.mask = mask
+    hypotheses.zoom = zoom
     hypotheses.colour_starts = by_colour
     if care is not None:
         counted = target.hard_mask.float()
