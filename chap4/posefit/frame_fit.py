@@ -62,8 +62,8 @@ LOCAL_GAIN_FLOOR = 1e-3  # added to both averages: the gain is 1 far from the ob
 # scaled up where it has fewer pixels (a phone's file has more). On the benchmark's photos the object spans
 # 30-60% of the shorter side (54-108 px at 180); moved back to 16-33% (bench_photo.py --smaller, seed 63), its
 # teapots fitted 5 of 12 unzoomed, 8 of 12 zoomed to 80 px (two half-turn twins among the failures before,
-# none after), the cows 11 of 12 either way; the teapots of fresh seeds 55 and 56, 20 of 24 either way
-# (benchmarks/RESULTS.md, session 61).
+# none after), the cows 11 of 12 either way; the teapots of fresh seeds 55 and 56, 20 of 24 either way; on
+# probe seed 64, fitted after, its teapots 9 of 12 (8 without) (benchmarks/RESULTS.md, session 61).
 ZOOM_EXTENT = 80
 MAX_ZOOM = 3.0
 
