@@ -234,7 +234,8 @@ def save_figure(rows: list[dict], folder: Path, fits: Path, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=8,
-                        help="the cases' seed (default 8; the README reports the latest fresh seed; see this file's docstring)")
+                        help="the cases' seed (default 8; the README reports the latest fresh seed; see this "
+                             "file's docstring)")
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--cases", type=Path, help="folder of rendered cases (made if missing; default: temporary)")
     parser.add_argument("--render-only", action="store_true")
@@ -254,8 +255,8 @@ def main() -> int:
                              "the floor beside each object, clear of it in the image, all else as the seed draws it")
     parser.add_argument("--smaller", action="store_true",
                         help="a probe outside the fixed ranges: the camera moved back along the ray through the "
-                             "object, whose bounding sphere spans 0.25-0.40 of the shorter side (the fixed ranges: 0.40-0.70), "
-                             "all else as the seed draws it")
+                             "object, whose bounding sphere spans 0.25-0.40 of the shorter side (the fixed ranges: "
+                             "0.40-0.70), all else as the seed draws it")
     parser.add_argument("extra", nargs="*", help="more flags for the scripts, after --")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_photo_") as tmp:

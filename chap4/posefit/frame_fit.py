@@ -526,8 +526,8 @@ def _photo_at(mesh, pixels: np.ndarray, fov: float, side: int, background=None, 
 
 def photo_frame(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, care: torch.Tensor | None, side: int,
                 background=None, zoom: float = 1.0):
-    """A photo (H, W, 3 in [0, 1], as it came) as a frame at `side` pixels (its shorter side; x zoom), with a mask
-    given rather than found: the photo's chosen mask (any size, box-averaged to the frame's and halved) and
+    """A photo (H, W, 3 in [0, 1], as it came) as a frame at `side` pixels (its shorter side; x zoom), with a
+    mask given rather than found: the photo's chosen mask (any size, box-averaged to the frame's and halved) and
     its pixels' weights (care, 0 on something in front; None: all count). The whole frame is its window.
     Returns the frame's renderers, the plain mesh they render (make_renderers) and the frame (Observed)."""
     renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background, zoom)
@@ -561,9 +561,9 @@ def photo_losses(renderers, plain, frame: Observed, R: torch.Tensor, T: torch.Te
 def judged_together(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
                     side: int = POLISH_SIDE, zoom: float = 1.0) -> np.ndarray:
     """How well each of the poses R (M, 3, 3), T (M, 3) explains a photo (H, W, 3 in [0, 1], as it came),
-    judged on one frame for all of them: the photo at `side` pixels (x zoom), its mask the union of the masks drawn
-    around each pose's silhouette (as the polish draws one), the floor and shadow filled in behind all of
-    them, and the colour term alone (the silhouette term would favour the pose whose mask it is). Returns
+    judged on one frame for all of them: the photo at `side` pixels (x zoom), its mask the union of the masks
+    drawn around each pose's silhouette (as the polish draws one), the floor and shadow filled in behind all
+    of them, and the colour term alone (the silhouette term would favour the pose whose mask it is). Returns
     M losses (numpy; inf where not finite, all inf if no pose shows anything).
 
     Why one frame: the polish draws each pose's mask around its own silhouette, and what that mask leaves out
@@ -637,9 +637,9 @@ def one_frame(renderers, plain, size, prepared, R: torch.Tensor, T: torch.Tensor
 def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
            side: int = POLISH_SIDE, steps: int = POLISH_STEPS, lr: float = POLISH_LR, zoom: float = 1.0):
     """A photo's 6-DoF answer R (3, 3), T (3,) refined as a tracked frame is fitted: the photo (H, W, 3 in
-    [0, 1], as it came) scaled to `side` (x zoom, zoom_for), its mask drawn around the answer's silhouette, then `steps` steps
-    on the silhouette and on the colours of the render lit by the photo's light and composited over the
-    floor and shadow behind the object. The grid and the silhouette fit place the object by the mask, whose
+    [0, 1], as it came) scaled to `side` (x zoom, zoom_for), its mask drawn around the answer's silhouette,
+    then `steps` steps on the silhouette and on the colours of the render lit by the photo's light and
+    composited over the floor and shadow behind the object. The grid and the silhouette fit place the object by the mask, whose
     outline a photo's shading shifts; the colours place it by the lit and the shaded sides themselves.
     Returns the refined (R, T) and the loss there (silhouette + colour: how well that pose explains the
     photo), or R, T themselves and an infinite loss if the refinement failed (a non-finite loss). It runs on

@@ -651,7 +651,8 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         # The object's colours (a plain one's shading) pick starts of their own among the grid's poses, for
         # the polish.
         by_colour = None
-        zoom = frame_fit.zoom_for(target.hard_mask)  # (the photo's frames from here on, for a small object)
+        # (a photo's frames from here on drawn larger for a small object; only a photo's are drawn)
+        zoom = frame_fit.zoom_for(target.hard_mask) if photo is not None else 1.0
         if photo is not None and target.original is not None:
             by_colour = colour_starts.colour_starts(mesh, target.original, fov, target.hard_mask, grid, care,
                                                     target.background, zoom=zoom)
