@@ -1130,6 +1130,38 @@ def test_judged_together_the_true_pose_beats_its_turns_that_leave_the_spout_out(
     assert np.isinf(frame_fit.judged_together(mesh, photo / 255.0, FOV, R[None], away[None])).all()
 
 
+def test_what_stands_in_front_counts_neither_in_the_judgement_nor_in_the_polishs_loss(meshes_ready):
+    # A post in front of the object that the fit found (its care weights: 0 on the post) is not the object's
+    # colour. Counted, it costs a pose that puts the object's part behind it (the truth) as much as one that
+    # moves that part away; left out, the truth explains the rest of the photo far better than a turn does.
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, 2.3, 0.2))
+    photo, truth, _ = photograph(mesh, R, T, (170, 110, 60), size=(96, 128))
+    occluded, bar = with_a_bar_in_front(photo, truth, colour=(200, 40, 40))
+    care = torch.from_numpy(~bar).float()
+    centre, _ = initial.mesh_centre_radius(mesh)
+    R_turn, T_turn = turns.turned(R, T, centre, 25.0)
+    R_all, T_all = torch.stack([R, R_turn]), torch.stack([T, T_turn])
+    counted = frame_fit.judged_together(mesh, occluded / 255.0, FOV, R_all, T_all)
+    left_out = frame_fit.judged_together(mesh, occluded / 255.0, FOV, R_all, T_all, care=care)
+    assert np.isfinite(counted).all() and np.isfinite(left_out).all()
+    assert left_out[0] < 0.7 * counted[0]  # (the post's pixels no longer count against the truth)
+    assert left_out[1] / left_out[0] > 1.2 * counted[1] / counted[0]
+    # The polish refines on every pixel (a piece taken for something in front may be the object's own) and
+    # measures the pose it ends at without the post: the same pose, at a lower loss.
+    turned = axis_angle_to_matrix(torch.tensor([0.0, math.radians(6.0), 0.0])) @ R
+    R_fit, T_fit, loss = frame_fit.polish(mesh, occluded / 255.0, FOV, turned, T, care=care)
+    R_all_in, T_all_in, loss_all_in = frame_fit.polish(mesh, occluded / 255.0, FOV, turned, T)
+    assert torch.equal(R_fit, R_all_in) and torch.equal(T_fit, T_all_in)
+    assert math.isfinite(loss) and loss < 0.9 * loss_all_in
+    assert pose.rotation_error_deg(R_fit, R) < 0.5 * pose.rotation_error_deg(turned, R)
+    # The care's pixels at a frame's size: what stands in front, 1.0 there.
+    covered = frame_fit.in_front_at(care, (48, 64))
+    assert covered.shape == (48, 64) and set(covered.unique().tolist()) <= {0.0, 1.0}
+    assert abs(float(covered.mean()) - float(bar.mean())) < 0.02
+    assert frame_fit.in_front_at(None, (48, 64)) is None
+
+
 def test_the_turns_are_refined_together_before_they_are_judged(meshes_ready):
     # A turn is judged as turned, some degrees from where the colours would settle it: a turn a few degrees
     # off the truth explains the photo much worse than it would refined (photo benchmark 33/10: the half turn

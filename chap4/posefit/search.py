@@ -429,7 +429,8 @@ class Hypotheses:
         off -> 1.3). The answer is then polished once more (ANSWER_POLISH_STEPS). With the floor's prior, a
         plain mesh's answer then meets its turns about the floor's vertical (posefit.turns, _try_turns) and the
         other polished poses, all judged on one frame, and a rival that explains the photo better there is
-        polished once more in its place. Other fits are left as they are. Returns whether it polished."""
+        polished once more in its place. Whatever the starts found in front of the object (self.care) counts
+        in none of these, as in the loop. Other fits are left as they are. Returns whether it polished."""
         if not isinstance(self.poses, pose.SixDoF) or target.photo is None or target.original is None:
             return False
         if not masks.is_photo(target.photo.cpu().numpy()):
@@ -443,7 +444,7 @@ class Hypotheses:
 
         def polish_record(k: int) -> None:
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background,
-                                          zoom=self.zoom)
+                                          zoom=self.zoom, care=self.care)
             self.R[k], self.T[k], self.polish_loss[k] = R, T, loss
             self.positions[k] = pose.camera_centre(R, T)[0].tolist()
 
@@ -478,7 +479,7 @@ class Hypotheses:
         k = self.best()
         if self.polish_loss[k] is not None and math.isfinite(self.polish_loss[k]):
             R, T, loss = frame_fit.polish(mesh, target.original, fov, self.R[k], self.T[k], target.background,
-                                          steps=ANSWER_POLISH_STEPS, zoom=self.zoom)
+                                          steps=ANSWER_POLISH_STEPS, zoom=self.zoom, care=self.care)
             if math.isfinite(loss):
                 self.R[k], self.T[k] = R, T
                 self.positions[k] = pose.camera_centre(R, T)[0].tolist()
@@ -500,7 +501,7 @@ class Hypotheses:
             return k
         centre = self.poses.centre
         R_turns, T_turns = turns.best_turns(mesh, target.original, fov, self.R[k], self.T[k], centre,
-                                            target.background, zoom=self.zoom)
+                                            target.background, zoom=self.zoom, care=self.care)
         rivals = [k] + [j for j in others if j != k and math.isfinite(self.polish_loss[j]) and self._allows(j)]
         for R0, T0 in zip(R_turns, T_turns, strict=True):
             j = self._add(R0.to(self.R[k].device), T0.to(self.T[k].device), turned_from=k)
@@ -511,7 +512,7 @@ class Hypotheses:
             # (all of them on the frame, whose mask is the union of theirs; only those that fit the mask may win)
             scores = frame_fit.judged_together(mesh, target.original, fov, torch.stack([self.R[j] for j in rivals]),
                                                torch.stack([self.T[j] for j in rivals]), target.background,
-                                               zoom=self.zoom)
+                                               zoom=self.zoom, care=self.care)
             eligible = set(self._fitting_the_mask(mesh, fov, rivals[1:], k if reference is None else reference))
             may_win = np.array([i == 0 or j in eligible for i, j in enumerate(rivals)])  # (the answer stays one)
             best = int(np.argmin(np.where(may_win, scores, np.inf)))

@@ -49,16 +49,17 @@ def turned(R: torch.Tensor, T: torch.Tensor, centre: torch.Tensor, degrees: floa
 
 def best_turns(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, centre: torch.Tensor,
                background=None, *, step_deg: float = STEP_DEG, count: int = POLISHED, steps: int = REFINE_STEPS,
-               zoom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               zoom: float = 1.0, care: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `count` turns R (n, 3, 3), T (n, 3) of the answer R (3, 3), T (3,) about the floor's vertical
     through `centre` (every `step_deg`), those whose colours explain the photo (H, W, 3 in [0, 1], as it came)
     best when refined together with the answer for `steps` steps and judged with it on one frame
-    (frame_fit.refined_together, its frame `zoom` times larger), as refined, best first (on the CPU)."""
+    (frame_fit.refined_together, its frame `zoom` times larger, care: 0 on something in front of the object),
+    as refined, best first (on the CPU)."""
     poses = [turned(R, T, centre, k * step_deg) for k in range(1, int(round(360.0 / step_deg)))]
     R_all = torch.stack([R] + [p[0] for p in poses])
     T_all = torch.stack([T] + [p[1] for p in poses])
     R_all, T_all, scores = frame_fit.refined_together(mesh, pixels, fov, R_all, T_all, background, steps=steps,
-                                                        zoom=zoom)
+                                                        zoom=zoom, care=care)
     scores = scores[1:]
     order = [k for k in np.argsort(scores, kind="stable").tolist() if math.isfinite(scores[k])][:count]
     index = torch.tensor(order, dtype=torch.long) + 1
