@@ -429,8 +429,9 @@ class Hypotheses:
         off -> 1.3). The answer is then polished once more (ANSWER_POLISH_STEPS). With the floor's prior, a
         plain mesh's answer then meets its turns about the floor's vertical (posefit.turns, _try_turns) and the
         other polished poses, all judged on one frame, and a rival that explains the photo better there is
-        polished once more in its place. Whatever the starts found in front of the object (self.care) counts
-        in none of these, as in the loop. Other fits are left as they are. Returns whether it polished."""
+        polished once more in its place. What the starts found in front of the object (self.care) counts in
+        none of these comparisons, as in the loop (each polish still refines on every pixel: frame_fit.polish).
+        Other fits are left as they are. Returns whether it polished."""
         if not isinstance(self.poses, pose.SixDoF) or target.photo is None or target.original is None:
             return False
         if not masks.is_photo(target.photo.cpu().numpy()):
