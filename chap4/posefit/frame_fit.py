@@ -524,6 +524,13 @@ def _photo_at(mesh, pixels: np.ndarray, fov: float, side: int, background=None, 
     return renderers, plain, size, video.prepare(raw, size, background)
 
 
+def area_halved(values: torch.Tensor, size) -> torch.Tensor:
+    """values (H, W, any size, in [0, 1]) box-averaged to `size` and halved: 1.0 where they cover at least half
+    of a pixel, else 0.0 (on the CPU)."""
+    area = torch.nn.functional.interpolate(values.float().cpu()[None, None], size=size, mode="area")[0, 0]
+    return (area >= 0.5).float()
+
+
 def photo_frame(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, care: torch.Tensor | None, side: int,
                 background=None, zoom: float = 1.0):
     """A photo (H, W, 3 in [0, 1], as it came) as a frame at `side` pixels (its shorter side; x zoom), with a
@@ -532,13 +539,8 @@ def photo_frame(mesh, pixels: np.ndarray, fov: float, mask: torch.Tensor, care: 
     Returns the frame's renderers, the plain mesh they render (make_renderers) and the frame (Observed)."""
     renderers, plain, size, prepared = _photo_at(mesh, pixels, fov, side, background, zoom)
     frame = Observed(prepared, size, background)
-
-    def resized(values: torch.Tensor) -> torch.Tensor:
-        area = torch.nn.functional.interpolate(values.float().cpu()[None, None], size=size, mode="area")[0, 0]
-        return (area >= 0.5).float()
-
-    frame.mask = resized(mask)
-    frame.weight = None if care is None else resized(care)
+    frame.mask = area_halved(mask, size)
+    frame.weight = None if care is None else area_halved(care, size)
     frame.window = (0, size[0], 0, size[1])
     return renderers, plain, frame
 
@@ -616,7 +618,7 @@ def one_frame(renderers, plain, size, prepared, R: torch.Tensor, T: torch.Tensor
     """The one frame on which the poses R (M, 3, 3), T (M, 3) are judged together (judged_together), or None
     if no pose shows anything: its mask the union of those drawn around each pose's silhouette, the floor
     filled in behind all of them, the colour term alone (no silhouette weight), not counted where `care` is 0
-    (something in front of the object, as `polish` leaves it out)."""
+    (something in front of the object, as `polish`'s loss leaves it out)."""
     silhouettes = [hard_silhouette(renderers, plain, R[k:k + 1], T[k:k + 1]) for k in range(len(R))]
     frames = [Observed(prepared, size, background, silhouette) for silhouette in silhouettes]
     union = np.any([frame.mask.numpy() > 0.5 for frame in frames], axis=0)
@@ -642,10 +644,7 @@ def one_frame(renderers, plain, size, prepared, R: torch.Tensor, T: torch.Tensor
 def in_front_at(care: torch.Tensor | None, size) -> torch.Tensor | None:
     """The pixels (size, 1.0 or 0.0) of a frame `size` that something in front of the object covers, from a
     fit's care weights at any size (H, W; 0 on what stands in front: posefit.occluders), or None without."""
-    if care is None:
-        return None
-    covered = 1.0 - care.float().cpu()
-    return (torch.nn.functional.interpolate(covered[None, None], size=size, mode="area")[0, 0] >= 0.5).float()
+    return None if care is None else area_halved(1.0 - care.float(), size)
 
 
 def polish(mesh, pixels: np.ndarray, fov: float, R: torch.Tensor, T: torch.Tensor, background=None, *,
