@@ -564,6 +564,39 @@ def test_a_mask_that_leaves_the_bar_out_borrows_the_piece_another_reading_found(
     assert occluders.borrowed_piece(grid.silhouettes, visible, grid.angles, [own_piece, None], grid.best_score) is None
 
 
+def test_what_another_reading_took_in_beside_the_chosen_mask_is_offered_as_a_piece_in_front(meshes_ready):
+    # The chosen reading (the mesh's outline) gave a bar in front of the cow to the backdrop, and no colour
+    # reading's grid told the bar apart; what a colour reading took for the object beside the chosen mask is
+    # offered as a piece in front, and kept if the grid explains the mask as well without it. What lies
+    # apart from the mask, or is a speck, is not offered; nor is a reading that took in far more (a wall), nor
+    # a piece of the floor's colour, darker (the object's shadow).
+    mesh = cow()
+    R, T = off_centre_rolled_pose(mesh, turn=(0.4, 2.3, 0.2))
+    floor = (170, 110, 60)
+    photo, truth, _ = photograph(mesh, R, T, floor, size=(96, 128))
+    occluded, bar = with_a_bar_in_front(photo, truth)
+    shaded, _ = with_a_bar_in_front(photo, truth, colour=tuple(0.45 * c for c in floor))
+    visible = truth & ~bar
+    apart = np.zeros_like(truth)
+    apart[2:14, 2:14] = True  # (a blob in a corner, away from the cow)
+    assert not (ndimage.binary_dilation(visible, iterations=occluders.OCCLUDER_RIM + 2) & apart).any()
+    speck = ndimage.binary_dilation(visible, iterations=1) & ~visible & (ndimage.distance_transform_edt(~bar) > 3)
+    speck &= np.cumsum(speck.ravel()).reshape(speck.shape) <= 3
+    colour = bar | visible | apart | speck
+    readings = [torch.from_numpy(colour), torch.from_numpy(visible)]
+    rgb = occluded.astype(np.float32) / 255
+    (care,) = occluders.unclaimed_pieces(rgb, readings, 1)
+    assert torch.equal(care < 0.5, torch.from_numpy(bar))
+    assert occluders.unclaimed_pieces(rgb, readings, 0) == [], "the chosen one holds all the other took in"
+    wall = torch.ones_like(readings[0])
+    wall[:, -4:] = False  # (a reading that took in nearly the whole photo)
+    assert occluders.unclaimed_pieces(rgb, [wall, readings[1]], 1) == []
+    assert occluders.unclaimed_pieces(shaded.astype(np.float32) / 255, readings, 1) == [], "a shadow"
+    grid = initial.view_grid(mesh, FOV, upright=initial.Upright.of(mesh))
+    kept = occluders.borrowed_piece(grid.silhouettes, readings[1].float(), grid.angles, [care], grid.best_score)
+    assert kept is care, "the grid explains the mask as well without the bar"
+
+
 def white_object_with_paint(object_box, painted, in_front=(0, 1), size=(60, 80)):
     """A white object (tinted by the floor's light) on a terracotta floor, with patches painted over both
     (each (box, colour); box a numpy index, colour RGB in [0, 1]) and sensor noise; the patches `in_front`

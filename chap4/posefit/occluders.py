@@ -14,6 +14,8 @@ piece of the object itself (a cow's black patch) left out helps no view.
   the grid's scores and the fit's loss.
 - `borrowed_piece`: a piece another reading of the photo found, left out of
   the chosen one too (posefit.readings).
+- `unclaimed_pieces`: what another reading took for the object and the chosen
+  one left to the backdrop beside it, offered to `borrowed_piece` in turn.
 - `more_in_front`: with the piece taken left out, another that the grid
   tells in the same way (a second thing in front, a shadow).
 - `beyond_the_mask`: the piece taken, followed outside the mask, where the
@@ -49,6 +51,21 @@ OCCLUDER_SHARE = (0.04, 0.8)
 # 34% of the mask, was no candidate with the outline itself; on 105 photos of seeds 0-9 this rim added three
 # bars in front, and no piece of an unoccluded object).
 OCCLUDER_RIM = 3
+# What another reading took for the object and the chosen one leaves to the backdrop beside it (unclaimed_pieces):
+# its pieces (connected) that reach within OCCLUDER_RIM pixels of the chosen mask and hold at least
+# OCCLUDER_SHARE[0] of its area, if together they hold at most UNCLAIMED_CAP of it (more: another surface, a wall
+# or the floor's far side, not a thing beside the object), and if their median chromaticity lies off the floor's
+# around them (a ring UNCLAIMED_RING pixels wide, UNCLAIMED_RIM from them) by more than UNCLAIMED_CHROMA and more
+# than masks.SHADOW_CHROMA times the floor's saturation: else they are the object's shadow (the colour readings
+# took in shadows often: 16 pieces on seeds 52-55, 0.003-0.033 off their floor's chromaticity; left out, they
+# loosened the fit, 54/16 1.0 -> 4.8 degrees). A post or a box in front of the object that the chosen reading
+# (the mesh's outline) left out, and that no colour reading's grid told (the piece of it in their masks scored
+# below their whole masks), was pushed out by the silhouette term with the object's part behind it (61/11, a cow
+# behind a black box on terracotta, 0.095 off, 27.8 degrees; 61/15, a cow under a grey bar on beige, 0.054 off,
+# 4.9 degrees and 8.1%).
+UNCLAIMED_CAP = 1.5
+UNCLAIMED_CHROMA = 0.04
+UNCLAIMED_RIM, UNCLAIMED_RING = 3, 5
 BORROW_INSIDE = 0.2  # borrowed_piece: a piece of another reading at most this much inside the chosen mask ...
 BORROW_TOLERANCE = 0.005  # ... whose leaving out lowers the grid's best score by at most this
 OCCLUDER_CANDIDATES = 3
@@ -124,6 +141,46 @@ def borrowed_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
             best, best_value = care, value
     return best
 
+
+def unclaimed_pieces(photo: np.ndarray, readings: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Care weights (H, W; 0 on the piece), one for each other of a photo's readings that took for the object
+    pixels beside reading k's mask that k leaves to the backdrop: its pieces (connected) of those within
+    OCCLUDER_RIM pixels of k's mask holding at least OCCLUDER_SHARE[0] of its area, if together at most
+    UNCLAIMED_CAP of it and no shadow of the floor around them (UNCLAIMED_CHROMA). For borrowed_piece, which
+    keeps one only if the grid explains k's mask as well without it: neither backdrop nor object for sure
+    (something in front of the object, a thing beside it), such pixels are counted neither way."""
+    chosen = readings[k].cpu().numpy() > 0.5
+    near = ndimage.binary_dilation(chosen, iterations=OCCLUDER_RIM)
+    area = int(chosen.sum())
+    chroma = masks.chromaticity(masks.smoothed(photo))
+    cares = []
+    for j, reading in enumerate(readings):
+        if j == k:
+            continue
+        labels, count = ndimage.label((reading.cpu().numpy() > 0.5) & ~chosen)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        beside = np.zeros(count + 1, bool)
+        beside[np.unique(labels[near])] = True
+        kept = beside & (sizes >= OCCLUDER_SHARE[0] * area)
+        kept[0] = False
+        piece = kept[labels]
+        if piece.any() and piece.sum() <= UNCLAIMED_CAP * area and not shadow_like(chroma, piece, chosen):
+            cares.append(1.0 - torch.from_numpy(piece).float().to(readings[k].device))
+    return cares
+
+
+def shadow_like(chroma: np.ndarray, piece: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the piece's median chromaticity (chroma: posefit.masks.chromaticity) lies within UNCLAIMED_CHROMA,
+    or within masks.SHADOW_CHROMA times the floor's saturation, of the floor's around the piece and the mask
+    (H, W bool each): a shadow on the floor has the floor's chromaticity, darker."""
+    both = piece | mask
+    inner = ndimage.binary_dilation(both, iterations=UNCLAIMED_RIM)
+    ring = ndimage.binary_dilation(inner, iterations=UNCLAIMED_RING) & ~inner
+    if not ring.any():
+        return True
+    floor = np.median(chroma[ring], 0)
+    off = float(np.linalg.norm(np.median(chroma[piece], 0) - floor))
+    return off <= max(UNCLAIMED_CHROMA, masks.SHADOW_CHROMA * float(np.linalg.norm(floor - 1.0 / 3.0)))
 
 
 def photo_regions(photo: np.ndarray) -> np.ndarray:

@@ -83,9 +83,10 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: i
     grid: initial.view_grid(mesh, fov, upright=upright), if already made. trial(mask, care) -> IoU: if
     given, the readings scored within TRIAL_MARGIN of the best are scored again by it, the others are out
     (posefit.search.trial_iou: the IoU after a short fit; the grid's views are 13 degrees apart and 64 px
-    wide, which favours a compact mask over one whose thin parts no view quite matches); and if nothing in
-    the chosen reading was taken for something in front, the grid's near misses are tried by it
-    (occluders.in_front_piece).
+    wide, which favours a compact mask over one whose thin parts no view quite matches). If nothing in the
+    chosen reading was taken for something in front, it borrows a piece that another reading found
+    (occluders.borrowed_piece) or took in beside it (occluders.unclaimed_pieces), if the grid explains it as
+    well without; failing that, the grid's near misses are tried by the trial (occluders.in_front_piece).
     """
     grid = grid or initial.view_grid(mesh, fov, upright=upright)
     silhouettes, angles, best_score = grid.silhouettes, grid.angles, grid.best_score
@@ -112,8 +113,13 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: i
                   for score, handicap, mask, care in zip(scores, handicaps, readings, cares, strict=True)]
     k = int(np.argmax(scores))
     if cares[k] is None:
-        cares[k] = occluders.borrowed_piece(silhouettes, readings[k].float().to(mesh.device), angles, cares,
-                                            best_score, wholes[k])
+        chosen = readings[k].float().to(mesh.device)
+        cares[k] = occluders.borrowed_piece(silhouettes, chosen, angles, cares, best_score, wholes[k])
+        if cares[k] is None and photo is not None:
+            # What the others took for the object beside this mask, left out if the grid explains it as well
+            # without (occluders.unclaimed_pieces): a thing in front that this reading gave to the backdrop.
+            unclaimed = occluders.unclaimed_pieces(photo, readings, k)
+            cares[k] = occluders.borrowed_piece(silhouettes, chosen, angles, unclaimed, best_score, wholes[k])
     if cares[k] is None and photo is not None and trial is not None:
         # The chosen reading's near misses on the grid, tried (occluders.in_front_piece). Not while the readings
         # are scored: a piece left out, the rest is explained better by a few hundredths whatever it is, and a
