@@ -46,14 +46,14 @@ of the answer (checked on the successes of 26-28); case 23 of seed 30 chose
 session 42's colour starts (checked on the cows of seeds 29 and 30 and the
 cow failures of 26-29); the teapot failures of seeds 31 and 32 chose
 session 45's turns of the answer (checked on the teapot photos of seeds
-29-32). Seeds 34-62 and 65 were the fresh reports of sessions 45-64, each looked
+29-32). Seeds 34-62, 65 and 66 were the fresh reports of sessions 45-64, each looked
 at after it was fitted, and the failures and photos of several chose later
 changes (benchmarks/RESULTS.md says which, round by round; seeds 52-59's
 photos with a piece taken for something in front checked session 62's;
 seed 61's two failures chose session 63's, checked on seeds 52-61;
-seed 65 was session 64's, after its change, checked on seeds 56-62);
-the README reports the latest. The next fresh seed is 66 (63 and 64 drew
-the --smaller probe's scenes). Seed
+seeds 65 and 66 were session 64's, after its change, checked on seeds
+56-62); the README reports the latest. The next fresh seed is 67 (63 and
+64 drew the --smaller probe's scenes). Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on; seed 63 with --smaller, a probe too, chose session 61's
 larger frames for a small object (its teapots), and seed 64 with --smaller
