@@ -152,7 +152,7 @@ def unclaimed_pieces(photo: np.ndarray, readings: list[torch.Tensor], k: int) ->
     chosen = readings[k].cpu().numpy() > 0.5
     near = ndimage.binary_dilation(chosen, iterations=OCCLUDER_RIM)
     area = int(chosen.sum())
-    chroma = masks.chromaticity(masks.smoothed(photo))
+    chroma = None  # (the photo's smoothed chromaticity, made once a piece needs the shadow test)
     cares = []
     for j, reading in enumerate(readings):
         if j == k:
@@ -164,7 +164,11 @@ def unclaimed_pieces(photo: np.ndarray, readings: list[torch.Tensor], k: int) ->
         kept = beside & (sizes >= OCCLUDER_SHARE[0] * area)
         kept[0] = False
         piece = kept[labels]
-        if piece.any() and piece.sum() <= UNCLAIMED_CAP * area and not shadow_like(chroma, piece, chosen):
+        if not piece.any() or piece.sum() > UNCLAIMED_CAP * area:
+            continue
+        if chroma is None:
+            chroma = masks.chromaticity(masks.smoothed(photo))
+        if not shadow_like(chroma, piece, chosen):
             cares.append(1.0 - torch.from_numpy(piece).float().to(readings[k].device))
     return cares
 
