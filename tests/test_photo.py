@@ -569,6 +569,42 @@ def test_a_near_miss_on_the_grid_is_told_by_a_short_fit(meshes_ready, monkeypatc
     assert in_front(photo, trial) is None, "without anything in front, no piece of the cow is left out"
 
 
+def test_a_grey_bar_whose_two_faces_no_hue_joins_is_left_out_whole(meshes_ready, monkeypatch):
+    # A grey bar in front of the cow, its lit face light and its shaded face dark: two pieces of the mask that
+    # no hue joins (occluders.faces_of_one_hue). When neither is taken alone (here made out of reach, as the
+    # grid's gain is above), the grid's two best pieces are tried together by a short fit, and left out.
+    monkeypatch.setattr(occluders, "OCCLUDER_GAIN", 1.0)
+    monkeypatch.setattr(occluders, "OCCLUDER_TRIAL_GAIN", 1.0)
+    photo, truth, grid, trial = rolled_cow_with_its_grid()
+    occluded, bar = with_a_bar_in_front(photo, truth, colour=(200, 206, 228), width=14, reach=20)
+    shaded = bar & (np.arange(bar.shape[1]) >= np.nonzero(bar)[1].min() + 7)[None]
+    occluded[shaded] = (100, 104, 120)
+    rgb = occluded.astype(np.float32) / 255
+    mask = torch.from_numpy(masks.photo_mask(rgb)).float()
+    assert (mask.numpy() > 0.5)[bar].mean() > 0.9, "the bar is in the mask"
+    faces = [piece for piece in occluders.occluder_candidates(rgb, mask.numpy() > 0.5)
+             if (piece & bar).sum() > piece.sum() / 2]
+    assert len(faces) == 2 and not (faces[0] & faces[1]).any(), "each face a piece of its own"
+    # Its colours are not the cow's; stripes of the cow have the rest's colours (two pieces of an object).
+    in_mask = mask.numpy() > 0.5
+    assert occluders.off_the_object(rgb, in_mask, bar & in_mask) > occluders.PAIR_OFF_OBJECT
+    stripes = truth & ~bar & (np.arange(truth.shape[1]) // 4 % 2 == 0)[None]
+    assert occluders.off_the_object(rgb, in_mask, stripes) < occluders.PAIR_OFF_OBJECT
+
+    def left_out(image):
+        rgb = image.astype(np.float32) / 255
+        mask = torch.from_numpy(masks.photo_mask(rgb)).float()
+        care = occluders.in_front_piece(grid.silhouettes, mask, grid.angles, rgb, grid.best_score, trial=trial)
+        return None if care is None else care.numpy() < 0.5
+
+    both = left_out(occluded)
+    assert both is not None and both[bar & (mask.numpy() > 0.5)].mean() > 0.9, "both faces"
+    assert (both & truth & ~bar).sum() < 0.05 * (truth & ~bar).sum(), "the cow's pixels stay in"
+    assert left_out(photo) is None, "without anything in front, no two pieces of the cow are left out"
+    monkeypatch.setattr(occluders, "OCCLUDER_PAIR_GAIN", 1.0)
+    assert left_out(occluded) is None
+
+
 def test_a_mask_that_leaves_the_bar_out_borrows_the_piece_another_reading_found(meshes_ready):
     # The outline reading leaves a post in front of the object out of the mask, as the backdrop; a colour
     # reading that took the post in found it for what it is, and the chosen mask borrows that piece (the

@@ -11,7 +11,8 @@ piece of the object itself (a cow's black patch) left out helps no view.
   (scikit-image's felzenszwalb, `photo_regions`) joined with their
   neighbours of the same hue (`faces_of_one_hue`, `same_hue_around`).
 - `in_front_piece`: the piece taken, if any, as care weights (0 on it) for
-  the grid's scores and the fit's loss.
+  the grid's scores and the fit's loss (or two pieces together, whose colours
+  are not the rest's: `off_the_object`).
 - `borrowed_piece`: a piece another reading of the photo found, left out of
   the chosen one too (posefit.readings).
 - `unclaimed_pieces`: what another reading took for the object and the chosen
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
+from scipy.spatial import cKDTree
 from skimage import graph, segmentation
 
 from posefit import initial, masks
@@ -91,6 +93,17 @@ OCCLUDER_GAIN = 0.05
 # piece of the object itself (at most +0.0296 there, of 25: the pixels left out no longer count either way).
 OCCLUDER_TRIAL_GAIN = 0.03
 OCCLUDER_TRIALS = 2  # candidates tried so, at most (a trial costs about a second)
+# ... and when none is taken so, the two the grid scores best, left out together, if the grid scores them above
+# the whole mask, the trial's IoU beats the whole mask's by OCCLUDER_PAIR_GAIN, and at least PAIR_OFF_OBJECT of
+# their pixels lie off the rest of the mask's colours (off_the_object). A grey or white thing in front has faces
+# of one colour lit differently, which no hue joins (faces_of_one_hue), and each face left out alone leaves the
+# other to pull the fit: 67c/16 (seed 67's photos with the teapots painted, --teapot-colours), a red teapot
+# behind a white bar, its top face alone +0.018, its side +0.009, both +0.082 (0.91 of them off the teapot's
+# colours), 77.9 -> 5.5 degrees. The bars are higher than a single piece's: two pieces of an object left out
+# together are explained better too (of the 286 RGB photos of seeds 52-67, 58/4, an unoccluded white teapot,
+# +0.055, and 57/2 +0.040), but they have the object's colours (0.05 and 0.06 off them).
+OCCLUDER_PAIR_GAIN = 0.05
+PAIR_OFF_OBJECT = 0.5
 # More than one piece (more_in_front): with the piece taken left out, each other candidate that is not mostly
 # it (at most MORE_OVERLAP of its pixels in it) is left out too in turn, and the best is taken as well if the
 # grid's best score beats the first piece's alone by OCCLUDER_GAIN and a short fit's by OCCLUDER_TRIAL_GAIN (both
@@ -284,33 +297,57 @@ def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
     if already found (the photo's masks are scored in turn: posefit.readings.choose_reading). trial(mask, care)
     -> IoU: if given, and no candidate beats the whole mask by OCCLUDER_GAIN, the OCCLUDER_TRIALS best that
     beat it at all are tried by it (posefit.search.trial_iou: a short fit), and the best of those that beat the
-    whole mask's trial by OCCLUDER_TRIAL_GAIN is taken.
+    whole mask's trial by OCCLUDER_TRIAL_GAIN is taken; failing that, the grid's two best candidates together, if
+    the grid scores them above the whole mask, their colours are not the rest's (off_the_object) and their
+    trial beats the whole mask's by OCCLUDER_PAIR_GAIN (the faces of a grey or white thing, which no hue joins).
     """
     # The candidates are scored with the views at half their size (a quarter of the cost), and so is the whole
     # mask's score they must beat.
     small = F.avg_pool2d(view_silhouettes[:, None], 2)[:, 0]
     whole, scale, _ = initial.score_grid(small, mask, rolls)
     whole = best_score(whole, scale)
-    scored = []  # (score, care) of the candidates the grid scores above the whole mask
+
+    def grid_score(care):
+        return best_score(*initial.score_grid(small, mask, rolls, care=care, scales=initial.OCCLUDED_SCALES)[:2])
+
+    candidates = []  # (score, care), every candidate
     for piece in occluder_candidates(photo, mask.cpu().numpy() > 0.5, regions):
         care = 1.0 - torch.from_numpy(piece).float().to(mask.device)
-        iou, scale, _ = initial.score_grid(small, mask, rolls, care=care, scales=initial.OCCLUDED_SCALES)
-        score = best_score(iou, scale)
-        if score > whole:
-            scored.append((score, care))
-    scored.sort(key=lambda item: -item[0])  # (stable: of two alike, the larger candidate first)
-    if not scored:
-        return None
-    if scored[0][0] > whole + OCCLUDER_GAIN:
+        candidates.append((grid_score(care), care))
+    candidates.sort(key=lambda item: -item[0])  # (stable: of two alike, the larger candidate first)
+    scored = [item for item in candidates if item[0] > whole]  # those the grid scores above the whole mask
+    if scored and scored[0][0] > whole + OCCLUDER_GAIN:
         return scored[0][1]
     if trial is None:
         return None
-    best, best_iou = None, trial(mask, None) + OCCLUDER_TRIAL_GAIN
-    for _, care in scored[:OCCLUDER_TRIALS]:
-        iou = trial(mask, care)
-        if iou >= best_iou:
-            best, best_iou = care, iou
+    best = None
+    if scored:
+        best_iou = trial(mask, None) + OCCLUDER_TRIAL_GAIN
+        for _, care in scored[:OCCLUDER_TRIALS]:
+            iou = trial(mask, care)
+            if iou >= best_iou:
+                best, best_iou = care, iou
+    if best is None and len(candidates) > 1:
+        # The grid's two best left out together (OCCLUDER_PAIR_GAIN): the faces of a grey or white thing.
+        both = torch.minimum(candidates[0][1], candidates[1][1])
+        share = float(((1 - both) * mask).sum() / mask.sum().clamp(min=1))
+        if (share <= OCCLUDER_SHARE[1] and grid_score(both) > whole
+                and off_the_object(photo, mask.cpu().numpy() > 0.5, both.cpu().numpy() < 0.5) >= PAIR_OFF_OBJECT
+                and trial(mask, both) >= trial(mask, None) + OCCLUDER_PAIR_GAIN):
+            best = both
     return best
+
+
+def off_the_object(photo: np.ndarray, mask: np.ndarray, piece: np.ndarray) -> float:
+    """The share of the piece's pixels (H, W bool) whose colour lies farther than masks.PALETTE_MARGIN (RGB) from
+    every colour of the rest of the mask (masks.object_palette of the smoothed photo: the object's own colours, if
+    the piece is something in front)."""
+    smooth = masks.smoothed(photo)
+    palette = masks.object_palette(smooth, mask & ~piece)
+    if not piece.any() or not len(palette):
+        return 0.0
+    distance, _ = cKDTree(palette).query(smooth[piece].astype(np.float64), k=1)
+    return float((distance > masks.PALETTE_MARGIN).mean())
 
 
 def beyond_the_mask(photo: np.ndarray, mask: np.ndarray, care: torch.Tensor) -> torch.Tensor:
