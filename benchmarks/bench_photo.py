@@ -52,12 +52,14 @@ changes (benchmarks/RESULTS.md says which, round by round; seeds 52-59's
 photos with a piece taken for something in front checked session 62's;
 seed 61's two failures chose session 63's, checked on seeds 52-61;
 seeds 65 and 66 were session 64's, after its change, checked on seeds
-56-62); the README reports the latest. The next fresh seed is 67 (63 and
-64 drew the --smaller probe's scenes). Seed
+56-62; seed 67 was session 65's first, before its change, and 68 its
+report, after it); the README reports the latest. The next fresh seed is
+69 (63 and 64 drew the --smaller probe's scenes). Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
-not tuned on; seed 63 with --smaller, a probe too, chose session 61's
-larger frames for a small object (its teapots), and seed 64 with --smaller
-was fitted after them.
+not tuned on; seed 67 with --teapot-colours, a probe too, chose session
+65's two pieces in front together (its case 16); seed 63 with --smaller, a
+probe too, chose session 61's larger frames for a small object (its
+teapots), and seed 64 with --smaller was fitted after them.
 
 Each case is fitted by the command a user runs (a fresh process; its wall
 time, start-up included, is what counts):
