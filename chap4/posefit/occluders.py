@@ -100,7 +100,7 @@ OCCLUDER_TRIALS = 2  # candidates tried so, at most (a trial costs about a secon
 # other to pull the fit: 67c/16 (seed 67's photos with the teapots painted, --teapot-colours), a red teapot
 # behind a white bar, its top face alone +0.018, its side +0.009, both +0.082 (0.91 of them off the teapot's
 # colours), 77.9 -> 5.5 degrees. The bars are higher than a single piece's: two pieces of an object left out
-# together are explained better too (of the 286 RGB photos of seeds 52-67, 58/4, an unoccluded white teapot,
+# together are explained better too (of the 277 RGB photos of seeds 52-67, 58/4, an unoccluded white teapot,
 # +0.055, and 57/2 +0.040), but they have the object's colours (0.05 and 0.06 off them).
 OCCLUDER_PAIR_GAIN = 0.05
 PAIR_OFF_OBJECT = 0.5
