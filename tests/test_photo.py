@@ -877,6 +877,25 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
                                   outline_on_edges=[0.0, 1.0])[0] == 1
 
 
+def test_a_speck_is_no_reading_to_choose_while_another_is_larger(meshes_ready, monkeypatch):
+    # readings.MIN_CHOSEN_SHARE: any compact view of the mesh, from far off, covers a speck of a few pixels (a
+    # post's tip that a reading kept alone, 71/7), and the grid explains it better than the object's reading
+    # with something else in it; a speck is chosen only if every reading is one.
+    mesh, silhouette = teapot_silhouette()
+    with_strip = silhouette.clone()
+    with_strip[:6] = True  # (the object with a strip of the wall: the grid explains it poorly)
+    rows, columns = torch.meshgrid(torch.arange(96), torch.arange(128), indexing="ij")
+    speck = ((rows - 40) ** 2 + (columns - 60) ** 2) <= 16  # (49 pixels: 0.4% of the image, usable)
+    assert targets.usable_mask(speck.numpy()) and speck.float().mean() < readings.MIN_CHOSEN_SHARE
+    upright = initial.Upright.of(mesh)
+    grid = initial.view_grid(mesh, FOV, upright=upright)
+    assert readings.choose_reading(mesh, [with_strip, speck], FOV, upright=upright, grid=grid)[0] == 0
+    line = (rows == 40) & (columns >= 50) & (columns < 70)  # (both specks: the grid chooses as before)
+    assert readings.choose_reading(mesh, [line, speck], FOV, upright=upright, grid=grid)[0] == 1
+    monkeypatch.setattr(readings, "MIN_CHOSEN_SHARE", 0.0)
+    assert readings.choose_reading(mesh, [with_strip, speck], FOV, upright=upright, grid=grid)[0] == 1
+
+
 @pytest.mark.parametrize("share, joins", [(0.1, False), (outlines.MIN_OUTLINE_SHARE, True)])
 def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(meshes_ready, monkeypatch, share,
                                                                                 joins):
