@@ -879,7 +879,7 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
 
 def test_a_speck_is_no_reading_to_choose_while_another_is_larger(meshes_ready, monkeypatch):
     # readings.MIN_CHOSEN_SHARE: any compact view of the mesh, from far off, covers a speck of a few pixels (a
-    # post's tip that a reading kept alone, 71/7), and the grid explains it better than the object's reading
+    # bar's tip that a reading kept alone, 71/7), and the grid explains it better than the object's reading
     # with something else in it; a speck is chosen only if every reading is one.
     mesh, silhouette = teapot_silhouette()
     with_strip = silhouette.clone()
