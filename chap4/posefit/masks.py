@@ -688,8 +688,14 @@ def front_samples(rgb: np.ndarray, silhouette: np.ndarray, sure_object: np.ndarr
     away = ~ndimage.binary_dilation(silhouette, iterations=int(OCCLUDER_AWAY * band_width(silhouette, margin)))
     front = sure_object & away
     if front.any() and len(palette):
-        front[front] = cKDTree(palette).query(rgb[front].astype(np.float64), k=1)[0] > PALETTE_MARGIN
+        front[front] = off_the_palette(rgb[front], palette)
     return front, away
+
+
+def off_the_palette(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Whether each colour (N, 3) lies farther than PALETTE_MARGIN (RGB) from every colour of the palette (M, 3,
+    M > 0: object_palette's), as something in front of the object does and the object's own pixels do not."""
+    return cKDTree(palette).query(colours.astype(np.float64), k=1)[0] > PALETTE_MARGIN
 
 
 def covered_by_front(rgb: np.ndarray, silhouette: np.ndarray, sure_object: np.ndarray, expected: np.ndarray,

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
-from scipy.spatial import cKDTree
 from skimage import graph, segmentation
 
 from posefit import initial, masks
@@ -310,8 +309,9 @@ def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
     def grid_score(care):
         return best_score(*initial.score_grid(small, mask, rolls, care=care, scales=initial.OCCLUDED_SCALES)[:2])
 
+    inside = mask.cpu().numpy() > 0.5
     candidates = []  # (score, care), every candidate
-    for piece in occluder_candidates(photo, mask.cpu().numpy() > 0.5, regions):
+    for piece in occluder_candidates(photo, inside, regions):
         care = 1.0 - torch.from_numpy(piece).float().to(mask.device)
         candidates.append((grid_score(care), care))
     candidates.sort(key=lambda item: -item[0])  # (stable: of two alike, the larger candidate first)
@@ -332,7 +332,7 @@ def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
         both = torch.minimum(candidates[0][1], candidates[1][1])
         share = float(((1 - both) * mask).sum() / mask.sum().clamp(min=1))
         if (share <= OCCLUDER_SHARE[1] and grid_score(both) > whole
-                and off_the_object(photo, mask.cpu().numpy() > 0.5, both.cpu().numpy() < 0.5) >= PAIR_OFF_OBJECT
+                and off_the_object(photo, inside, both.cpu().numpy() < 0.5) >= PAIR_OFF_OBJECT
                 and trial(mask, both) >= trial(mask, None) + OCCLUDER_PAIR_GAIN):
             best = both
     return best
@@ -340,14 +340,13 @@ def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
 
 def off_the_object(photo: np.ndarray, mask: np.ndarray, piece: np.ndarray) -> float:
     """The share of the piece's pixels (H, W bool) whose colour lies farther than masks.PALETTE_MARGIN (RGB) from
-    every colour of the rest of the mask (masks.object_palette of the smoothed photo: the object's own colours, if
-    the piece is something in front)."""
+    every colour of the rest of the mask (masks.off_the_palette against masks.object_palette of the smoothed photo:
+    the object's own colours, if the piece is something in front)."""
     smooth = masks.smoothed(photo)
     palette = masks.object_palette(smooth, mask & ~piece)
     if not piece.any() or not len(palette):
         return 0.0
-    distance, _ = cKDTree(palette).query(smooth[piece].astype(np.float64), k=1)
-    return float((distance > masks.PALETTE_MARGIN).mean())
+    return float(masks.off_the_palette(smooth[piece], palette).mean())
 
 
 def beyond_the_mask(photo: np.ndarray, mask: np.ndarray, care: torch.Tensor) -> torch.Tensor:
