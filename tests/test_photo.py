@@ -923,6 +923,37 @@ def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(
     assert outlines.outline_reading(mesh, photo, FOV)[0].any() == joins
 
 
+@pytest.mark.parametrize("kept, joins", [(0.35, True), (0.7, False)])
+def test_an_outline_reading_joins_when_the_colour_readings_found_a_part_of_it(meshes_ready, monkeypatch, kept, joins):
+    # readings.OUTLINE_WHOLE: a white teapot's lid on light grey is the only colour reading, its rim a strong
+    # edge all round (73/0), so the rule above sought no outline reading; one at least twice each colour
+    # reading's size joins all the same, and the grid chooses the whole object. A colour reading holding more
+    # than half of it (the object with something in front, filled in by the vote) keeps it out as before.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, mask, _ = photograph(mesh, R, T, (150, 150, 150))
+    photo = photo / 255.0
+    rows = np.nonzero(mask.any(1))[0]  # the mask's top `kept` share (its rows from the top), as if the rest were floor
+    cut = next(r for r in rows if mask[: r + 1].sum() >= kept * mask.sum())
+    part = mask.copy()
+    part[cut + 1:] = False
+    assert targets.usable_mask(part)
+    monkeypatch.setattr(masks, "floor_readings", lambda *args, **kwargs: [part])
+    monkeypatch.setattr(masks, "outline_on_edges", lambda *args, **kwargs: 1.0)  # (the lid's rim: on edges)
+    # The mesh's outline among the photo's edges: the true pose's, followed well.
+    monkeypatch.setattr(outlines, "outline_poses", lambda *args, **kwargs: (R[None], T[None], [0.8]))
+    upright = initial.Upright.of(mesh)
+    found, on_edges = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    assert len(found) == 1 + joins and len(on_edges) == len(found)
+    if joins:
+        assert masks.iou(found[1], mask) > 0.8 > masks.iou(part, mask)
+        k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright,
+                                       outline_on_edges=on_edges)
+        assert k == 1  # the whole teapot, not its top
+        monkeypatch.setattr(readings, "OUTLINE_WHOLE", 100.0)
+        assert len(readings.photo_readings(mesh, photo, FOV, upright=upright)[0]) == 1
+
+
 def test_something_else_beside_the_object_is_read_apart_and_the_mesh_chooses_the_object(meshes_ready):
     # A red box on the floor a little way from the teapot: as unlike the floor as the teapot, it stays in the
     # colour reading as a second blob, and a silhouette fitted to both was pulled towards it (distractor
