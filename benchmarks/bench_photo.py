@@ -54,9 +54,11 @@ seed 61's two failures chose session 63's, checked on seeds 52-61;
 seeds 65 and 66 were session 64's, after its change, checked on seeds
 56-62; seed 67 was session 65's first, before its change, and 68 its
 report, after it; 69, 70 and 71 session 66's, before its change, 71's
-failure choosing it, and 72 its report, after it); the README reports the
-latest. The next fresh seed is 73 (63 and 64 drew the --smaller probe's
-scenes). Seed
+failure choosing it, and 72 its report, after it; 73 session 67's first,
+before its changes, whose failure chose the first, 74 after it, whose
+failure chose the second, and 75 its report, after both); the README
+reports the latest. The next fresh seed is 76 (63 and 64 drew the
+--smaller probe's scenes). Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on; seed 67 with --teapot-colours, a probe too, chose session
 65's two pieces in front together (its case 16); seed 63 with --smaller, a
