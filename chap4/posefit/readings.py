@@ -105,9 +105,9 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: i
                    outline_on_edges: list[float] | None = None, grid: initial.ViewGrid | None = None, trial=None
                    ) -> tuple[int, torch.Tensor | None]:
     """Which of a photo's masks (photo_readings': the first is the usual one, the floor's own reading or an
-    outline reading found around a part of it) is the object's,
-    and the care weights of what in it was taken for something in front of the object (None: nothing; give
-    them to initial.initial_poses, whose scores count them).
+    outline reading found around a part of it) is the object's, and the care weights of what in it was taken
+    for something in front of the object (None: nothing; give them to initial.initial_poses, whose scores
+    count them).
 
     Each is scored as the grid scores a mask, by the best IoU of a view that `upright` allows (with the
     photo, also with a piece that occluders.in_front_piece takes for something in front of the object left
