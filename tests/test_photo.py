@@ -877,6 +877,43 @@ def test_of_a_photos_readings_the_mesh_chooses_its_silhouette(meshes_ready):
                                   outline_on_edges=[0.0, 1.0])[0] == 1
 
 
+def test_the_outline_reading_gives_way_to_the_usual_reading_around_it_if_the_mesh_explains_that_as_well(
+        meshes_ready):
+    # readings.NESTED_*: the outline reading's vote kept a white teapot's lid and upper body, a crisp rim all
+    # round, inside the usual colour reading of the whole teapot, whose shaded side is a soft edge (76/0,
+    # 76/22): the handicaps chose the part. If the mesh explains the whole about as well after a short fit
+    # (the trial), the whole is chosen; explained clearly worse (a shadow taken in), the part stays. Only the
+    # outline reading gives way so.
+    mesh, silhouette = teapot_silhouette()
+    rows = torch.nonzero(silhouette.any(1))[:, 0]
+    part = silhouette.clone()
+    part[int(rows[0] + (rows[-1] - rows[0]) * 0.7):] = False
+    assert readings.holds(silhouette, part)
+    upright = initial.Upright.of(mesh)
+    grid = initial.view_grid(mesh, FOV, upright=upright)
+    asked = []
+
+    def trial_with(whole_iou):
+        def trial(mask, care):
+            asked.append(int(mask.sum()))
+            return whole_iou if int(mask.sum()) == int(silhouette.sum()) else 0.94
+        return trial
+
+    def chosen(trial=None, found=(silhouette, part), outline=1):
+        return readings.choose_reading(mesh, list(found), FOV, upright=upright, grid=grid,
+                                       outline_on_edges=[0.3, 1.0], trial=trial, outline=outline)[0]
+
+    assert chosen() == 1, "the handicaps choose the part"
+    assert chosen(trial_with(0.94 - readings.READING_GAIN + 0.005)) == 0
+    assert int(silhouette.sum()) in asked
+    assert chosen(trial_with(0.94 - readings.READING_GAIN - 0.005)) == 1
+    assert chosen(trial_with(1.0), outline=None) == 1  # (a colour reading inside another stays)
+    # A larger reading that does not hold the part (moved aside) is no whole of it.
+    moved = torch.roll(silhouette, shifts=12, dims=1)
+    assert not readings.holds(moved, part) and not readings.holds(part, silhouette)
+    assert chosen(trial_with(1.0), (moved, part)) == 1
+
+
 def test_a_speck_is_no_reading_to_choose_while_another_is_larger(meshes_ready, monkeypatch):
     # readings.MIN_CHOSEN_SHARE: any compact view of the mesh, from far off, covers a speck of a few pixels (a
     # bar's tip that a reading kept alone, 71/7), and the grid explains it better than the object's reading
@@ -916,8 +953,9 @@ def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(
     assert len(readings.photo_readings(mesh, photo, FOV, upright=upright)[0]) == len(colour)
     # ... unless it did not (readings.OUTLINE_UNLESS_ON_EDGES).
     monkeypatch.setattr(readings, "OUTLINE_UNLESS_ON_EDGES", 1.01)
-    found, on_edges = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    found, on_edges, outline = readings.photo_readings(mesh, photo, FOV, upright=upright)
     assert on_edges == [masks.outline_on_edges(photo, m) for m in found]
+    assert outline == (len(colour) if joins else None)  # (joined last: the usual reading lies off the edges)
     assert found and any(masks.iou(r, mask) > 0.8 for r in found)  # the colour reading finds the teapot
     assert len(found) == len(colour) + joins
     assert outlines.outline_reading(mesh, photo, FOV)[0].any() == joins
@@ -944,8 +982,9 @@ def test_an_outline_reading_joins_when_the_colour_readings_found_a_part_of_it(me
     # The mesh's outline among the photo's edges: the true pose's, followed well.
     monkeypatch.setattr(outlines, "outline_poses", lambda *args, **kwargs: (R[None], T[None], [0.8]))
     upright = initial.Upright.of(mesh)
-    found, on_edges = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    found, on_edges, outline = readings.photo_readings(mesh, photo, FOV, upright=upright)
     assert len(found) == 1 + joins and len(on_edges) == len(found)
+    assert outline == (0 if joins else None)
     if joins:
         assert masks.iou(found[0], mask) > 0.8 > masks.iou(part, mask) and found[1] is part
         k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright,
@@ -972,7 +1011,7 @@ def test_something_else_beside_the_object_is_read_apart_and_the_mesh_chooses_the
     assert masks.iou(colour[0], mask | box) > 0.8, "the usual reading holds the box too"
     assert [masks.iou(blob, box) > 0.8 for blob in masks.apart_blobs(colour[0])].count(True) == 1
     upright = initial.Upright.of(mesh)
-    found, on_edges = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    found, on_edges, _ = readings.photo_readings(mesh, photo, FOV, upright=upright)
     blobs = [i for i, m in enumerate(found) if any(masks.iou(m, blob) == 1 for blob in masks.apart_blobs(colour[0]))]
     assert len(blobs) == 2 and all(on_edges[i] == on_edges[0] for i in blobs), "judged on their mask's edges"
     k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright, photo=photo,
