@@ -171,7 +171,7 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: i
         scores = [-math.inf if score < cut else trial(mask.float().to(mesh.device), care) - handicap
                   for score, handicap, mask, care in zip(scores, handicaps, readings, cares, strict=True)]
     k = int(np.argmax(scores))
-    if trial is not None and outline is not None and k == outline != 0 and holds(readings[0], readings[k]):
+    if trial is not None and outline not in (None, 0) and k == outline and holds(readings[0], readings[k]):
         # (the outline reading inside the usual one: a part of the object, if the mesh explains the whole as well)
         if trial(readings[0].float().to(mesh.device), cares[0]) >= trial(readings[k].float().to(mesh.device),
                                                                        cares[k]) - READING_GAIN:
@@ -192,7 +192,6 @@ def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: i
         cares[k] = occluders.in_front_piece(silhouettes, readings[k].float().to(mesh.device), angles, photo,
                                             best_score, regions, trial)
     return k, cares[k]
-
 
 
 def holds(whole: torch.Tensor, part: torch.Tensor) -> bool:
