@@ -651,6 +651,9 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
                 # looks for it in the mask it chooses).
                 care = occluders.in_front_piece(grid.silhouettes, target.hard_mask.float(), grid.angles, photo,
                                                 grid.best_score, regions, trial)
+            if (care is not None and not colour_starts.textured(mesh)
+                    and occluders.own_part(photo, target.hard_mask.float(), care, trial)):
+                care = None  # (a plain object's own part: its handle, not something in front)
             if care is not None:  # (what stands in front goes on outside the mask, where the backdrop took it; a
                 # second thing in front, or a shadow beside the first, is told as the first was)
                 care = occluders.beyond_the_mask(photo, target.hard_mask.cpu().numpy() > 0.5, care)
