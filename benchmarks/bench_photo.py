@@ -57,8 +57,10 @@ report, after it; 69, 70 and 71 session 66's, before its change, 71's
 failure choosing it, and 72 its report, after it; 73 session 67's first,
 before its changes, whose failure chose the first, 74 after it, whose
 failure chose the second, and 75 and 76 its reports, after both; 76's
-failures chose session 68's, and 77-80 were its reports, after it);
-the README reports the latest. The next fresh seed is 81 (63 and 64 drew the
+failures chose session 68's, and 77-80 were its reports, after it;
+78's and 80's failures chose session 69's, and 81-83 were its reports,
+after it); the README reports the latest. The next fresh seed is 84 (63
+and 64 drew the
 --smaller probe's scenes). Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
 not tuned on; seed 67 with --teapot-colours, a probe too, chose session
