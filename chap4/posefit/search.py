@@ -620,9 +620,10 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
     the sphere). 6dof: the `restarts` best poses of the coarse grid (posefit.initial) for the target's mask,
     on the 6-DoF schedule (SIX_DOF_ITERATIONS at most, a fifth of the rate), those `upright` allows first.
     With a photo, its mask is first chosen among its readings with each border surface as the floor
-    (hypotheses.mask, if not the target's), and a piece of it in front of the object is left out (hypotheses.care),
-    with the thing's pixels beside the mask (occluders.beyond_the_mask) and a second piece told as the first
-    was (occluders.more_in_front).
+    (hypotheses.mask, if not the target's), and a piece of it in front of the object is left out (hypotheses.care;
+    for a plain mesh not a piece in its own colours that the short fit does not tell: occluders.own_part), with
+    the thing's pixels beside the mask (occluders.beyond_the_mask) and a second piece told as the first was
+    (occluders.more_in_front).
     """
     if pose_mode == "lookat":
         return Hypotheses(pose.LookAt(starting_positions(init_position, restarts), mesh.device),
