@@ -1233,7 +1233,6 @@ def test_a_small_objects_photo_is_polished_on_a_frame_drawn_larger(meshes_ready)
     assert float((T_fit - T).norm() / T.norm()) < 0.03
 
 
-
 def test_the_polish_brings_back_a_teapot_turned_fifteen_degrees(meshes_ready):
     # The polish judges poses that the turns (posefit.turns) and the colour starts put some 10-15 degrees from
     # the truth: at POLISH_LR it brings such a pose back within its 60 steps, else the judge compares the truth's
@@ -1250,6 +1249,7 @@ def test_the_polish_brings_back_a_teapot_turned_fifteen_degrees(meshes_ready):
         errors.append(pose.rotation_error_deg(R_fit, R))
     # (at the rate before, 0.006: 15.3 and 7.8 degrees; at 0.02: 6.7 and 1.3)
     assert max(errors) < 10.0 and sum(errors) / len(errors) < 5.0, errors
+
 
 def photo_and_twin(mesh, tmp_path, backdrop):
     """The mesh at off_centre_rolled_pose (R, T) photographed on a backdrop at 96 x 128, loaded as a target, and
