@@ -57,6 +57,13 @@ MIN_OUTLINE_SHARE = 0.3
 # shadow running out of the frame joins the object's whole outline to the border (40 of 261 RGB photos of
 # seeds 25-37 kept under 6% of their strong edges and none of the object's outline).
 BORDER_TRIM = 0.15
+# A plain mesh's photo fit also polishes the best outline pose, a start of its own (outline_starts; posefit.search
+# polishes it for OUTLINE_START_STEPS). A white teapot on a light grey floor loses its spout and handle from every
+# colour reading (they match the floor), so every pose the loop and the colours find fits the body alone and may lie
+# far off in turn and tilt; the spout's and handle's outlines are edges of the photo still, and the best outline
+# pose lay 7-13 degrees from the truth on four of ten such failures of fresh seeds 80-90 (90/6, 87/16, 83/22,
+# 89/12), in none of them near any other start. One start: the near one was the best outline pose in all four.
+OUTLINE_STARTS = 1
 
 
 def oriented_edges(photo: np.ndarray, side: int = OUTLINE_SIDE) -> torch.Tensor:
@@ -162,12 +169,12 @@ def outline_poses(mesh, photo: np.ndarray, fov: float, count: int = OUTLINE_VOTE
 
 
 def outline_reading(mesh, photo: np.ndarray, fov: float, *, upright: initial.Upright | None = None,
-                    grid: initial.ViewGrid | None = None) -> tuple[np.ndarray, float]:
+                    grid: initial.ViewGrid | None = None, poses=None) -> tuple[np.ndarray, float]:
     """The photo's (H, W, 3) mask found from the mesh's outlines (see the module's text; empty if the best
     pose's score is below MIN_OUTLINE_SHARE), and that score (outline_poses: the share of its outline on the
-    photo's edges, -1 to 1)."""
+    photo's edges, -1 to 1). poses: what outline_poses returned for this photo, if already found."""
     H, W, _ = photo.shape
-    R, T, shares = outline_poses(mesh, photo, fov, upright=upright, grid=grid)
+    R, T, shares = poses or outline_poses(mesh, photo, fov, upright=upright, grid=grid)
     if shares[0] < MIN_OUTLINE_SHARE:
         return np.zeros((H, W), dtype=bool), shares[0]
     votes = initial.hard_silhouettes(mesh, R, T, fov, (H, W)).cpu().numpy().mean(0)
@@ -178,3 +185,14 @@ def outline_reading(mesh, photo: np.ndarray, fov: float, *, upright: initial.Upr
     outside = ~ndimage.binary_dilation(votes > 0, iterations=max(1, round(0.1 * math.sqrt(core.sum()))))
     mask = masks.watershed(masks.gradient(photo), inner if inner.any() else core, outside | masks.border_band(H, W))
     return masks.clean(mask), shares[0]
+
+
+def outline_starts(poses, count: int = OUTLINE_STARTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` best of outline_poses' poses (R, T, shares), each at least initial.MIN_SEPARATION_DEG from
+    those before it: R (n, 3, 3), T (n, 3); none if the best's score is below MIN_OUTLINE_SHARE (the edges hardly
+    follow it: it lies off the object)."""
+    R, T, shares = poses
+    if not shares or shares[0] < MIN_OUTLINE_SHARE:
+        return R[:0], T[:0]
+    keep = torch.tensor(initial.spread_out(((k, R[k]) for k in range(len(R))), count), dtype=torch.long)
+    return R[keep.to(R.device)], T[keep.to(T.device)]

@@ -184,6 +184,9 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
     if hypotheses.by_colour[best]:  # (not fitted by the loop: its loss is no loop loss)
         title = (f"{summary['iterations']} iterations; the answer a start chosen by the colours, polish loss "
                  f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
+    elif hypotheses.by_outline[best]:  # (likewise: a start from the photo's edges, posefit.outlines)
+        title = (f"{summary['iterations']} iterations; the answer a start from the photo's edges, polish loss "
+                 f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
     elif hypotheses.turned_from[best] is not None:  # (likewise: the loop's answer turned, posefit.turns)
         title = (f"{summary['iterations']} iterations; the answer turned about the vertical, polish loss "
                  f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")

@@ -84,7 +84,7 @@ MIN_CHOSEN_SHARE = 0.005
 
 
 def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
-                   upright: initial.Upright | None = None) -> tuple[list[np.ndarray], list[float], int | None]:
+                   upright: initial.Upright | None = None) -> tuple[list[np.ndarray], list[float], int | None, tuple | None]:
     """The usable masks of a photo that a 6-DoF fit chooses among, and the share of each one's outline that lies
     on the photo's strong edges (posefit.masks.outline_on_edges, for choose_reading): one mask with each surface
     of the border taken for the floor (posefit.masks.floor_readings); each blob of those that stands apart from
@@ -98,7 +98,8 @@ def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
     (outlines.MIN_OUTLINE_SHARE: a photo with no strong edge at all had its outline reading in a corner, which
     the grid then chose). Empty if no colour reading is usable (the target's mask is then already the
     outline's: targets.load_target_image). The third value is the outline reading's place among them (None: it
-    did not join)."""
+    did not join), the fourth the outline's poses it was read from (outlines.outline_poses; None without
+    readings)."""
     readings = [m for m in masks.floor_readings(photo, background) if targets.usable_mask(m)]
     on_edges = [masks.outline_on_edges(photo, m) for m in readings]
     for k, reading in enumerate(list(readings)):
@@ -106,16 +107,17 @@ def photo_readings(mesh, photo: np.ndarray, fov: float, background=None,
             if targets.usable_mask(blob) and all(masks.iou(blob, m) < masks.SAME_READING for m in readings):
                 readings.append(blob)
                 on_edges.append(on_edges[k])
-    at = None
+    at = poses = None
     if readings:
-        outline, _ = outlines.outline_reading(mesh, photo, fov, upright=upright)  # (empty if poorly followed)
+        poses = outlines.outline_poses(mesh, photo, fov, upright=upright)
+        outline, _ = outlines.outline_reading(mesh, photo, fov, poses=poses)  # (empty if poorly followed)
         whole = outline.sum() >= OUTLINE_WHOLE * max(int(m.sum()) for m in readings)
         if ((whole or on_edges[0] < OUTLINE_UNLESS_ON_EDGES) and targets.usable_mask(outline)
                 and all(masks.iou(outline, m) < masks.SAME_READING for m in readings)):
             at = 0 if whole else len(readings)  # (around a part, the outline reading is the usual one)
             readings.insert(at, outline)
             on_edges.insert(at, masks.outline_on_edges(photo, outline))
-    return readings, on_edges, at
+    return readings, on_edges, at, poses
 
 
 def choose_reading(mesh, readings: list[torch.Tensor], fov: float, *, upright: initial.Upright | None = None,
