@@ -60,8 +60,10 @@ failure chose the second, and 75 and 76 its reports, after both; 76's
 failures chose session 68's, and 77-80 were its reports, after it;
 78's and 80's failures chose session 69's, and 81-84 were its reports,
 after it; 85-87 were session 70's first, before its change, whose
-failures with 81-84's chose it, and 88-90 its reports, after it); the
-README reports the latest. The next fresh seed is 91 (63
+failures with 81-84's chose it, and 88-90 its reports, after it; 91 was
+session 71's first, before its change, which the failures of 78-90 chose,
+and 92 and 93 its reports, after it); the
+README reports the latest. The next fresh seed is 94 (63
 and 64 drew the
 --smaller probe's scenes). Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),

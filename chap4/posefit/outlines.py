@@ -61,8 +61,9 @@ BORDER_TRIM = 0.15
 # polishes it for OUTLINE_START_STEPS). A white teapot on a light grey floor loses its spout and handle from every
 # colour reading (they match the floor), so every pose the loop and the colours find fits the body alone and may lie
 # far off in turn and tilt; the spout's and handle's outlines are edges of the photo still, and the best outline
-# pose lay 7-13 degrees from the truth on four of ten such failures of fresh seeds 80-90 (90/6, 87/16, 83/22,
-# 89/12), in none of them near any other start. One start: the near one was the best outline pose in all four.
+# pose lay 7-13 degrees from the truth on four of ten white teapots' failures of seeds 80-90 (90/6, 87/16, 83/22,
+# 89/12), where the nearest other pose polished lay 19-46 degrees off (87/16, 83/22, 89/12). One start: the near
+# one was the best outline pose in all four.
 OUTLINE_STARTS = 1
 
 

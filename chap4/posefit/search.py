@@ -140,7 +140,8 @@ COLOUR_START_SAME_DEG = 10.0
 # it starts some 7-13 degrees off where it is near, and the judge (_try_turns) prefers the truth to a wrong
 # answer only within a few degrees of it. On the four failures where it lay near (fresh seeds 83-90, main's
 # answers 75-178 degrees off), 60 steps left it 3.4-12.2 degrees off and 180 steps 0.4-4.1; judged with the
-# answer, 180 steps scored 3-17% lower than it (60 steps: 5% higher to 5% lower).
+# answer, 180 steps scored 3-17% lower than it (60 steps: from 4% higher to 12% lower; in the fits themselves the
+# near start polished 60 steps lost on three of the four; 90/6's won).
 OUTLINE_START_STEPS = 180
 
 
