@@ -25,6 +25,11 @@ the photo nearly all the way round. So the mesh looks for itself:
 
 The reading joins the photo's others, and the mesh chooses among them
 (posefit.readings.choose_reading).
+
+3. `outline_starts`: for a plain mesh (the teapot) the best outline pose is
+   also a start of its own, polished and judged with the others
+   (posefit.search.Hypotheses.polish): where every colour reading lost the
+   spout and handle, their outlines may still lead near the pose.
 """
 
 from __future__ import annotations
