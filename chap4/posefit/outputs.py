@@ -181,14 +181,13 @@ def finish_run(loop, renderers: render.Renderers, mesh, hypotheses: search.Hypot
         # answer need not be the hypothesis with the lowest loss, whose loss the loop's record ends with.
         summary["final_loss"] = hypotheses.final_loss[best]
     title = f"{summary['iterations']} iterations, loss {summary['final_loss'] or 0:.1f}, IoU {ious[best]:.3f}"
-    if hypotheses.by_colour[best]:  # (not fitted by the loop: its loss is no loop loss)
-        title = (f"{summary['iterations']} iterations; the answer a start chosen by the colours, polish loss "
-                 f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
-    elif hypotheses.by_outline[best]:  # (likewise: a start from the photo's edges, posefit.outlines)
-        title = (f"{summary['iterations']} iterations; the answer a start from the photo's edges, polish loss "
-                 f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
-    elif hypotheses.turned_from[best] is not None:  # (likewise: the loop's answer turned, posefit.turns)
-        title = (f"{summary['iterations']} iterations; the answer turned about the vertical, polish loss "
+    # An answer the loop did not fit has no loop loss: its title says where it came from, and its polish loss.
+    added = ("a start chosen by the colours" if hypotheses.by_colour[best]
+             else "a start from the photo's edges" if hypotheses.by_outline[best]  # (posefit.outlines)
+             else "turned about the vertical" if hypotheses.turned_from[best] is not None  # (posefit.turns)
+             else None)
+    if added is not None:
+        title = (f"{summary['iterations']} iterations; the answer {added}, polish loss "
                  f"{hypotheses.polish_loss[best]:.1f}, IoU {ious[best]:.3f}")
     shown, fitted_rgb, fitted_mask = target.shown, rgb_every[best, ..., :3], mask_every[best]
     if target.original is not None:
