@@ -93,6 +93,14 @@ LOCAL_WINDOW = 2 / 3  # the floor's local level: its median over a window this s
 LOCAL_MATCH = 1.1  # the floor's backdrop is at most this much brighter than its local level
 GREY = 0.035  # a floor whose colour direction is this close to (1, 1, 1) / sqrt(3) is grey
 STRONG_EDGE = 4.0  # a strong edge: a gradient this many times the border's 90th percentile (its noise)
+# ... but the noise is at most NOISE_SIDES times the median of the four sides' own 90th percentiles: where two
+# surfaces meet along one side (a light wall's strip a few pixels tall at the top, its edge with a dark floor
+# within the band all the way across) that side's edge is no noise, and it set the noise so high that no outline
+# was strong. Fresh seed 95 case 8, a white teapot on dark grey: the border's percentile 11.3 times the sides'
+# median, the mask 37 pixels and the command refused the photo ("no foreground"); capped, the mask's IoU with the
+# truth 0.918. On the 386 RGB photos of seeds 77-95 the next largest ratio is 2.9 (78/23): no other photo's edges
+# change.
+NOISE_SIDES = 3.0
 FLOOR_EDGE = 2.5  # near the object the floor is cut along edges this many times the border's noise
 FLOOR_EDGE_LOW = 1.5  # ... and along their fainter continuations, down to this many times (hysteresis)
 EDGE_SUPPORT = 0.35  # a sure-object piece stays sure if this share of its rim lies on strong edges
@@ -209,12 +217,17 @@ def gradient(rgb: np.ndarray) -> np.ndarray:
 
 
 def strong_edges(gradient: np.ndarray, factor: float = STRONG_EDGE, low: float | None = None) -> np.ndarray:
-    """Pixels on (or next to) a strong edge: a gradient `factor` times the border's 90th percentile, its noise;
+    """Pixels on (or next to) a strong edge: a gradient `factor` times the border's 90th percentile, its noise
+    (at most NOISE_SIDES times the median of the sides' own: a side along which two surfaces meet is no noise);
     with `low`, also the pixels joined to one through gradients at least `low` times it (hysteresis: an
     outline that fades for a few pixels, where a white object's shaded side meets a grey floor, stays whole,
     while the noise's isolated edges stay out)."""
     H, W = gradient.shape
-    noise = max(float(np.percentile(gradient[border_band(H, W)], 90)), 1e-6)
+    band = max(2, int(round(BORDER_BAND * min(H, W))))
+    sides = [gradient[:band], gradient[-band:], gradient[:, :band], gradient[:, -band:]]
+    noise = min(float(np.percentile(gradient[border_band(H, W)], 90)),
+                NOISE_SIDES * float(np.median([np.percentile(side, 90) for side in sides])))
+    noise = max(noise, 1e-6)
     if low is None:
         edges = gradient > factor * noise
     else:
