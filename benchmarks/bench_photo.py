@@ -62,8 +62,10 @@ failures chose session 68's, and 77-80 were its reports, after it;
 after it; 85-87 were session 70's first, before its change, whose
 failures with 81-84's chose it, and 88-90 its reports, after it; 91 was
 session 71's first, before its change, which the failures of 78-90 chose,
-and 92-94 its reports, after it); the
-README reports the latest. The next fresh seed is 95 (63
+and 92-94 its reports, after it; 95 was session 72's first, before its
+changes, whose failure chose the first, and 96 its report; 92's chose the
+second, and 97 was its report); the
+README reports the latest. The next fresh seed is 98 (63
 and 64 drew the
 --smaller probe's scenes). Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),
