@@ -140,8 +140,13 @@ SAME_READING = 0.97  # floor_readings: a reading whose IoU with an earlier one i
 MAX_HOLE = 0.001  # holes smaller than this share of the image are filled
 
 
+def border_width(H: int, W: int) -> int:
+    """The border band's width in pixels (BORDER_BAND of the shorter side, at least 2)."""
+    return max(2, int(round(BORDER_BAND * min(H, W))))
+
+
 def border_band(H: int, W: int) -> np.ndarray:
-    band = max(2, int(round(BORDER_BAND * min(H, W))))
+    band = border_width(H, W)
     border = np.zeros((H, W), bool)
     border[:band] = border[-band:] = True
     border[:, :band] = border[:, -band:] = True
@@ -223,7 +228,7 @@ def strong_edges(gradient: np.ndarray, factor: float = STRONG_EDGE, low: float |
     outline that fades for a few pixels, where a white object's shaded side meets a grey floor, stays whole,
     while the noise's isolated edges stay out)."""
     H, W = gradient.shape
-    band = max(2, int(round(BORDER_BAND * min(H, W))))
+    band = border_width(H, W)
     sides = [gradient[:band], gradient[-band:], gradient[:, :band], gradient[:, -band:]]
     noise = min(float(np.percentile(gradient[border_band(H, W)], 90)),
                 NOISE_SIDES * float(np.median([np.percentile(side, 90) for side in sides])))

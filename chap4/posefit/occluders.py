@@ -10,6 +10,8 @@ piece of the object itself (a cow's black patch) left out helps no view.
 - `occluder_candidates`: the pieces tried, regions of one colour
   (scikit-image's felzenszwalb, `photo_regions`) joined with their
   neighbours of the same hue (`faces_of_one_hue`, `same_hue_around`).
+- `parting_pieces`: what parts the mask, outside it: a post in front that the
+  backdrop took, between two pieces of the object (candidates too).
 - `in_front_piece`: the piece taken, if any, as care weights (0 on it) for
   the grid's scores and the fit's loss (or two pieces together, whose colours
   are not the rest's: `off_the_object`).
@@ -260,10 +262,10 @@ def parting_pieces(mask: np.ndarray, regions: np.ndarray | None = None, photo: n
     """Regions of one colour outside the mask (photo_regions) that part it: each reaches within OCCLUDER_RIM
     pixels of two or more of its blobs (none if it is one blob), reaches beyond the mask's bounding box (by more
     than OCCLUDER_RIM pixels), is at most PARTING_AREA times as large as the mask and holds at most PARTING_BORDER
-    of the image's border band. A post in front of the
-    object that the backdrop took for the floor (a dark post on a dark floor: a shadow's darkness) cuts the
-    object's mask in two, and no view explains the two pieces apart; left out as care weights, the object behind
-    it is explained whole."""
+    of the image's border band. A post in front of the object that the backdrop took for the floor (a dark post
+    on a dark floor: a shadow's darkness) cuts the object's mask in two, and no view explains the two pieces
+    apart; left out as care weights, the object behind it is explained whole. regions: photo_regions(photo), if
+    already found."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
     if count < 2:
         return []
@@ -349,7 +351,8 @@ def in_front_piece(view_silhouettes: torch.Tensor, mask: torch.Tensor, rolls: to
     to it turns towards it (on the photo benchmark's tuning seeds none of the occluded photos succeeded).
     The grid tells it: with the piece left out (and the views scaled up to make up for the part of the
     object behind it), some view explains the rest much better than any explains the whole mask. A piece
-    of the object itself (a cow's black patch) left out helps no view: the right one covers it anyway.
+    of the object itself (a cow's black patch) left out helps no view: the right one covers it anyway. A piece
+    outside the mask that parts it (parting_pieces: a post that the backdrop took) is a candidate too.
     best_score(iou, scale): the best of a grid's scores (of those the prior allows). regions: photo_regions(photo),
     if already found (the photo's masks are scored in turn: posefit.readings.choose_reading). trial(mask, care)
     -> IoU: if given, and no candidate beats the whole mask by OCCLUDER_GAIN, the OCCLUDER_TRIALS best that
