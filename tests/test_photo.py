@@ -1034,7 +1034,7 @@ def test_an_outline_reading_joins_a_photos_readings_only_if_the_edges_follow_it(
     assert len(readings.photo_readings(mesh, photo, FOV, upright=upright)[0]) == len(colour)
     # ... unless it did not (readings.OUTLINE_UNLESS_ON_EDGES).
     monkeypatch.setattr(readings, "OUTLINE_UNLESS_ON_EDGES", 1.01)
-    found, on_edges, outline, _ = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    found, on_edges, outline, _, _ = readings.photo_readings(mesh, photo, FOV, upright=upright)
     assert on_edges == [masks.outline_on_edges(photo, m) for m in found]
     assert outline == (len(colour) if joins else None)  # (joined last: the usual reading lies off the edges)
     assert found and any(masks.iou(r, mask) > 0.8 for r in found)  # the colour reading finds the teapot
@@ -1063,7 +1063,7 @@ def test_an_outline_reading_joins_when_the_colour_readings_found_a_part_of_it(me
     # The mesh's outline among the photo's edges: the true pose's, followed well.
     monkeypatch.setattr(outlines, "outline_poses", lambda *args, **kwargs: (R[None], T[None], [0.8]))
     upright = initial.Upright.of(mesh)
-    found, on_edges, outline, _ = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    found, on_edges, outline, _, _ = readings.photo_readings(mesh, photo, FOV, upright=upright)
     assert len(found) == 1 + joins and len(on_edges) == len(found)
     assert outline == (0 if joins else None)
     if joins:
@@ -1073,6 +1073,38 @@ def test_an_outline_reading_joins_when_the_colour_readings_found_a_part_of_it(me
         assert k == 0  # the whole teapot, not its top
         monkeypatch.setattr(readings, "OUTLINE_WHOLE", 100.0)
         assert len(readings.photo_readings(mesh, photo, FOV, upright=upright)[0]) == 1
+
+
+def test_the_outline_reading_and_a_colour_reading_that_each_hold_a_part_are_read_together(meshes_ready, monkeypatch):
+    # readings.outline_unions: a white cow on light grey, its head 5 px from the photo's edge (fresh seed 98
+    # case 11): the colours found the head and the front (the body is the floor's brightness), the edges the
+    # body (the head's outline, near the frame, is left out of the outline's search); each part alone is
+    # some view of the mesh, and the body alone won (161.5 degrees off). Joined, they are the object.
+    mesh = teapot()
+    R, T = off_centre_rolled_pose(mesh)
+    photo, mask, _ = photograph(mesh, R, T, (150, 150, 150))
+    photo = photo / 255.0
+    columns = np.nonzero(mask.any(0))[0]
+    left, right = mask.copy(), mask.copy()
+    left[:, columns[0] + int(0.6 * len(columns)):] = False  # the colours' part: the left three fifths
+    right[:, : columns[0] + int(0.4 * len(columns))] = False  # the edges' part: the right three fifths
+    assert masks.iou(left, mask) < 0.75 and masks.iou(right, mask) < 0.75
+    monkeypatch.setattr(masks, "floor_readings", lambda *args, **kwargs: [left])
+    monkeypatch.setattr(masks, "outline_on_edges", lambda *args, **kwargs: 0.9)  # (the outline reading joins)
+    monkeypatch.setattr(outlines, "outline_poses", lambda *args, **kwargs: (R[None], T[None], [0.8]))
+    monkeypatch.setattr(outlines, "outline_reading", lambda *args, **kwargs: (right, None))
+    upright = initial.Upright.of(mesh)
+    found, on_edges, outline, _, unions = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    assert outline == 1 and found[1] is right and len(found) == 3 == len(on_edges) and unions == 1
+    assert masks.iou(found[2], mask) > 0.95, "the two parts read together"
+    k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright,
+                                   outline_on_edges=on_edges, unions=unions)
+    assert k == 2
+    # Parts that share too little (UNION_OVERLAP) or one inside the other are not joined.
+    apart = right.copy()
+    apart[:, : columns[0] + int(0.62 * len(columns))] = False
+    assert not readings.outline_unions(apart, [left]) and not readings.outline_unions(mask, [left])
+    assert len(readings.outline_unions(left, [right])) == 1
 
 
 def test_something_else_beside_the_object_is_read_apart_and_the_mesh_chooses_the_object(meshes_ready):
@@ -1092,7 +1124,7 @@ def test_something_else_beside_the_object_is_read_apart_and_the_mesh_chooses_the
     assert masks.iou(colour[0], mask | box) > 0.8, "the usual reading holds the box too"
     assert [masks.iou(blob, box) > 0.8 for blob in masks.apart_blobs(colour[0])].count(True) == 1
     upright = initial.Upright.of(mesh)
-    found, on_edges, _, _ = readings.photo_readings(mesh, photo, FOV, upright=upright)
+    found, on_edges, _, _, _ = readings.photo_readings(mesh, photo, FOV, upright=upright)
     blobs = [i for i, m in enumerate(found) if any(masks.iou(m, blob) == 1 for blob in masks.apart_blobs(colour[0]))]
     assert len(blobs) == 2 and all(on_edges[i] == on_edges[0] for i in blobs), "judged on their mask's edges"
     k, _ = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], FOV, upright=upright, photo=photo,

@@ -666,13 +666,13 @@ def start(pose_mode: str, mesh, target: targets.Target, fov: float, *, init_posi
         if photo is not None:
             regions = occluders.photo_regions(photo)  # (one segmentation for every mask scored with it)
             # Which surface of the border is the floor, the mesh tells (readings.choose_reading).
-            found, on_edges, outline, outline_poses = readings.photo_readings(mesh, photo, fov, target.background,
-                                                                              upright)
+            found, on_edges, outline, outline_poses, unions = readings.photo_readings(mesh, photo, fov,
+                                                                                      target.background, upright)
             if len(found) > 1:
                 k, care = readings.choose_reading(mesh, [torch.from_numpy(m) for m in found], fov,
                                                   upright=upright, photo=photo, regions=regions,
                                                   outline_on_edges=on_edges, grid=grid, trial=trial,
-                                                  outline=outline)
+                                                  outline=outline, unions=unions)
                 if not np.array_equal(found[k], target.hard_mask.cpu().numpy()):
                     mask = torch.from_numpy(found[k])
                     target = target.with_mask(mask)
