@@ -64,8 +64,9 @@ failures with 81-84's chose it, and 88-90 its reports, after it; 91 was
 session 71's first, before its change, which the failures of 78-90 chose,
 and 92-94 its reports, after it; 95 was session 72's first, before its
 changes, whose failure chose the first, and 96 its report; 92's chose the
-second, and 97 was its report); the
-README reports the latest. The next fresh seed is 98 (63
+second, and 97 was its report; 98 was session 73's first, before its
+change, whose failure chose it, and 99 and 100 its reports); the
+README reports the latest. The next fresh seed is 101 (63
 and 64 drew the
 --smaller probe's scenes). Seed
 40 with --teapot-colours is a probe outside the fixed ranges (session 26),

@@ -4,10 +4,11 @@ posefit.masks reads a photo's mask with each surface of its border taken
 for the floor (a wall, a table's far side, the floor itself), and
 posefit.outlines reads one from the mesh's outlines among the photo's
 edges, which may also be joined with a colour reading holding another part
-of the object (`outline_unions`). `photo_readings` gathers the usable ones; `choose_reading` asks the
-grid of views (posefit.initial) which of them the mesh explains best, with
-a short fit of the close ones (posefit.search.trial_iou) and what is in
-front of the object left out (posefit.occluders).
+of the object (`outline_unions`). `photo_readings` gathers the usable
+ones; `choose_reading` asks the grid of views (posefit.initial) which of
+them the mesh explains best, with a short fit of the close ones
+(posefit.search.trial_iou) and what is in front of the object left out
+(posefit.occluders).
 """
 
 from __future__ import annotations
